@@ -1,0 +1,293 @@
+//! The HTTP surface: forge webhooks, the JSON API, `/healthz` and `/metrics`.
+//!
+//! Webhook handlers verify, store, answer; no other work happens inside a request.
+//! Every error is JSON `{"error": "…"}` with a message a person can act on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::forge::{self, Forge, ForgeError, Received};
+use crate::store::Store;
+
+/// Deliveries larger than this are refused with 413; GitHub caps its payloads at 25 MB too.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated configuration, secrets resolved.
+    pub config: Arc<Config>,
+    /// The database: queue, journal, history.
+    pub store: Store,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl FromRef<AppState> for Store {
+    fn from_ref(s: &AppState) -> Store {
+        s.store.clone()
+    }
+}
+
+/// Counters exported at `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub deliveries_accepted: AtomicU64,
+    pub deliveries_duplicate: AtomicU64,
+    pub deliveries_ignored: AtomicU64,
+    pub deliveries_rejected: AtomicU64,
+}
+
+/// The one HTTP error type: a status and a message for the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    /// A failure of ours: the details go to the log, the client gets a stable sentence.
+    pub fn internal(err: anyhow::Error) -> ApiError {
+        tracing::error!(error = format!("{err:#}"), "request failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hoist could not store this request; nothing was accepted, retry shortly (the agent log says why)",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/deliveries", get(list_deliveries))
+        .route("/deliveries/{id}", get(get_delivery));
+    Router::new()
+        .route("/hooks/{forge}", post(receive_hook))
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route; webhooks go to /hooks/{github,gitea,forgejo,gitlab,bitbucket}, the API is under /api/v1",
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let m = &s.metrics;
+    let mut out = String::new();
+    for (name, help, v) in [
+        ("accepted", "new deliveries stored", &m.deliveries_accepted),
+        ("duplicate", "deliveries already stored (answered again)", &m.deliveries_duplicate),
+        ("ignored", "verified deliveries that start nothing", &m.deliveries_ignored),
+        ("rejected", "deliveries refused (signature, body, size, repo)", &m.deliveries_rejected),
+    ] {
+        let n = format!("hoist_deliveries_{name}_total");
+        out.push_str(&format!("# HELP {n} {help}\n# TYPE {n} counter\n{n} {}\n", v.load(Ordering::Relaxed)));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// `POST /hooks/{forge}`: verify, store durably, answer. Nothing else.
+async fn receive_hook(
+    State(s): State<AppState>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = receive(&s, &route, &headers, body).await;
+    if result.is_err() {
+        s.metrics.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+async fn receive(s: &AppState, route: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let Some(forge) = Forge::from_name(route) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no webhook route for {route:?}; use /hooks/github, /hooks/gitea, /hooks/forgejo, /hooks/gitlab or /hooks/bitbucket"),
+        ));
+    };
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the delivery is larger than {} MiB; hoist refuses it and stores nothing", MAX_BODY >> 20),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
+        }
+    })?;
+
+    let config = s.config.clone();
+    let secret_for = |repo: &str| {
+        config
+            .repo(repo)
+            .filter(|r| r.forge == forge)
+            .map(|r| r.secret.expose().as_bytes().to_vec())
+    };
+    let received = forge::receive(forge, headers, &body, secret_for).map_err(|e| match e {
+        ForgeError::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, m),
+        ForgeError::Malformed(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+        ForgeError::UnknownRepo(name) => match s.config.repo(&name) {
+            Some(r) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "repository {name} is configured with forge = \"{}\"; point its webhook at /hooks/{} or change forge in hoist.toml",
+                    r.forge, r.forge
+                ),
+            ),
+            None => ApiError::new(StatusCode::NOT_FOUND, ForgeError::UnknownRepo(name).to_string()),
+        },
+    })?;
+
+    match received {
+        Received::Ignored { repo, what } => {
+            s.metrics.deliveries_ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%forge, repo = repo.as_deref().unwrap_or("-"), what, "delivery ignored");
+            Ok((StatusCode::OK, Json(json!({ "ignored": what, "runs": [] }))).into_response())
+        }
+        Received::Push(events) => {
+            let summary: Vec<(String, String, String)> = events
+                .iter()
+                .map(|e| (e.repo.clone(), e.git_ref.clone(), e.after.clone()))
+                .collect();
+            let accepted = s.store.accept(events).await.map_err(ApiError::internal)?;
+            for (a, (repo, git_ref, commit)) in accepted.iter().zip(&summary) {
+                let counter = if a.duplicate {
+                    &s.metrics.deliveries_duplicate
+                } else {
+                    &s.metrics.deliveries_accepted
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
+            }
+            let ids: Vec<i64> = accepted.iter().map(|a| a.id).collect();
+            let mut answer = json!({ "delivery": ids.first(), "runs": [] });
+            if ids.len() > 1 {
+                answer["deliveries"] = json!(ids);
+            }
+            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+        }
+    }
+}
+
+/// Proof that the request carried a configured API token.
+pub struct Authorized {
+    /// The token's name, for the log.
+    pub token: String,
+}
+
+impl<S> FromRequestParts<S> for Authorized
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+        if state.config.tokens.is_empty() {
+            return Err(unauthorized(
+                "no API token is configured; run `hoist token create NAME` and add its sha256 under [[token]] in hoist.toml",
+            ));
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("send Authorization: Bearer TOKEN (a token from `hoist token create`)"))?;
+        let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        // Check every token, constant-time, so timing says nothing about which one was close.
+        let mut found = None;
+        for t in &state.config.tokens {
+            if bool::from(t.sha256.ct_eq(&hash)) {
+                found = Some(t.name.clone());
+            }
+        }
+        found
+            .map(|token| Authorized { token })
+            .ok_or_else(|| unauthorized("the API token is not valid; check HOIST_TOKEN against the [[token]] entries in hoist.toml"))
+    }
+}
+
+/// `?limit=N&before=ID`, as every list takes.
+#[derive(Deserialize)]
+pub struct Page {
+    pub limit: Option<u32>,
+    pub before: Option<i64>,
+}
+
+impl Page {
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(50).clamp(1, 1000)
+    }
+}
+
+async fn list_deliveries(
+    _: Authorized,
+    State(store): State<Store>,
+    Query(page): Query<Page>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = store
+        .deliveries(page.limit(), page.before)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!(list)))
+}
+
+async fn get_delivery(
+    _: Authorized,
+    State(store): State<Store>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match store.delivery(id).await.map_err(ApiError::internal)? {
+        Some(d) => Ok(Json(json!(d))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no delivery {id}; GET /api/v1/deliveries lists them"))),
+    }
+}

@@ -1,0 +1,478 @@
+//! The embedded store: one SQLite database in WAL mode under `data_dir`.
+//!
+//! All writes go through one writer thread. It takes every job waiting in its channel, runs
+//! them in one transaction (each inside its own savepoint, so one failing job does not undo
+//! the others), commits with `synchronous=FULL` (an fsync of the WAL), and only then answers
+//! each job. So a caller that got `Ok` holds a durable write, and a hundred concurrent
+//! deliveries cost a few fsyncs, not a hundred. Reads use a separate connection: WAL lets them
+//! run beside the writer.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::forge::{Forge, PushEvent, RefKind};
+
+/// Most jobs one transaction takes; bounds the latency a big burst adds to its first job.
+const MAX_BATCH: usize = 512;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.
+const MIGRATIONS: &[&str] = &[
+    // 1: deliveries, one row per accepted ref update.
+    "CREATE TABLE deliveries (
+        id            INTEGER PRIMARY KEY,
+        forge         TEXT    NOT NULL,
+        delivery_id   TEXT    NOT NULL,
+        repo          TEXT    NOT NULL,
+        git_ref       TEXT    NOT NULL,
+        kind          TEXT    NOT NULL,
+        name          TEXT    NOT NULL,
+        before_sha    TEXT    NOT NULL,
+        after_sha     TEXT    NOT NULL,
+        created       INTEGER NOT NULL,
+        forced        INTEGER NOT NULL,
+        message       TEXT,
+        author        TEXT,
+        pusher        TEXT,
+        received_at   INTEGER NOT NULL,
+        status        TEXT    NOT NULL DEFAULT 'accepted',
+        reason        TEXT
+    );
+    CREATE UNIQUE INDEX deliveries_by_delivery ON deliveries(forge, delivery_id, git_ref);
+    CREATE UNIQUE INDEX deliveries_by_push ON deliveries(repo, git_ref, after_sha);",
+];
+
+type JobResult = anyhow::Result<Box<dyn Any + Send>>;
+type Work = Box<dyn FnOnce(&Connection) -> JobResult + Send>;
+
+enum Message {
+    Job(Work, oneshot::Sender<JobResult>),
+    /// Finish what is queued before this, then stop.
+    Shutdown,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Jobs for the writer thread.
+    writer: mpsc::Sender<Message>,
+    /// The read connection. A std Mutex: it is only held inside `spawn_blocking`, never across an `.await`.
+    reader: Arc<Mutex<Connection>>,
+    /// The writer thread, joined on shutdown.
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Where the database lives, for messages.
+    path: PathBuf,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Delivery {
+    pub id: i64,
+    pub forge: Forge,
+    pub delivery_id: String,
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub kind: RefKind,
+    pub name: String,
+    pub before: String,
+    pub commit: String,
+    pub created: bool,
+    pub forced: bool,
+    pub message: Option<String>,
+    pub author: Option<String>,
+    pub pusher: Option<String>,
+    /// RFC 3339, UTC.
+    pub received_at: String,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// The outcome of storing one push event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The delivery's row id (the first one's, for a duplicate).
+    pub id: i64,
+    /// The event was already stored, by delivery id or by (repo, ref, commit).
+    pub duplicate: bool,
+}
+
+impl Store {
+    /// Open (creating if needed) `DIR/hoist.db` and apply migrations.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        let path = dir.join("hoist.db");
+        let writer = connect(&path)?;
+        migrate(&writer).with_context(|| format!("cannot migrate {}", path.display()))?;
+        let reader = connect(&path)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .context("cannot start the store writer thread")?;
+        Ok(Store {
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            thread: Arc::new(Mutex::new(Some(thread))),
+            path,
+        })
+    }
+
+    /// Run `f` in the writer's next transaction; returns once it is committed and synced.
+    pub async fn write<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let work: Work = Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        self.writer
+            .send(Message::Job(work, tx))
+            .map_err(|_| anyhow!("the store is shutting down"))?;
+        let out = rx.await.map_err(|_| anyhow!("the store is shutting down"))??;
+        out.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| anyhow!("store job returned an unexpected type"))
+    }
+
+    /// Run `f` on the read connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| anyhow!("store reader poisoned"))?;
+            f(&conn)
+        })
+        .await?
+    }
+
+    /// Finish every write queued so far, then stop the writer. Later writes fail.
+    pub fn shutdown(&self) {
+        let _ = self.writer.send(Message::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// The database file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Store push events durably, deduplicating on the delivery id and on (repo, ref, commit).
+    pub async fn accept(&self, events: Vec<PushEvent>) -> anyhow::Result<Vec<Accepted>> {
+        let now = now_millis();
+        self.write(move |c| events.iter().map(|e| accept_one(c, e, now)).collect())
+            .await
+    }
+
+    /// Deliveries, newest first: at most `limit`, with ids below `before` when given.
+    pub async fn deliveries(&self, limit: u32, before: Option<i64>) -> anyhow::Result<Vec<Delivery>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], delivery_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// One delivery by row id.
+    pub async fn delivery(&self, id: i64) -> anyhow::Result<Option<Delivery>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"),
+                [id],
+                delivery_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+}
+
+fn accept_one(c: &Connection, e: &PushEvent, now: i64) -> anyhow::Result<Accepted> {
+    let existing: Option<i64> = c
+        .query_row(
+            "SELECT id FROM deliveries
+             WHERE (forge = ?1 AND delivery_id = ?2 AND git_ref = ?3)
+                OR (repo = ?4 AND git_ref = ?3 AND after_sha = ?5)
+             ORDER BY id LIMIT 1",
+            params![e.forge.as_str(), e.delivery_id, e.git_ref, e.repo, e.after],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(Accepted { id, duplicate: true });
+    }
+    c.execute(
+        "INSERT INTO deliveries (forge, delivery_id, repo, git_ref, kind, name, before_sha, after_sha,
+                                 created, forced, message, author, pusher, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            e.forge.as_str(),
+            e.delivery_id,
+            e.repo,
+            e.git_ref,
+            kind_str(e.kind),
+            e.name,
+            e.before,
+            e.after,
+            e.created,
+            e.forced,
+            e.message,
+            e.author,
+            e.pusher,
+            now
+        ],
+    )?;
+    Ok(Accepted {
+        id: c.last_insert_rowid(),
+        duplicate: false,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, forge, delivery_id, repo, git_ref, kind, name, before_sha, after_sha, created, forced, message, author, pusher, received_at, status, reason";
+
+fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    let forge: String = r.get(1)?;
+    let kind: String = r.get(5)?;
+    Ok(Delivery {
+        id: r.get(0)?,
+        forge: Forge::from_name(&forge).ok_or_else(|| bad_value(1, &forge))?,
+        delivery_id: r.get(2)?,
+        repo: r.get(3)?,
+        git_ref: r.get(4)?,
+        kind: match kind.as_str() {
+            "branch" => RefKind::Branch,
+            "tag" => RefKind::Tag,
+            _ => return Err(bad_value(5, &kind)),
+        },
+        name: r.get(6)?,
+        before: r.get(7)?,
+        commit: r.get(8)?,
+        created: r.get(9)?,
+        forced: r.get(10)?,
+        message: r.get(11)?,
+        author: r.get(12)?,
+        pusher: r.get(13)?,
+        received_at: rfc3339(r.get(14)?),
+        status: r.get(15)?,
+        reason: r.get(16)?,
+    })
+}
+
+fn bad_value(column: usize, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("unexpected value {value:?}").into(),
+    )
+}
+
+fn kind_str(k: RefKind) -> &'static str {
+    match k {
+        RefKind::Branch => "branch",
+        RefKind::Tag => "tag",
+    }
+}
+
+fn connect(path: &Path) -> anyhow::Result<Connection> {
+    let c = Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
+    // WAL: readers never block the writer. FULL: a commit is fsynced before it returns, so an
+    // acknowledged delivery survives a crash or power loss. busy_timeout: the reader may meet
+    // a checkpoint.
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .with_context(|| format!("cannot configure the database {}", path.display()))?;
+    Ok(c)
+}
+
+fn migrate(c: &Connection) -> anyhow::Result<()> {
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database has schema version {version}, newer than this hoist knows ({}); run the newer hoist",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = c.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The writer thread: batch whatever is waiting into one transaction, commit, then answer.
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Message>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { return };
+        let mut batch = Vec::new();
+        match first {
+            Message::Job(w, tx) => batch.push((w, tx)),
+            Message::Shutdown => return,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Message::Job(w, tx)) => batch.push((w, tx)),
+                Ok(Message::Shutdown) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<(Work, oneshot::Sender<JobResult>)>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = format!("cannot begin a transaction: {e}");
+        for (_, tx) in batch {
+            let _ = tx.send(Err(anyhow!(msg.clone())));
+        }
+        return;
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for (work, tx) in batch {
+        // A savepoint per job: a failing job is undone alone and the batch goes on.
+        let result = conn.execute_batch("SAVEPOINT job").map_err(anyhow::Error::from).and_then(|()| {
+            let r = work(conn);
+            let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            conn.execute_batch(end)?;
+            r
+        });
+        results.push((result, tx));
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for (r, tx) in results {
+                let _ = tx.send(r);
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let msg = format!("cannot commit to the database: {e}");
+            tracing::error!("{msg}");
+            for (_, tx) in results {
+                let _ = tx.send(Err(anyhow!(msg.clone())));
+            }
+        }
+    }
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(millis: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(delivery: &str, after: char) -> PushEvent {
+        PushEvent {
+            forge: Forge::Github,
+            delivery_id: delivery.into(),
+            repo: "acme/web".into(),
+            git_ref: "refs/heads/main".into(),
+            kind: RefKind::Branch,
+            name: "main".into(),
+            before: "0".repeat(40),
+            after: after.to_string().repeat(40),
+            created: false,
+            deleted: false,
+            forced: false,
+            message: Some("fix".into()),
+            author: Some("a".into()),
+            pusher: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn accepts_and_deduplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.accept(vec![event("d1", 'a')]).await.unwrap();
+        assert_eq!(a, vec![Accepted { id: 1, duplicate: false }]);
+        // Same delivery id, other commit: the first answer again.
+        let b = store.accept(vec![event("d1", 'b')]).await.unwrap();
+        assert_eq!(b, vec![Accepted { id: 1, duplicate: true }]);
+        // Other delivery id, same (repo, ref, commit): also a duplicate.
+        let c = store.accept(vec![event("d2", 'a')]).await.unwrap();
+        assert_eq!(c, vec![Accepted { id: 1, duplicate: true }]);
+        let d = store.accept(vec![event("d3", 'c')]).await.unwrap();
+        assert_eq!(d, vec![Accepted { id: 2, duplicate: false }]);
+        let list = store.deliveries(50, None).await.unwrap();
+        assert_eq!(list.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(list[1].commit, "a".repeat(40));
+        assert_eq!(store.deliveries(50, Some(2)).await.unwrap().len(), 1);
+        store.shutdown();
+        assert!(store.accept(vec![event("d4", 'd')]).await.is_err());
+        // Reopening finds everything.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.deliveries(50, None).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut e = event(&format!("d{i}"), 'a');
+                e.after = format!("{i:040x}");
+                s.accept(vec![e]).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            assert!(!t.await.unwrap()[0].duplicate);
+        }
+        assert_eq!(store.deliveries(1000, None).await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_does_not_undo_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bad = store.write(|c| {
+            c.execute("INSERT INTO nowhere VALUES (1)", [])?;
+            Ok(())
+        });
+        let good = store.accept(vec![event("d1", 'a')]);
+        let (bad, good) = tokio::join!(bad, good);
+        assert!(bad.is_err());
+        assert!(good.is_ok());
+        assert_eq!(store.deliveries(10, None).await.unwrap().len(), 1);
+    }
+}

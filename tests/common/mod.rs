@@ -1,0 +1,127 @@
+//! Shared helpers for the end-to-end tests: start the real `hoist` binary with a config of
+//! our own, and make signed deliveries like a forge would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hoist::forge::{self, Forge};
+
+pub const SECRET: &str = "e2e-hook-secret";
+pub const TOKEN: &str = "hoist_e2e_token";
+
+/// A running agent, killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+impl Agent {
+    /// Start `hoist serve` on a free port with `dir` as data_dir. `extra` is appended to the config.
+    pub fn start(dir: &Path, extra: &str) -> Agent {
+        let config = dir.join("hoist.toml");
+        if !config.exists() {
+            let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
+            let text = format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[runner]\npoll_interval = \"0s\"\n\n\
+                 [[repo]]\nname = \"acme/web\"\nurl = \"/nonexistent/acme/web.git\"\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n\n\
+                 [[repo]]\nname = \"acme/api\"\nurl = \"/nonexistent/acme/api.git\"\nforge = \"gitea\"\nsecret = \"env:E2E_HOOK_SECRET\"\n\n\
+                 [[token]]\nname = \"e2e\"\nsha256 = \"{token_hash}\"\n{extra}",
+                dir.join("data")
+            );
+            std::fs::write(&config, text).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("E2E_HOOK_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hoist");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("hoist listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("hoist did not print its listening address within 20 s");
+        Agent {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (waits at most 10 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY-free: kill(2) through the shell's kill, to avoid a libc dependency.
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "hoist did not exit within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GitHub push body for `repo` moving `git_ref` to `after`, built from a real recorded payload.
+pub fn github_push(repo: &str, git_ref: &str, after: &str) -> Vec<u8> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/go-scm-push.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["repository"]["full_name"] = repo.into();
+    v["ref"] = git_ref.into();
+    v["after"] = after.into();
+    v["head_commit"]["id"] = after.into();
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+/// Headers a forge would send with `body`: event, delivery id, signature, content type.
+pub fn signed_headers(forge: Forge, delivery: &str, secret: &str, body: &[u8]) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = forge::push_headers(forge, delivery)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let (k, v) = forge::sign(forge, secret.as_bytes(), body);
+    h.push((k.to_string(), v));
+    h.push(("Content-Type".into(), "application/json".into()));
+    h
+}
+
+pub fn post(client: &reqwest::Client, url: &str, headers: &[(String, String)], body: Vec<u8>) -> reqwest::RequestBuilder {
+    let mut r = client.post(url).body(body);
+    for (k, v) in headers {
+        r = r.header(k, v);
+    }
+    r
+}
+
+/// A 40-hex commit id made from a number.
+pub fn sha(n: u64) -> String {
+    format!("{n:040x}")
+}
