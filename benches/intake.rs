@@ -13,6 +13,9 @@ use hoist::forge::{self, Forge};
 
 const SECRET: &str = "bench-secret";
 
+/// A signed delivery: its headers and body.
+type Delivery = (Vec<(&'static str, String)>, Vec<u8>);
+
 fn main() {
     let count: usize = env_or("BENCH_COUNT", 5000);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
@@ -37,14 +40,24 @@ fn main() {
         .expect("start hoist");
     let pid = child.id();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("hoist listening on ").expect("listening line").to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("hoist listening on ")
+        .expect("listening line")
+        .to_string();
     let idle_rss = rss_kib(pid, "VmRSS");
 
-    let template = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/go-scm-push.json")).unwrap();
+    let template = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/webhooks/github/go-scm-push.json"
+    ))
+    .unwrap();
     let template: serde_json::Value = serde_json::from_slice(&template).unwrap();
     // Bodies are signed before the clock starts: the benchmark measures hoist, not the client's HMAC.
-    let deliveries: Vec<(Vec<(&'static str, String)>, Vec<u8>)> = (0..count)
+    let deliveries: Vec<Delivery> = (0..count)
         .map(|i| {
             let mut v = template.clone();
             v["repository"]["full_name"] = "acme/web".into();
@@ -59,21 +72,53 @@ fn main() {
         .collect();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
     // Warm the connection pool and the server.
-    rt.block_on(load(&client, &url, concurrency, (0..200).map(|_| None).collect(), 202));
-    let health = rt.block_on(load(&client, &url, concurrency, (0..count).map(|_| None).collect(), 200));
-    let hooks = rt.block_on(load(&client, &url, concurrency, deliveries.into_iter().map(Some).collect(), 202));
+    rt.block_on(load(
+        &client,
+        &url,
+        concurrency,
+        (0..200).map(|_| None).collect(),
+        202,
+    ));
+    let health = rt.block_on(load(
+        &client,
+        &url,
+        concurrency,
+        (0..count).map(|_| None).collect(),
+        200,
+    ));
+    let hooks = rt.block_on(load(
+        &client,
+        &url,
+        concurrency,
+        deliveries.into_iter().map(Some).collect(),
+        202,
+    ));
     let peak_rss = rss_kib(pid, "VmHWM");
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
 
     let ratio = hooks.per_sec / health.per_sec;
-    println!("intake benchmark: {count} requests per phase, {concurrency} concurrent, 127.0.0.1, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "intake benchmark: {count} requests per phase, {concurrency} concurrent, 127.0.0.1, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("| phase | req/s | p50 ms | p99 ms | errors |");
     println!("|---|---|---|---|---|");
-    for (name, r) in [("GET /healthz (ceiling)", &health), ("POST /hooks/github, durable 202", &hooks)] {
-        println!("| {name} | {:.0} | {:.2} | {:.2} | {} |", r.per_sec, r.p50_ms, r.p99_ms, r.errors);
+    for (name, r) in [
+        ("GET /healthz (ceiling)", &health),
+        ("POST /hooks/github, durable 202", &hooks),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
+            r.per_sec, r.p50_ms, r.p99_ms, r.errors
+        );
     }
     println!("ratio deliveries/healthz: {ratio:.2} (goal >= 0.5)");
     println!("agent RSS: idle {} KiB, peak {} KiB", idle_rss, peak_rss);
@@ -92,7 +137,7 @@ async fn load(
     client: &reqwest::Client,
     url: &str,
     concurrency: usize,
-    requests: Vec<Option<(Vec<(&'static str, String)>, Vec<u8>)>>,
+    requests: Vec<Option<Delivery>>,
     expect: u16,
 ) -> Outcome {
     let queue = Arc::new(std::sync::Mutex::new(requests));
@@ -147,7 +192,10 @@ async fn load(
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     Outcome {
         per_sec: all.len() as f64 / elapsed,
         p50_ms: pct(0.50),
@@ -167,5 +215,8 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -16,7 +16,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another agent running there? (listen in hoist.toml)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another agent running there? (listen in hoist.toml)",
+                config.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let state = AppState {
         config: Arc::new(config),

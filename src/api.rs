@@ -110,12 +110,27 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     for (name, help, v) in [
         ("accepted", "new deliveries stored", &m.deliveries_accepted),
-        ("duplicate", "deliveries already stored (answered again)", &m.deliveries_duplicate),
-        ("ignored", "verified deliveries that start nothing", &m.deliveries_ignored),
-        ("rejected", "deliveries refused (signature, body, size, repo)", &m.deliveries_rejected),
+        (
+            "duplicate",
+            "deliveries already stored (answered again)",
+            &m.deliveries_duplicate,
+        ),
+        (
+            "ignored",
+            "verified deliveries that start nothing",
+            &m.deliveries_ignored,
+        ),
+        (
+            "rejected",
+            "deliveries refused (signature, body, size, repo)",
+            &m.deliveries_rejected,
+        ),
     ] {
         let n = format!("hoist_deliveries_{name}_total");
-        out.push_str(&format!("# HELP {n} {help}\n# TYPE {n} counter\n{n} {}\n", v.load(Ordering::Relaxed)));
+        out.push_str(&format!(
+            "# HELP {n} {help}\n# TYPE {n} counter\n{n} {}\n",
+            v.load(Ordering::Relaxed)
+        ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
@@ -129,22 +144,34 @@ async fn receive_hook(
 ) -> Result<Response, ApiError> {
     let result = receive(&s, &route, &headers, body).await;
     if result.is_err() {
-        s.metrics.deliveries_rejected.fetch_add(1, Ordering::Relaxed);
+        s.metrics
+            .deliveries_rejected
+            .fetch_add(1, Ordering::Relaxed);
     }
     result
 }
 
-async fn receive(s: &AppState, route: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn receive(
+    s: &AppState,
+    route: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let Some(forge) = Forge::from_name(route) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no webhook route for {route:?}; use /hooks/github, /hooks/gitea, /hooks/forgejo, /hooks/gitlab or /hooks/bitbucket"),
+            format!(
+                "no webhook route for {route:?}; use /hooks/github, /hooks/gitea, /hooks/forgejo, /hooks/gitlab or /hooks/bitbucket"
+            ),
         ));
     };
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the delivery is larger than {} MiB; hoist refuses it and stores nothing", MAX_BODY >> 20),
+            format!(
+                "the delivery is larger than {} MiB; hoist refuses it and stores nothing",
+                MAX_BODY >> 20
+            ),
         )
     };
     let declared = headers
@@ -155,10 +182,14 @@ async fn receive(s: &AppState, route: &str, headers: &HeaderMap, body: Body) -> 
         return Err(too_large());
     }
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
             too_large()
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
         }
     })?;
 
@@ -241,7 +272,9 @@ where
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthorized("send Authorization: Bearer TOKEN (a token from `hoist token create`)"))?;
+            .ok_or_else(|| {
+                unauthorized("send Authorization: Bearer TOKEN (a token from `hoist token create`)")
+            })?;
         let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         // Check every token, constant-time, so timing says nothing about which one was close.
         let mut found = None;
@@ -288,6 +321,9 @@ async fn get_delivery(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     match store.delivery(id).await.map_err(ApiError::internal)? {
         Some(d) => Ok(Json(json!(d))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no delivery {id}; GET /api/v1/deliveries lists them"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no delivery {id}; GET /api/v1/deliveries lists them"),
+        )),
     }
 }

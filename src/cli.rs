@@ -10,7 +10,11 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "hoist", version, about = "From git push to a verified release on every host")]
+#[command(
+    name = "hoist",
+    version,
+    about = "From git push to a verified release on every host"
+)]
 struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -63,7 +67,9 @@ pub fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -100,6 +106,8 @@ fn token_create(name: &str) -> ExitCode {
     let token = format!("hoist_{}", hex::encode(bytes));
     let sha = hex::encode(Sha256::digest(token.as_bytes()));
     println!("{token}");
-    eprintln!("\nThis token is shown once. Add its hash to hoist.toml:\n\n[[token]]\nname   = {name:?}\nsha256 = \"{sha}\"");
+    eprintln!(
+        "\nThis token is shown once. Add its hash to hoist.toml:\n\n[[token]]\nname   = {name:?}\nsha256 = \"{sha}\""
+    );
     ExitCode::SUCCESS
 }

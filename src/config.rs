@@ -268,7 +268,9 @@ impl Config {
             file: path.display().to_string(),
             line: 0,
             column: 0,
-            message: format!("cannot read the config file: {e}; pass --config FILE or set HOIST_CONFIG"),
+            message: format!(
+                "cannot read the config file: {e}; pass --config FILE or set HOIST_CONFIG"
+            ),
         })?;
         Config::parse(&path.display().to_string(), &text, &System)
     }
@@ -292,7 +294,10 @@ impl Config {
         let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|_| {
             at(
                 raw.listen.span(),
-                format!("listen = {:?} is not an address; write it as \"127.0.0.1:8080\"", raw.listen.get_ref()),
+                format!(
+                    "listen = {:?} is not an address; write it as \"127.0.0.1:8080\"",
+                    raw.listen.get_ref()
+                ),
             )
         })?;
 
@@ -305,15 +310,21 @@ impl Config {
         for (name, host) in raw.host {
             let span = host.span();
             let host = host.into_inner();
-            check_docker_url(&format!("host.{name}.docker"), &host.docker).map_err(|m| at(span.clone(), m))?;
+            check_docker_url(&format!("host.{name}.docker"), &host.docker)
+                .map_err(|m| at(span.clone(), m))?;
             if host.docker.starts_with("tcp://") && host.tls.is_none() {
                 return Err(at(
                     span,
-                    format!("host.{name}: a tcp:// engine needs tls = {{ ca = …, cert = …, key = … }}; hoist does not talk to an unauthenticated remote engine"),
+                    format!(
+                        "host.{name}: a tcp:// engine needs tls = {{ ca = …, cert = …, key = … }}; hoist does not talk to an unauthenticated remote engine"
+                    ),
                 ));
             }
             if host.address.trim().is_empty() {
-                return Err(at(span, format!("host.{name}.address is empty; give the address health checks reach")));
+                return Err(at(
+                    span,
+                    format!("host.{name}.address is empty; give the address health checks reach"),
+                ));
             }
             hosts.insert(name, host);
         }
@@ -322,10 +333,16 @@ impl Config {
         for r in raw.repo {
             let name = r.name.get_ref().clone();
             if !valid_repo_name(&name) {
-                return Err(at(r.name.span(), format!("repo name {name:?} must be owner/name, as the forge sends it")));
+                return Err(at(
+                    r.name.span(),
+                    format!("repo name {name:?} must be owner/name, as the forge sends it"),
+                ));
             }
             if repos.iter().any(|x| x.name == name) {
-                return Err(at(r.name.span(), format!("repo {name} is configured twice")));
+                return Err(at(
+                    r.name.span(),
+                    format!("repo {name} is configured twice"),
+                ));
             }
             let forge = Forge::from_name(r.forge.get_ref()).ok_or_else(|| {
                 at(
@@ -337,15 +354,27 @@ impl Config {
                 )
             })?;
             if r.url.get_ref().trim().is_empty() {
-                return Err(at(r.url.span(), format!("repo {name}: url is empty; hoist fetches commits from it")));
+                return Err(at(
+                    r.url.span(),
+                    format!("repo {name}: url is empty; hoist fetches commits from it"),
+                ));
             }
-            let secret = resolve(&r.secret, &format!("repo {name} secret"), source).map_err(|m| at(r.secret.span(), m))?;
+            let secret = resolve(&r.secret, &format!("repo {name} secret"), source)
+                .map_err(|m| at(r.secret.span(), m))?;
             if secret.expose().is_empty() {
-                return Err(at(r.secret.span(), format!("repo {name}: the webhook secret is empty; an unsigned webhook would start builds")));
+                return Err(at(
+                    r.secret.span(),
+                    format!(
+                        "repo {name}: the webhook secret is empty; an unsigned webhook would start builds"
+                    ),
+                ));
             }
             for h in r.hosts.get_ref() {
                 if !hosts.contains_key(h) {
-                    return Err(at(r.hosts.span(), format!("repo {name}: host {h:?} has no [host.{h}] entry")));
+                    return Err(at(
+                        r.hosts.span(),
+                        format!("repo {name}: host {h:?} has no [host.{h}] entry"),
+                    ));
                 }
             }
             repos.push(RepoConfig {
@@ -362,15 +391,24 @@ impl Config {
         for g in raw.registry {
             let host = g.host.get_ref().clone();
             let username = match &g.username {
-                Some(u) => Some(resolve(u, &format!("registry {host} username"), source).map_err(|m| at(u.span(), m))?),
+                Some(u) => Some(
+                    resolve(u, &format!("registry {host} username"), source)
+                        .map_err(|m| at(u.span(), m))?,
+                ),
                 None => None,
             };
             let password = match &g.password {
-                Some(p) => Some(resolve(p, &format!("registry {host} password"), source).map_err(|m| at(p.span(), m))?),
+                Some(p) => Some(
+                    resolve(p, &format!("registry {host} password"), source)
+                        .map_err(|m| at(p.span(), m))?,
+                ),
                 None => None,
             };
             if username.is_some() != password.is_some() {
-                return Err(at(g.host.span(), format!("registry {host}: give both username and password, or neither")));
+                return Err(at(
+                    g.host.span(),
+                    format!("registry {host}: give both username and password, or neither"),
+                ));
             }
             registries.push(RegistryConfig {
                 host,
@@ -382,21 +420,31 @@ impl Config {
 
         let mut secrets = BTreeMap::new();
         for (name, value) in raw.secrets {
-            let v = resolve(&value, &format!("secret {name}"), source).map_err(|m| at(value.span(), m))?;
+            let v = resolve(&value, &format!("secret {name}"), source)
+                .map_err(|m| at(value.span(), m))?;
             secrets.insert(name, v);
         }
 
         let mut tokens = Vec::new();
         for t in raw.token {
             let hash = t.sha256.get_ref();
-            let bytes = hex::decode(hash).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-            let Some(sha256) = bytes.filter(|_| hash.chars().all(|c| !c.is_ascii_uppercase())) else {
+            let bytes = hex::decode(hash)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let Some(sha256) = bytes.filter(|_| hash.chars().all(|c| !c.is_ascii_uppercase()))
+            else {
                 return Err(at(
                     t.sha256.span(),
-                    format!("token {}: sha256 must be 64 lowercase hex digits, as printed by `hoist token create`", t.name),
+                    format!(
+                        "token {}: sha256 must be 64 lowercase hex digits, as printed by `hoist token create`",
+                        t.name
+                    ),
                 ));
             };
-            tokens.push(TokenConfig { name: t.name, sha256 });
+            tokens.push(TokenConfig {
+                name: t.name,
+                sha256,
+            });
         }
 
         Ok(Config {
@@ -419,13 +467,18 @@ impl Config {
 }
 
 /// Resolve `env:NAME` or `file:PATH`. A literal is refused: secrets do not live in config files.
-fn resolve(value: &Spanned<String>, what: &str, source: &dyn SecretSource) -> Result<Secret, String> {
+fn resolve(
+    value: &Spanned<String>,
+    what: &str,
+    source: &dyn SecretSource,
+) -> Result<Secret, String> {
     let v = value.get_ref();
     if let Some(name) = v.strip_prefix("env:") {
-        return source
-            .env(name)
-            .map(Secret)
-            .ok_or_else(|| format!("{what}: environment variable {name} is not set; export it before starting hoist"));
+        return source.env(name).map(Secret).ok_or_else(|| {
+            format!(
+                "{what}: environment variable {name} is not set; export it before starting hoist"
+            )
+        });
     }
     if let Some(path) = v.strip_prefix("file:") {
         return source
@@ -439,16 +492,27 @@ fn resolve(value: &Spanned<String>, what: &str, source: &dyn SecretSource) -> Re
 }
 
 fn check_docker_url(key: &str, url: &str) -> Result<(), String> {
-    if ["unix://", "tcp://", "ssh://"].iter().any(|p| url.starts_with(p) && url.len() > p.len()) {
+    if ["unix://", "tcp://", "ssh://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len())
+    {
         Ok(())
     } else {
-        Err(format!("{key} = {url:?} must start with unix://, tcp:// or ssh://"))
+        Err(format!(
+            "{key} = {url:?} must start with unix://, tcp:// or ssh://"
+        ))
     }
 }
 
 fn valid_repo_name(name: &str) -> bool {
     let mut parts = name.split('/');
-    let ok = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    let ok = |s: Option<&str>| {
+        s.is_some_and(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
     // GitLab allows nested groups (group/sub/project): every segment must be valid.
     ok(parts.next()) && ok(parts.next()) && parts.all(|s| ok(Some(s)))
 }
@@ -457,7 +521,10 @@ fn valid_repo_name(name: &str) -> bool {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, column)
 }
 
@@ -490,7 +557,10 @@ mod tests {
             if path == Path::new("/secret/hook") {
                 Ok("from-file\n".into())
             } else {
-                Err(std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "No such file",
+                ))
             }
         }
     }
@@ -543,15 +613,24 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         assert_eq!(c.repos[0].forge, Forge::Gitea);
         assert_eq!(c.repos[0].secret.expose(), "from-file");
         assert!(c.repos[0].cancel_superseded);
-        assert_eq!(c.registries[0].username.as_ref().unwrap().expose(), "value-of-REG_USER");
+        assert_eq!(
+            c.registries[0].username.as_ref().unwrap().expose(),
+            "value-of-REG_USER"
+        );
         assert_eq!(c.secrets["DATABASE_URL"].expose(), "value-of-DATABASE_URL");
         assert_eq!(c.tokens[0].sha256[0], 0x2c);
-        assert!(!format!("{c:?}").contains("value-of"), "Debug must not show secrets");
+        assert!(
+            !format!("{c:?}").contains("value-of"),
+            "Debug must not show secrets"
+        );
     }
 
     #[test]
     fn errors_name_the_key_and_line() {
-        check(&GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"), "hoist.toml:6:1: unknown field `max_paralel`, expected `max_parallel` or `poll_interval`");
+        check(
+            &GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"),
+            "hoist.toml:6:1: unknown field `max_paralel`, expected `max_parallel` or `poll_interval`",
+        );
         check(
             &GOOD.replace("\"file:/secret/hook\"", "\"hunter2\""),
             "hoist.toml:12:10: repo acme/web secret: a literal secret is refused; write \"env:NAME\" or \"file:PATH\" so the value stays out of the config file",
@@ -564,8 +643,14 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
             &GOOD.replace("\"500ms\"", "\"soon\""),
             "hoist.toml:6:17: \"soon\" is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\"",
         );
-        check(&GOOD.replace("\"gitea\"", "\"svn\""), "hoist.toml:11:9: forge = \"svn\" is not one of github, gitea, forgejo, gitlab, bitbucket");
-        check(&GOOD.replace("hosts = [\"web1\"]", "hosts = [\"web9\"]"), "hoist.toml:13:9: repo acme/web: host \"web9\" has no [host.web9] entry");
+        check(
+            &GOOD.replace("\"gitea\"", "\"svn\""),
+            "hoist.toml:11:9: forge = \"svn\" is not one of github, gitea, forgejo, gitlab, bitbucket",
+        );
+        check(
+            &GOOD.replace("hosts = [\"web1\"]", "hosts = [\"web9\"]"),
+            "hoist.toml:13:9: repo acme/web: host \"web9\" has no [host.web9] entry",
+        );
         check(
             &GOOD.replace("sha256 = \"2c", "sha256 = \"zz"),
             "hoist.toml:30:10: token ops: sha256 must be 64 lowercase hex digits, as printed by `hoist token create`",

@@ -107,7 +107,8 @@ pub struct Accepted {
 impl Store {
     /// Open (creating if needed) `DIR/hoist.db` and apply migrations.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
         let path = dir.join("hoist.db");
         let writer = connect(&path)?;
         migrate(&writer).with_context(|| format!("cannot migrate {}", path.display()))?;
@@ -136,7 +137,9 @@ impl Store {
         self.writer
             .send(Message::Job(work, tx))
             .map_err(|_| anyhow!("the store is shutting down"))?;
-        let out = rx.await.map_err(|_| anyhow!("the store is shutting down"))??;
+        let out = rx
+            .await
+            .map_err(|_| anyhow!("the store is shutting down"))??;
         out.downcast::<T>()
             .map(|b| *b)
             .map_err(|_| anyhow!("store job returned an unexpected type"))
@@ -150,7 +153,9 @@ impl Store {
     {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().map_err(|_| anyhow!("store reader poisoned"))?;
+            let conn = reader
+                .lock()
+                .map_err(|_| anyhow!("store reader poisoned"))?;
             f(&conn)
         })
         .await?
@@ -178,12 +183,19 @@ impl Store {
     }
 
     /// Deliveries, newest first: at most `limit`, with ids below `before` when given.
-    pub async fn deliveries(&self, limit: u32, before: Option<i64>) -> anyhow::Result<Vec<Delivery>> {
+    pub async fn deliveries(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> anyhow::Result<Vec<Delivery>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], delivery_from_row)?;
+            let rows = stmt.query_map(
+                params![before.unwrap_or(i64::MAX), limit],
+                delivery_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -205,23 +217,29 @@ impl Store {
 
 fn accept_one(c: &Connection, e: &PushEvent, now: i64) -> anyhow::Result<Accepted> {
     let existing: Option<i64> = c
-        .query_row(
+        .prepare_cached(
             "SELECT id FROM deliveries
              WHERE (forge = ?1 AND delivery_id = ?2 AND git_ref = ?3)
                 OR (repo = ?4 AND git_ref = ?3 AND after_sha = ?5)
              ORDER BY id LIMIT 1",
+        )?
+        .query_row(
             params![e.forge.as_str(), e.delivery_id, e.git_ref, e.repo, e.after],
             |r| r.get(0),
         )
         .optional()?;
     if let Some(id) = existing {
-        return Ok(Accepted { id, duplicate: true });
+        return Ok(Accepted {
+            id,
+            duplicate: true,
+        });
     }
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO deliveries (forge, delivery_id, repo, git_ref, kind, name, before_sha, after_sha,
                                  created, forced, message, author, pusher, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![
+    )?
+    .execute(params![
             e.forge.as_str(),
             e.delivery_id,
             e.repo,
@@ -236,8 +254,7 @@ fn accept_one(c: &Connection, e: &PushEvent, now: i64) -> anyhow::Result<Accepte
             e.author,
             e.pusher,
             now
-        ],
-    )?;
+        ])?;
     Ok(Accepted {
         id: c.last_insert_rowid(),
         duplicate: false,
@@ -290,7 +307,8 @@ fn kind_str(k: RefKind) -> &'static str {
 }
 
 fn connect(path: &Path) -> anyhow::Result<Connection> {
-    let c = Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
+    let c = Connection::open(path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
     // WAL: readers never block the writer. FULL: a commit is fsynced before it returns, so an
     // acknowledged delivery survives a crash or power loss. busy_timeout: the reader may meet
     // a checkpoint.
@@ -357,12 +375,21 @@ fn run_batch(conn: &Connection, batch: Vec<(Work, oneshot::Sender<JobResult>)>) 
     let mut results = Vec::with_capacity(batch.len());
     for (work, tx) in batch {
         // A savepoint per job: a failing job is undone alone and the batch goes on.
-        let result = conn.execute_batch("SAVEPOINT job").map_err(anyhow::Error::from).and_then(|()| {
-            let r = work(conn);
-            let end = if r.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-            conn.execute_batch(end)?;
-            r
-        });
+        let sql = |s: &str| {
+            conn.prepare_cached(s)
+                .and_then(|mut st| st.execute([]))
+                .map(drop)
+        };
+        let result = sql("SAVEPOINT job")
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let r = work(conn);
+                if r.is_err() {
+                    sql("ROLLBACK TO job")?;
+                }
+                sql("RELEASE job")?;
+                r
+            });
         results.push((result, tx));
     }
     match conn.execute_batch("COMMIT") {
@@ -422,15 +449,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let a = store.accept(vec![event("d1", 'a')]).await.unwrap();
-        assert_eq!(a, vec![Accepted { id: 1, duplicate: false }]);
+        assert_eq!(
+            a,
+            vec![Accepted {
+                id: 1,
+                duplicate: false
+            }]
+        );
         // Same delivery id, other commit: the first answer again.
         let b = store.accept(vec![event("d1", 'b')]).await.unwrap();
-        assert_eq!(b, vec![Accepted { id: 1, duplicate: true }]);
+        assert_eq!(
+            b,
+            vec![Accepted {
+                id: 1,
+                duplicate: true
+            }]
+        );
         // Other delivery id, same (repo, ref, commit): also a duplicate.
         let c = store.accept(vec![event("d2", 'a')]).await.unwrap();
-        assert_eq!(c, vec![Accepted { id: 1, duplicate: true }]);
+        assert_eq!(
+            c,
+            vec![Accepted {
+                id: 1,
+                duplicate: true
+            }]
+        );
         let d = store.accept(vec![event("d3", 'c')]).await.unwrap();
-        assert_eq!(d, vec![Accepted { id: 2, duplicate: false }]);
+        assert_eq!(
+            d,
+            vec![Accepted {
+                id: 2,
+                duplicate: false
+            }]
+        );
         let list = store.deliveries(50, None).await.unwrap();
         assert_eq!(list.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(list[1].commit, "a".repeat(40));

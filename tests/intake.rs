@@ -28,7 +28,10 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     const N: u64 = 400;
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(dir.path(), "");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let url = format!("{}/hooks/github", agent.url);
 
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -51,7 +54,10 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     // Kill when about a third has been answered (bounded wait).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while answered.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
-        assert!(std::time::Instant::now() < deadline, "deliveries were not answered within 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries were not answered within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     agent.kill9();
@@ -62,15 +68,24 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
         let (i, status, body) = t.await.unwrap();
         match status {
             Some(202) => {
-                let id = body.unwrap()["delivery"].as_i64().expect("202 names the delivery");
+                let id = body.unwrap()["delivery"]
+                    .as_i64()
+                    .expect("202 names the delivery");
                 accepted.insert(i, id);
             }
             Some(s) => panic!("delivery {i} got {s} before the kill"),
             None => not_accepted.push(i),
         }
     }
-    assert!(accepted.len() as u64 >= N / 3, "only {} accepted before the kill", accepted.len());
-    assert!(!not_accepted.is_empty(), "the kill came after every delivery was answered; the test proves nothing");
+    assert!(
+        accepted.len() as u64 >= N / 3,
+        "only {} accepted before the kill",
+        accepted.len()
+    );
+    assert!(
+        !not_accepted.is_empty(),
+        "the kill came after every delivery was answered; the test proves nothing"
+    );
 
     let mut agent = Agent::start(dir.path(), "");
     let rows = deliveries(&client, &agent).await;
@@ -78,7 +93,11 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     for row in &rows {
         // Whole rows only: every field present and consistent with what was sent.
         let delivery_id = row["delivery_id"].as_str().unwrap();
-        let i: u64 = delivery_id.strip_prefix("delivery-").unwrap().parse().unwrap();
+        let i: u64 = delivery_id
+            .strip_prefix("delivery-")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(row["commit"], sha(i + 1), "row {row}");
         assert_eq!(row["repo"], "acme/web");
         assert_eq!(row["ref"], "refs/heads/main");
@@ -89,8 +108,16 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     }
     for (i, id) in &accepted {
         let key = format!("delivery-{i}");
-        assert_eq!(seen.get(&key), Some(&1), "delivery {i} got 202 but is stored {:?} times", seen.get(&key));
-        assert!(rows.iter().any(|r| r["id"] == *id && r["delivery_id"] == key.as_str()));
+        assert_eq!(
+            seen.get(&key),
+            Some(&1),
+            "delivery {i} got 202 but is stored {:?} times",
+            seen.get(&key)
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r["id"] == *id && r["delivery_id"] == key.as_str())
+        );
     }
     assert!(seen.values().all(|&n| n == 1));
 
@@ -98,11 +125,23 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     for i in &not_accepted {
         let body = github_push("acme/web", "refs/heads/main", &sha(i + 1));
         let headers = signed_headers(Forge::Github, &format!("delivery-{i}"), SECRET, &body);
-        let r = post(&client, &format!("{}/hooks/github", agent.url), &headers, body).send().await.unwrap();
+        let r = post(
+            &client,
+            &format!("{}/hooks/github", agent.url),
+            &headers,
+            body,
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(r.status(), 202);
     }
     let rows = deliveries(&client, &agent).await;
-    assert_eq!(rows.len() as u64, N, "after retries every delivery is stored exactly once");
+    assert_eq!(
+        rows.len() as u64,
+        N,
+        "after retries every delivery is stored exactly once"
+    );
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
@@ -115,7 +154,15 @@ async fn sigterm_finishes_writes_and_exits_0() {
     for i in 0..20 {
         let body = github_push("acme/web", "refs/heads/main", &sha(1000 + i));
         let headers = signed_headers(Forge::Github, &format!("t-{i}"), SECRET, &body);
-        let r = post(&client, &format!("{}/hooks/github", agent.url), &headers, body).send().await.unwrap();
+        let r = post(
+            &client,
+            &format!("{}/hooks/github", agent.url),
+            &headers,
+            body,
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(r.status(), 202);
     }
     assert_eq!(agent.terminate().code(), Some(0));
@@ -134,15 +181,27 @@ async fn http_contract() {
     // Accepted, then the same delivery id, then the same (repo, ref, commit): one row, one answer.
     let body = github_push("acme/web", "refs/heads/main", &sha(7));
     let h = signed_headers(Forge::Github, "d-1", SECRET, &body);
-    let first = post(&client, &hook("github"), &h, body.clone()).send().await.unwrap();
+    let first = post(&client, &hook("github"), &h, body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
-    assert!(first["delivery"].is_i64() && first["runs"].is_array(), "{first}");
-    let again = post(&client, &hook("github"), &h, body.clone()).send().await.unwrap();
+    assert!(
+        first["delivery"].is_i64() && first["runs"].is_array(),
+        "{first}"
+    );
+    let again = post(&client, &hook("github"), &h, body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 202);
     assert_eq!(again.json::<Value>().await.unwrap(), first);
     let h2 = signed_headers(Forge::Github, "d-2", SECRET, &body);
-    let same_push = post(&client, &hook("github"), &h2, body.clone()).send().await.unwrap();
+    let same_push = post(&client, &hook("github"), &h2, body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(same_push.json::<Value>().await.unwrap(), first);
     assert_eq!(deliveries(&client, &agent).await.len(), 1);
 
@@ -154,27 +213,82 @@ async fn http_contract() {
     };
     let body8 = github_push("acme/web", "refs/heads/main", &sha(8));
     // Tampered but still well-formed: the ref changed in transit.
-    let tampered = String::from_utf8(body8.clone()).unwrap().replace("refs/heads/main", "refs/heads/evil").into_bytes();
+    let tampered = String::from_utf8(body8.clone())
+        .unwrap()
+        .replace("refs/heads/main", "refs/heads/evil")
+        .into_bytes();
     let h8 = signed_headers(Forge::Github, "d-8", SECRET, &body8);
-    check_refused(401, post(&client, &hook("github"), &h8, tampered).send().await.unwrap()).await;
+    check_refused(
+        401,
+        post(&client, &hook("github"), &h8, tampered)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let wrong = signed_headers(Forge::Github, "d-8", "not-the-secret", &body8);
-    check_refused(401, post(&client, &hook("github"), &wrong, body8.clone()).send().await.unwrap()).await;
-    let unsigned: Vec<_> = h8.iter().filter(|(k, _)| !k.starts_with("X-Hub")).cloned().collect();
-    check_refused(401, post(&client, &hook("github"), &unsigned, body8.clone()).send().await.unwrap()).await;
-    check_refused(400, post(&client, &hook("github"), &h8, b"{not json".to_vec()).send().await.unwrap()).await;
+    check_refused(
+        401,
+        post(&client, &hook("github"), &wrong, body8.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let unsigned: Vec<_> = h8
+        .iter()
+        .filter(|(k, _)| !k.starts_with("X-Hub"))
+        .cloned()
+        .collect();
+    check_refused(
+        401,
+        post(&client, &hook("github"), &unsigned, body8.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    check_refused(
+        400,
+        post(&client, &hook("github"), &h8, b"{not json".to_vec())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let other = github_push("someone/else", "refs/heads/main", &sha(9));
     let ho = signed_headers(Forge::Github, "d-9", SECRET, &other);
-    check_refused(404, post(&client, &hook("github"), &ho, other).send().await.unwrap()).await;
+    check_refused(
+        404,
+        post(&client, &hook("github"), &ho, other)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     // acme/web is a GitHub repo: its deliveries on the gitea route are refused, naming the right route.
     let hg = signed_headers(Forge::Gitea, "d-10", SECRET, &body8);
-    let r = post(&client, &hook("gitea"), &hg, body8.clone()).send().await.unwrap();
+    let r = post(&client, &hook("gitea"), &hg, body8.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("/hooks/github"));
-    check_refused(404, post(&client, &hook("svn"), &h8, body8.clone()).send().await.unwrap()).await;
+    check_refused(
+        404,
+        post(&client, &hook("svn"), &h8, body8.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     // Over 25 MiB: 413, whether the size is declared up front or only found while reading.
     let addr = agent.url.trim_start_matches("http://").to_string();
     let (declared, streamed) = tokio::task::spawn_blocking(move || {
-        (oversized(&addr, &h8_raw(), true), oversized(&addr, &h8_raw(), false))
+        (
+            oversized(&addr, &h8_raw(), true),
+            oversized(&addr, &h8_raw(), false),
+        )
     })
     .await
     .unwrap();
@@ -182,17 +296,28 @@ async fn http_contract() {
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         assert!(answer.contains("larger than 25 MiB"), "{answer}");
     }
-    assert_eq!(deliveries(&client, &agent).await.len(), 1, "refused deliveries stored nothing");
+    assert_eq!(
+        deliveries(&client, &agent).await.len(),
+        1,
+        "refused deliveries stored nothing"
+    );
 
     // A ping is answered 200 and starts nothing.
-    let ping = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/ping.json")).unwrap();
+    let ping = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/webhooks/github/ping.json"
+    ))
+    .unwrap();
     let mut pv: Value = serde_json::from_slice(&ping).unwrap();
     pv["repository"]["full_name"] = "acme/web".into();
     let ping = serde_json::to_vec(&pv).unwrap();
     let mut hp = signed_headers(Forge::Github, "p-1", SECRET, &ping);
     hp.retain(|(k, _)| k != "X-GitHub-Event");
     hp.push(("X-GitHub-Event".into(), "ping".into()));
-    let r = post(&client, &hook("github"), &hp, ping).send().await.unwrap();
+    let r = post(&client, &hook("github"), &hp, ping)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // GitHub's form encoding, signed over the form body.
@@ -202,21 +327,38 @@ async fn http_contract() {
         .finish();
     let mut hf = signed_headers(Forge::Github, "f-1", SECRET, form.as_bytes());
     hf.retain(|(k, _)| k != "Content-Type");
-    hf.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
-    let r = post(&client, &hook("github"), &hf, form.into_bytes()).send().await.unwrap();
+    hf.push((
+        "Content-Type".into(),
+        "application/x-www-form-urlencoded".into(),
+    ));
+    let r = post(&client, &hook("github"), &hf, form.into_bytes())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
 
     // A Gitea repo on its own route.
-    let gitea = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/gitea/push-docs.json")).unwrap();
+    let gitea = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/webhooks/gitea/push-docs.json"
+    ))
+    .unwrap();
     let mut gv: Value = serde_json::from_slice(&gitea).unwrap();
     gv["repository"]["full_name"] = "acme/api".into();
     let gitea = serde_json::to_vec(&gv).unwrap();
     let hg = signed_headers(Forge::Gitea, "g-1", SECRET, &gitea);
-    let r = post(&client, &hook("gitea"), &hg, gitea).send().await.unwrap();
+    let r = post(&client, &hook("gitea"), &hg, gitea)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
 
     // The API needs a token; lists are newest first and paged.
-    let r = client.get(format!("{}/api/v1/deliveries", agent.url)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/api/v1/deliveries", agent.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = client
         .get(format!("{}/api/v1/deliveries", agent.url))
@@ -230,7 +372,10 @@ async fn http_contract() {
     assert!(rows[0]["id"].as_i64() > rows[1]["id"].as_i64());
     assert_eq!(rows[0]["repo"], "acme/api");
     let page = client
-        .get(format!("{}/api/v1/deliveries?limit=1&before={}", agent.url, rows[0]["id"]))
+        .get(format!(
+            "{}/api/v1/deliveries?limit=1&before={}",
+            agent.url, rows[0]["id"]
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -240,10 +385,24 @@ async fn http_contract() {
         .unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0]["id"], rows[1]["id"]);
-    let r = client.get(format!("{}/healthz", agent.url)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/healthz", agent.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = client.get(format!("{}/metrics", agent.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("hoist_deliveries_accepted_total 3"), "{metrics}");
+    let metrics = client
+        .get(format!("{}/metrics", agent.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hoist_deliveries_accepted_total 3"),
+        "{metrics}"
+    );
 }
 
 fn h8_raw() -> Vec<(String, String)> {
@@ -314,6 +473,9 @@ fn bad_config_exits_2_naming_the_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hoist.toml:6:10: repo a/b secret: a literal secret is refused"), "{err}");
+    assert!(
+        err.contains("hoist.toml:6:10: repo a/b secret: a literal secret is refused"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"));
 }

@@ -71,13 +71,19 @@ impl Agent {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
         // SAFETY-free: kill(2) through the shell's kill, to avoid a libc dependency.
-        Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "hoist did not exit within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "hoist did not exit within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -92,7 +98,10 @@ impl Drop for Agent {
 
 /// A GitHub push body for `repo` moving `git_ref` to `after`, built from a real recorded payload.
 pub fn github_push(repo: &str, git_ref: &str, after: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/go-scm-push.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/webhooks/github/go-scm-push.json"
+    );
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     v["repository"]["full_name"] = repo.into();
     v["ref"] = git_ref.into();
@@ -102,7 +111,12 @@ pub fn github_push(repo: &str, git_ref: &str, after: &str) -> Vec<u8> {
 }
 
 /// Headers a forge would send with `body`: event, delivery id, signature, content type.
-pub fn signed_headers(forge: Forge, delivery: &str, secret: &str, body: &[u8]) -> Vec<(String, String)> {
+pub fn signed_headers(
+    forge: Forge,
+    delivery: &str,
+    secret: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
     let mut h: Vec<(String, String)> = forge::push_headers(forge, delivery)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -113,7 +127,12 @@ pub fn signed_headers(forge: Forge, delivery: &str, secret: &str, body: &[u8]) -
     h
 }
 
-pub fn post(client: &reqwest::Client, url: &str, headers: &[(String, String)], body: Vec<u8>) -> reqwest::RequestBuilder {
+pub fn post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
     let mut r = client.post(url).body(body);
     for (k, v) in headers {
         r = r.header(k, v);
