@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Metrics};
 use crate::config::Config;
+use crate::queue::Queue;
 use crate::store::Store;
+
+/// How long shutdown waits for workers to kill their steps.
+const WORKER_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
@@ -23,26 +27,62 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    let state = AppState {
-        config: Arc::new(config),
-        store: store.clone(),
-        metrics: Arc::new(Metrics::default()),
-    };
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-
+    let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+
+    recover(&store, &config).await?;
+    let queue = Queue::new(store.clone(), config.clone(), shutdown.clone());
+    let dispatcher = tokio::spawn(queue.clone().dispatch());
+    let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
+
+    let state = AppState {
+        config,
+        store: store.clone(),
+        metrics: Arc::new(Metrics::default()),
+        queue: queue.clone(),
+    };
+    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
 
     // Tests and scripts read this line to learn the port when `listen` uses port 0.
     println!("hoist listening on http://{addr}");
     tracing::info!(%addr, db = %store.path().display(), "hoist agent started");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("the HTTP server failed")?;
 
+    // Workers see the shutdown, kill their steps and leave their runs to be re-queued.
+    shutdown.cancel();
+    let _ = dispatcher.await;
+    let _ = poller.await;
+    queue.tasks.close();
+    if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait()).await.is_err() {
+        tracing::warn!("some runs did not stop within {WORKER_GRACE:?}; they are re-queued at the next start");
+    }
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("hoist agent stopped");
+    Ok(())
+}
+
+/// Runs left running by a crash: re-queue or mark interrupted, and remove their step
+/// containers from the builder (best effort: the builder may be down; the runs are recorded anyway).
+async fn recover(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let found = store.recover_runs().await?;
+    if found.requeued.is_empty() && found.interrupted.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(requeued = ?found.requeued, interrupted = ?found.interrupted, "runs interrupted by the last stop");
+    match crate::engine::connect(&config.builder.docker, None).await {
+        Ok(docker) => {
+            for run in found.requeued.iter().chain(&found.interrupted) {
+                if let Err(e) = crate::runner::remove_step_containers(&docker, Some(*run)).await {
+                    tracing::warn!(run, "cannot remove the run's step containers: {e:#}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("cannot reach the builder to remove orphaned step containers: {e:#}"),
+    }
     Ok(())
 }
 

@@ -42,6 +42,56 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Check a pipeline file; problems print as FILE:LINE:COL: message.
+    Validate {
+        /// The pipeline file (default: .hoist.yml).
+        #[arg(default_value = ".hoist.yml")]
+        file: PathBuf,
+    },
+    /// Run a pipeline's test steps on a local checkout, no server needed.
+    Run {
+        /// The pipeline file (default: DIR/.hoist.yml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// The Docker engine for container steps.
+        #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+        docker: String,
+        /// The checkout to run in.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// List runs (newest first).
+    Runs {
+        #[command(flatten)]
+        client: Client,
+        /// Only this repository (owner/name).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only runs in this status (queued, running, success, failed, …).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Print a run's log; --follow streams it until the run ends.
+    Logs {
+        #[command(flatten)]
+        client: Client,
+        run: i64,
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+/// How client commands reach a running agent.
+#[derive(clap::Args)]
+pub struct Client {
+    /// The agent's URL.
+    #[arg(long, env = "HOIST_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// An API token (from `hoist token create`).
+    #[arg(long, env = "HOIST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +111,15 @@ pub fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::Create { name },
         } => token_create(&name),
+        Command::Validate { file } => validate(&file),
+        Command::Run { pipeline, docker, dir } => block_on(crate::local::run(pipeline, docker, dir)),
+        Command::Runs {
+            client,
+            repo,
+            status,
+            limit,
+        } => block_on(crate::client::runs(client, repo, status, limit)),
+        Command::Logs { client, run, follow } => block_on(crate::client::logs(client, run, follow)),
     }
 }
 
@@ -95,6 +154,44 @@ fn serve(config: PathBuf) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hoist: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Run a client command: its own exit code, or 2 with the error (a usage or connection problem).
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hoist: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hoist: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("hoist: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match crate::pipeline::parse(&text) {
+        Ok(p) => {
+            println!("{}: ok (app {}, {} steps)", file.display(), p.app, p.steps.len());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            print!("{}", crate::pipeline::format_problems(&file.display().to_string(), &problems));
             ExitCode::from(1)
         }
     }

@@ -43,16 +43,20 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Docke
 
 /// Builds the client for the URL's scheme without talking to the engine yet.
 fn open(url: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Docker> {
-    let unreachable =
-        |e: bollard::errors::Error| anyhow::anyhow!("cannot reach the Docker engine at {url}: {e}; is dockerd running?");
+    let unreachable = |e: bollard::errors::Error| {
+        anyhow::anyhow!("cannot reach the Docker engine at {url}: {e}; is dockerd running?")
+    };
     if let Some(path) = url.strip_prefix("unix://") {
         if tls.is_some() {
             bail!("Docker engine {url}: tls is only used with tcp:// URLs");
         }
         if path.is_empty() {
-            bail!("Docker engine URL {url:?} names no socket path: use unix:///path/to/docker.sock");
+            bail!(
+                "Docker engine URL {url:?} names no socket path: use unix:///path/to/docker.sock"
+            );
         }
-        Docker::connect_with_unix(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION).map_err(unreachable)
+        Docker::connect_with_unix(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(unreachable)
     } else if url.starts_with("tcp://") {
         match tls {
             Some(tls) => Docker::connect_with_ssl(
@@ -98,7 +102,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("cannot reach the Docker engine at unix:///nonexistent/hoist-test.sock: "),
+            err.starts_with(
+                "cannot reach the Docker engine at unix:///nonexistent/hoist-test.sock: "
+            ),
             "{err}"
         );
         assert!(err.ends_with("is dockerd running?"), "{err}");
@@ -113,7 +119,13 @@ mod tests {
     #[tokio::test]
     async fn closed_tcp_port_names_the_url() {
         // Port 1 on loopback: nothing listens, the connection is refused at once.
-        let err = connect("tcp://127.0.0.1:1", None).await.unwrap_err().to_string();
-        assert!(err.starts_with("cannot reach the Docker engine at tcp://127.0.0.1:1: "), "{err}");
+        let err = connect("tcp://127.0.0.1:1", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot reach the Docker engine at tcp://127.0.0.1:1: "),
+            "{err}"
+        );
     }
 }

@@ -6,13 +6,29 @@
 //! - [`forge`]: webhook signature schemes and payloads of each forge, normalized into one push event.
 //! - [`store`]: the embedded SQLite database: one writer thread with group commit, readers beside it.
 //! - [`api`]: the HTTP surface: webhooks, the JSON API, health.
-//! - [`agent`]: `hoist serve` wiring: state, server, graceful shutdown.
+//! - [`pipeline`]: `.hoist.yml`: the model, validation, triggers, placeholders.
+//! - [`queue`]: hands queued runs to workers; cancellation and live logs of running runs.
+//! - [`worker`]: executes one run: fetch, plan, checkout, steps.
+//! - [`checkout`]: git: per-repo mirrors, exact-commit fetch, workspaces, remote heads.
+//! - [`runner`]: executes one step, in a container on the builder or as a shell process.
+//! - [`engine`]: connections to Docker engines.
+//! - [`poll`]: finds pushes whose webhook never came.
+//! - [`agent`]: `hoist serve` wiring: state, server, workers, graceful shutdown.
 //!
 //! See ARCHITECTURE.md for the path of a push and the invariants.
 
 pub mod agent;
 pub mod api;
+pub mod checkout;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod engine;
 pub mod forge;
+pub mod local;
+pub mod pipeline;
+pub mod poll;
+pub mod queue;
+pub mod runner;
 pub mod store;
+pub mod worker;

@@ -20,6 +20,9 @@ use tokio::sync::oneshot;
 
 use crate::forge::{Forge, PushEvent, RefKind};
 
+mod runs;
+pub use runs::*;
+
 /// Most jobs one transaction takes; bounds the latency a big burst adds to its first job.
 const MAX_BATCH: usize = 512;
 
@@ -47,6 +50,54 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX deliveries_by_delivery ON deliveries(forge, delivery_id, git_ref);
     CREATE UNIQUE INDEX deliveries_by_push ON deliveries(repo, git_ref, after_sha);",
+    // 2: runs, their steps and logs, and the remote heads the poller has seen.
+    "CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        repo          TEXT    NOT NULL,
+        git_ref       TEXT    NOT NULL,
+        kind          TEXT    NOT NULL,
+        name          TEXT    NOT NULL,
+        commit_sha    TEXT    NOT NULL,
+        delivery      INTEGER REFERENCES deliveries(id),
+        trigger       TEXT    NOT NULL,
+        status        TEXT    NOT NULL,
+        reason        TEXT,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        app           TEXT,
+        message       TEXT,
+        author        TEXT,
+        created_at    INTEGER NOT NULL,
+        started_at    INTEGER,
+        finished_at   INTEGER
+    );
+    CREATE INDEX runs_by_status ON runs(status, id);
+    CREATE INDEX runs_by_branch ON runs(repo, git_ref, id);
+    CREATE TABLE steps (
+        run           INTEGER NOT NULL REFERENCES runs(id),
+        idx           INTEGER NOT NULL,
+        name          TEXT    NOT NULL,
+        kind          TEXT    NOT NULL,
+        status        TEXT    NOT NULL,
+        exit_code     INTEGER,
+        reason        TEXT,
+        started_at    INTEGER,
+        finished_at   INTEGER,
+        PRIMARY KEY (run, idx)
+    );
+    CREATE TABLE logs (
+        run           INTEGER NOT NULL REFERENCES runs(id),
+        seq           INTEGER NOT NULL,
+        step          INTEGER NOT NULL,
+        data          BLOB    NOT NULL,
+        PRIMARY KEY (run, seq)
+    );
+    CREATE TABLE heads (
+        repo          TEXT    NOT NULL,
+        git_ref       TEXT    NOT NULL,
+        commit_sha    TEXT    NOT NULL,
+        seen_at       INTEGER NOT NULL,
+        PRIMARY KEY (repo, git_ref)
+    );",
 ];
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;
@@ -95,13 +146,27 @@ pub struct Delivery {
     pub reason: Option<String>,
 }
 
+/// A push event to store, with what the intake decided about it.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub event: PushEvent,
+    /// Why this push starts no run (`[skip ci]`), or None to queue a run.
+    pub skip: Option<String>,
+    /// A newer push to a branch cancels its older queued or running runs.
+    pub cancel_superseded: bool,
+}
+
 /// The outcome of storing one push event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// The delivery's row id (the first one's, for a duplicate).
     pub id: i64,
     /// The event was already stored, by delivery id or by (repo, ref, commit).
     pub duplicate: bool,
+    /// The runs this delivery queued (for a duplicate, the ones the first queued).
+    pub runs: Vec<i64>,
+    /// Running runs this push supersedes: their workers must cancel them.
+    pub superseded_running: Vec<i64>,
 }
 
 impl Store {
@@ -175,8 +240,9 @@ impl Store {
         &self.path
     }
 
-    /// Store push events durably, deduplicating on the delivery id and on (repo, ref, commit).
-    pub async fn accept(&self, events: Vec<PushEvent>) -> anyhow::Result<Vec<Accepted>> {
+    /// Store push events durably, deduplicating on the delivery id and on (repo, ref, commit),
+    /// and queue their runs in the same transaction.
+    pub async fn accept(&self, events: Vec<Intake>) -> anyhow::Result<Vec<Accepted>> {
         let now = now_millis();
         self.write(move |c| events.iter().map(|e| accept_one(c, e, now)).collect())
             .await
@@ -215,7 +281,8 @@ impl Store {
     }
 }
 
-fn accept_one(c: &Connection, e: &PushEvent, now: i64) -> anyhow::Result<Accepted> {
+fn accept_one(c: &Connection, intake: &Intake, now: i64) -> anyhow::Result<Accepted> {
+    let e = &intake.event;
     let existing: Option<i64> = c
         .prepare_cached(
             "SELECT id FROM deliveries
@@ -232,6 +299,8 @@ fn accept_one(c: &Connection, e: &PushEvent, now: i64) -> anyhow::Result<Accepte
         return Ok(Accepted {
             id,
             duplicate: true,
+            runs: runs::runs_of_delivery(c, id)?,
+            superseded_running: Vec::new(),
         });
     }
     c.prepare_cached(
@@ -255,9 +324,38 @@ fn accept_one(c: &Connection, e: &PushEvent, now: i64) -> anyhow::Result<Accepte
             e.pusher,
             now
         ])?;
+    let id = c.last_insert_rowid();
+    if let Some(why) = &intake.skip {
+        c.prepare_cached("UPDATE deliveries SET status = 'skipped', reason = ?2 WHERE id = ?1")?
+            .execute(params![id, why])?;
+        return Ok(Accepted {
+            id,
+            duplicate: false,
+            runs: Vec::new(),
+            superseded_running: Vec::new(),
+        });
+    }
+    let created = runs::create_run(
+        c,
+        &NewRun {
+            repo: e.repo.clone(),
+            git_ref: e.git_ref.clone(),
+            kind: e.kind,
+            name: e.name.clone(),
+            commit: e.after.clone(),
+            delivery: Some(id),
+            trigger: trigger::PUSH,
+            message: e.message.clone(),
+            author: e.author.clone(),
+            cancel_superseded: intake.cancel_superseded,
+        },
+        now,
+    )?;
     Ok(Accepted {
-        id: c.last_insert_rowid(),
+        id,
         duplicate: false,
+        runs: vec![created.id],
+        superseded_running: created.superseded_running,
     })
 }
 
@@ -299,7 +397,7 @@ fn bad_value(column: usize, value: &str) -> rusqlite::Error {
     )
 }
 
-fn kind_str(k: RefKind) -> &'static str {
+pub(crate) fn kind_str(k: RefKind) -> &'static str {
     match k {
         RefKind::Branch => "branch",
         RefKind::Tag => "tag",
@@ -425,7 +523,15 @@ pub fn rfc3339(millis: i64) -> String {
 mod tests {
     use super::*;
 
-    fn event(delivery: &str, after: char) -> PushEvent {
+    fn event(delivery: &str, after: char) -> Intake {
+        Intake {
+            skip: None,
+            cancel_superseded: true,
+            event: raw_event(delivery, after),
+        }
+    }
+
+    fn raw_event(delivery: &str, after: char) -> PushEvent {
         PushEvent {
             forge: Forge::Github,
             delivery_id: delivery.into(),
@@ -502,7 +608,7 @@ mod tests {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
                 let mut e = event(&format!("d{i}"), 'a');
-                e.after = format!("{i:040x}");
+                e.event.after = format!("{i:040x}");
                 s.accept(vec![e]).await.unwrap()
             }));
         }

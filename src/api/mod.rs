@@ -20,7 +20,10 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::forge::{self, Forge, ForgeError, Received};
-use crate::store::Store;
+use crate::queue::Queue;
+use crate::store::{Intake, Store};
+
+mod runs;
 
 /// Deliveries larger than this are refused with 413; GitHub caps its payloads at 25 MB too.
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
@@ -34,6 +37,8 @@ pub struct AppState {
     pub store: Store,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The run queue: wake it, cancel runs, follow logs.
+    pub queue: Arc<Queue>,
 }
 
 impl FromRef<AppState> for Store {
@@ -84,7 +89,13 @@ impl IntoResponse for ApiError {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/deliveries", get(list_deliveries))
-        .route("/deliveries/{id}", get(get_delivery));
+        .route("/deliveries/{id}", get(get_delivery))
+        .route("/deliveries/{id}/replay", post(runs::replay_delivery))
+        .route("/runs", get(runs::list_runs))
+        .route("/runs/{id}", get(runs::get_run))
+        .route("/runs/{id}/cancel", post(runs::cancel_run))
+        .route("/runs/{id}/logs", get(runs::run_logs))
+        .route("/repos/{owner}/{name}/runs", post(runs::start_run));
     Router::new()
         .route("/hooks/{forge}", post(receive_hook))
         .nest("/api/v1", api)
@@ -226,7 +237,19 @@ async fn receive(
                 .iter()
                 .map(|e| (e.repo.clone(), e.git_ref.clone(), e.after.clone()))
                 .collect();
-            let accepted = s.store.accept(events).await.map_err(ApiError::internal)?;
+            let intakes = events
+                .into_iter()
+                .map(|event| Intake {
+                    skip: event
+                        .message
+                        .as_deref()
+                        .filter(|m| crate::pipeline::skip_ci(m))
+                        .map(|_| "[skip ci] in the head commit message".to_string()),
+                    cancel_superseded: s.config.repo(&event.repo).is_some_and(|r| r.cancel_superseded),
+                    event,
+                })
+                .collect();
+            let accepted = s.store.accept(intakes).await.map_err(ApiError::internal)?;
             for (a, (repo, git_ref, commit)) in accepted.iter().zip(&summary) {
                 let counter = if a.duplicate {
                     &s.metrics.deliveries_duplicate
@@ -236,8 +259,16 @@ async fn receive(
                 counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
             }
+            for a in &accepted {
+                for (old, new) in a.superseded_running.iter().zip(std::iter::repeat(a.runs.first())) {
+                    let by = new.map_or_else(|| "a newer push".to_string(), |n| format!("run {n}"));
+                    s.queue.cancel_running(*old, format!("superseded by {by}"));
+                }
+            }
+            s.queue.wake();
             let ids: Vec<i64> = accepted.iter().map(|a| a.id).collect();
-            let mut answer = json!({ "delivery": ids.first(), "runs": [] });
+            let runs: Vec<i64> = accepted.iter().flat_map(|a| a.runs.clone()).collect();
+            let mut answer = json!({ "delivery": ids.first(), "runs": runs });
             if ids.len() > 1 {
                 answer["deliveries"] = json!(ids);
             }

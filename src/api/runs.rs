@@ -1,0 +1,274 @@
+//! The runs API: list, show, cancel, start by hand, replay a delivery, and logs (JSON, or
+//! Server-Sent Events that follow a running run until it ends).
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{ApiError, AppState, Authorized, Page};
+use crate::checkout::is_commit_id;
+use crate::forge::RefKind;
+use crate::queue::LogEvent;
+use crate::store::{Cancel, LogChunk, NewRun, status, trigger};
+
+#[derive(Deserialize)]
+pub struct RunFilter {
+    repo: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+pub async fn list_runs(_: Authorized, State(s): State<AppState>, Query(f): Query<RunFilter>) -> Result<Json<Value>, ApiError> {
+    let page = Page {
+        limit: f.limit,
+        before: f.before,
+    };
+    let runs = s
+        .store
+        .runs(f.repo, f.status, page.limit(), page.before)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!(runs)))
+}
+
+fn no_run(id: i64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no run {id}; GET /api/v1/runs lists them"))
+}
+
+pub async fn get_run(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    let (run, steps) = s.store.run(id).await.map_err(ApiError::internal)?.ok_or_else(|| no_run(id))?;
+    let mut v = json!(run);
+    v["steps"] = json!(steps);
+    Ok(Json(v))
+}
+
+pub async fn cancel_run(auth: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    let reason = format!("cancelled by {}", auth.token);
+    match s.store.cancel_run(id, reason.clone()).await.map_err(ApiError::internal)? {
+        Cancel::NotFound => Err(no_run(id)),
+        Cancel::Dequeued => Ok(Json(json!({ "run": id, "status": status::CANCELLED }))),
+        Cancel::Running => {
+            s.queue.cancel_running(id, reason);
+            Ok(Json(json!({ "run": id, "status": "cancelling" })))
+        }
+        Cancel::Ended(st) => Err(ApiError::new(StatusCode::CONFLICT, format!("run {id} already ended ({st}); nothing to cancel"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    commit: Option<String>,
+}
+
+/// `POST /api/v1/repos/{owner}/{name}/runs {"ref": "refs/heads/main", "commit": "…"}`. Without
+/// a commit, the ref's current head on the remote is run.
+pub async fn start_run(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Result<Json<StartRun>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("{e}; send {{\"ref\": \"refs/heads/main\", \"commit\": \"<40 hex>\"}}"))
+    })?;
+    let repo = format!("{owner}/{name}");
+    let conf = s
+        .config
+        .repo(&repo)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {repo} is not in hoist.toml")))?
+        .clone();
+    let (kind, short) = match (body.git_ref.strip_prefix("refs/heads/"), body.git_ref.strip_prefix("refs/tags/")) {
+        (Some(b), _) if !b.is_empty() => (RefKind::Branch, b.to_string()),
+        (_, Some(t)) if !t.is_empty() => (RefKind::Tag, t.to_string()),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("ref {:?} must be a full ref: refs/heads/BRANCH or refs/tags/TAG", body.git_ref),
+            ));
+        }
+    };
+    let commit = match body.commit {
+        Some(c) if is_commit_id(&c) => c.to_ascii_lowercase(),
+        Some(c) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("commit {c:?} must be 40 hex digits"))),
+        None => remote_head(&s, &repo, &body.git_ref).await?,
+    };
+    let created = s
+        .store
+        .create_run(NewRun {
+            repo,
+            git_ref: body.git_ref,
+            kind,
+            name: short,
+            commit,
+            delivery: None,
+            trigger: trigger::MANUAL,
+            message: None,
+            author: None,
+            cancel_superseded: conf.cancel_superseded,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    for old in created.superseded_running {
+        s.queue.cancel_running(old, format!("superseded by run {}", created.id));
+    }
+    s.queue.wake();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "run": created.id })) ).into_response())
+}
+
+async fn remote_head(s: &AppState, repo: &str, git_ref: &str) -> Result<String, ApiError> {
+    let path = crate::worker::mirror_path(&s.config.data_dir, repo);
+    let url = s.config.repo(repo).map(|r| r.url.clone()).unwrap_or_default();
+    let lock = s.queue.repo_lock(repo);
+    let _guard = lock.lock().await;
+    let heads = tokio::task::spawn_blocking(move || crate::checkout::Mirror::open(&path, &url)?.ls_remote())
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    heads
+        .into_iter()
+        .find(|(r, _)| r == git_ref)
+        .map(|(_, c)| c)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{git_ref} does not exist in {repo}; give a commit or push the ref")))
+}
+
+/// `POST /api/v1/deliveries/{id}/replay`: run a stored delivery's push again.
+pub async fn replay_delivery(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let d = s
+        .store
+        .delivery(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no delivery {id}; GET /api/v1/deliveries lists them")))?;
+    let conf = s
+        .config
+        .repo(&d.repo)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {} is no longer in hoist.toml", d.repo)))?;
+    let created = s
+        .store
+        .create_run(NewRun {
+            repo: d.repo.clone(),
+            git_ref: d.git_ref.clone(),
+            kind: d.kind,
+            name: d.name.clone(),
+            commit: d.commit.clone(),
+            delivery: Some(d.id),
+            trigger: trigger::REPLAY,
+            message: d.message.clone(),
+            author: d.author.clone(),
+            cancel_superseded: conf.cancel_superseded,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    for old in created.superseded_running {
+        s.queue.cancel_running(old, format!("superseded by run {}", created.id));
+    }
+    s.queue.wake();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": id, "runs": [created.id] }))).into_response())
+}
+
+/// `GET /api/v1/runs/{id}/logs`: the stored chunks as JSON, or with `Accept: text/event-stream`
+/// an SSE stream (`event: log`, `id: SEQ`, data the chunk as JSON) that follows the run live and
+/// ends with `event: end` carrying the run's status. `Last-Event-ID` resumes after a chunk.
+pub async fn run_logs(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if s.store.run(id).await.map_err(ApiError::internal)?.is_none() {
+        return Err(no_run(id));
+    }
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_sse {
+        let chunks = s.store.logs(id, 0).await.map_err(ApiError::internal)?;
+        return Ok(Json(json!(chunks)).into_response());
+    }
+    let after: i64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(follow(s, id, after, tx));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let stream = futures_util::StreamExt::map(stream, Ok::<Event, Infallible>);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn log_event(c: &LogChunk) -> Event {
+    Event::default()
+        .event("log")
+        .id(c.seq.to_string())
+        .data(serde_json::to_string(c).unwrap_or_default())
+}
+
+/// Feed one SSE client: stored chunks first, then live ones, then the end.
+async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sender<Event>) {
+    // Subscribe before reading the store, so nothing falls between the two.
+    let mut live = s.queue.subscribe(run);
+    loop {
+        let stored = match s.store.logs(run, last).await {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        for c in &stored {
+            if tx.send(log_event(c)).await.is_err() {
+                return;
+            }
+            last = c.seq;
+        }
+        let Some(rx) = live.as_mut() else {
+            // Not running here: it ended (or has not started); send the end once it has ended.
+            match s.store.run(run).await {
+                Ok(Some((r, _))) if status::is_terminal(&r.status) => {
+                    let _ = tx.send(Event::default().event("end").data(json!({ "status": r.status }).to_string())).await;
+                    return;
+                }
+                Ok(Some(_)) => {
+                    // Queued: wait for it to start.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    live = s.queue.subscribe(run);
+                    continue;
+                }
+                _ => return,
+            }
+        };
+        loop {
+            match rx.recv().await {
+                Ok(LogEvent::Chunk(c)) if c.seq > last => {
+                    last = c.seq;
+                    if tx.send(log_event(&c)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(LogEvent::Chunk(_)) => {}
+                Ok(LogEvent::End(_)) | Err(RecvError::Closed) => {
+                    // Read what may have been stored after the last chunk, then the status.
+                    live = None;
+                    break;
+                }
+                Err(RecvError::Lagged(_)) => break, // re-read from the store
+            }
+        }
+        if live.is_none() {
+            // Wait until the worker has recorded the end, then drain and finish.
+            for _ in 0..100 {
+                if let Ok(Some((r, _))) = s.store.run(run).await
+                    && status::is_terminal(&r.status)
+                {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

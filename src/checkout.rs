@@ -1,0 +1,1034 @@
+//! Getting the pushed commit onto disk: a bare mirror per repository, and a workspace per run.
+//!
+//! A push webhook names a repository and a commit. The repository's URL comes from `hoist.toml`,
+//! never from the payload, so a forged or confused payload can at worst name a commit that
+//! the configured repository does not have. [`Mirror::fetch`] asks the remote for exactly that
+//! commit (falling back to the pushed ref for servers that refuse fetching by SHA), and keeps
+//! it in a bare repository under `data_dir` so later runs transfer only what is new.
+//! [`Mirror::checkout`] then copies the commit from the mirror into a run's workspace without
+//! touching the network, and checks that HEAD really is the commit that was asked for.
+//!
+//! Everything here is blocking (libgit2 is); async callers wrap calls in `spawn_blocking`.
+//! Two fetches into the same mirror at once can collide on ref lock files: callers serialize
+//! work per repository.
+//!
+//! Invariant: a password in a configured URL never reaches a log or an error message: URLs
+//! are shown through [`redact_url`], libgit2's error texts are scrubbed of it.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use git2::build::CheckoutBuilder;
+use git2::{
+    AutotagOption, Cred, CredentialType, Direction, ErrorCode, FetchOptions, ObjectType, Oid,
+    ProxyOptions, Reference, RemoteCallbacks, Repository,
+};
+
+/// Largest file [`Mirror::read_file`] returns: pipeline files are small, and this bounds the
+/// memory a hostile repository can make the agent spend.
+const MAX_READ_FILE: usize = 1024 * 1024;
+
+/// Private keys tried, in this order, after the ssh agent (those OpenSSH tries by default).
+const DEFAULT_SSH_KEYS: &[&str] = &["id_ed25519", "id_ecdsa", "id_rsa"];
+
+/// A 40-hex commit id (lowercase, as git prints it and forges send it), checked before any
+/// git call so that a payload can never smuggle a refspec or an option into libgit2.
+pub fn is_commit_id(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn parse_commit(commit: &str) -> anyhow::Result<Oid> {
+    if !is_commit_id(commit) {
+        bail!("{commit:?} is not a commit id (40 lowercase hex digits)");
+    }
+    Ok(Oid::from_str(commit)?)
+}
+
+/// A bare mirror of one configured repository under data_dir, so every run fetches only what is new.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// The bare repository on disk; reopened per call because `git2::Repository` is not `Sync`.
+    path: PathBuf,
+    /// The remote, exactly as configured; may hold credentials, so shown only through [`redact_url`].
+    url: String,
+}
+
+impl Mirror {
+    /// Open or create the bare repository at `path` for remote `url` (the URL from hoist.toml, never from a payload).
+    pub fn open(path: &Path, url: &str) -> anyhow::Result<Mirror> {
+        if url.trim().is_empty() {
+            bail!("the repository URL is empty");
+        }
+        let mirror = Mirror {
+            path: path.to_path_buf(),
+            url: url.to_string(),
+        };
+        if path.exists() {
+            // Fail now, not at the first fetch, when the directory is something else.
+            mirror.repo()?;
+        } else {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            Repository::init_bare(path).with_context(|| {
+                format!("cannot create the mirror repository {}", path.display())
+            })?;
+            tracing::info!(mirror = %path.display(), url = %redact_url(url), "created mirror");
+        }
+        Ok(mirror)
+    }
+
+    /// Make sure `commit` (40 hex) is present: fetch exactly that object from `url` when
+    /// missing; fall back to fetching `git_ref` (e.g. refs/heads/main) when the server refuses
+    /// fetching by SHA (uploadpack.allowReachableSHA1InWant off), then check the commit arrived.
+    ///
+    /// Over paths and file:// URLs "exactly" is libgit2's local transport's call, and it sends
+    /// everything reachable from the source's refs; over git://, https and ssh it is exact.
+    ///
+    /// Afterwards the mirror's `git_ref` points at `commit` (or at the fetched ref tip after a
+    /// fallback): the mirror's refs are what libgit2 offers the server as "haves", so they
+    /// are what keeps the next fetch small, and they keep fetched objects reachable.
+    pub fn fetch(&self, commit: &str, git_ref: &str) -> anyhow::Result<()> {
+        let oid = parse_commit(commit)?;
+        check_ref_name(git_ref)?;
+        let repo = self.repo()?;
+        if has_commit(&repo, oid) {
+            tracing::debug!(commit, "commit already in the mirror; no fetch");
+            return Ok(());
+        }
+        let url = redact_url(&self.url);
+
+        // No destination in the refspec: libgit2 would point the ref at whatever object the
+        // SHA names, even before we know it is a commit. We set the ref ourselves below.
+        match self.fetch_refspecs(&repo, &[commit]) {
+            Ok(_) if has_commit(&repo, oid) => {
+                repo.reference(git_ref, oid, true, "hoist: fetch by commit id")
+                    .with_context(|| format!("cannot update {git_ref} in the mirror"))?;
+                return Ok(());
+            }
+            Ok(_) => tracing::debug!(commit, %url, "fetch by commit id brought nothing"),
+            // Servers without allowReachableSHA1InWant answer "not our ref"; an unreachable
+            // server fails here too and again just below, where the error is reported.
+            Err(e) => tracing::debug!(
+                commit, %url, error = %self.scrub(e.message()),
+                "fetch by commit id refused; fetching {git_ref} instead"
+            ),
+        }
+
+        let refspec = format!("+{git_ref}:{git_ref}");
+        self.fetch_refspecs(&repo, &[refspec.as_str()])
+            .map_err(|e| anyhow!("cannot fetch from {url}: {}", self.explain(&e)))?;
+        if !has_commit(&repo, oid) {
+            bail!("commit {commit} is not in {url} (was the branch force-pushed away?)");
+        }
+        Ok(())
+    }
+
+    /// The content of `path` in `commit`'s tree, None when the file is absent (a repo without
+    /// .hoist.yml). Max 1 MiB, else Err.
+    pub fn read_file(&self, commit: &str, path: &str) -> anyhow::Result<Option<String>> {
+        let oid = parse_commit(commit)?;
+        let repo = self.repo()?;
+        let tree = find_commit(&repo, oid)?.tree()?;
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(entry) => entry,
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot look up {path} in {commit}")),
+        };
+        // A symlink's blob is its target path, and a gitlink names another repository's
+        // commit: neither is the file the caller means, so say so instead of guessing.
+        match (entry.kind(), entry.filemode()) {
+            (Some(ObjectType::Blob), 0o100644 | 0o100755) => {}
+            (Some(ObjectType::Blob), 0o120000) => bail!("{path} in {commit} is a symlink"),
+            _ => bail!("{path} in {commit} is not a regular file"),
+        }
+        // Ask the object database for the size first so a huge blob is never loaded.
+        let (size, _) = repo.odb()?.read_header(entry.id())?;
+        if size > MAX_READ_FILE {
+            bail!("{path} in {commit} is {size} bytes; the limit is {MAX_READ_FILE}");
+        }
+        let blob = repo.find_blob(entry.id())?;
+        let text = String::from_utf8(blob.content().to_vec())
+            .map_err(|_| anyhow!("{path} in {commit} is not UTF-8 text"))?;
+        Ok(Some(text))
+    }
+
+    /// Branch and tag heads of the remote, like `git ls-remote --heads --tags URL`, with
+    /// annotated tags peeled to the commit they tag: Vec<(full ref, commit sha)>, in the
+    /// server's order.
+    pub fn ls_remote(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let repo = self.repo()?;
+        let url = redact_url(&self.url);
+        let mut remote = repo.remote_anonymous(&self.url)?;
+        let mut proxy = ProxyOptions::new();
+        proxy.auto();
+        let conn = remote
+            .connect_auth(Direction::Fetch, Some(remote_callbacks()), Some(proxy))
+            .map_err(|e| anyhow!("cannot list refs of {url}: {}", self.explain(&e)))?;
+        let heads = conn
+            .list()
+            .map_err(|e| anyhow!("cannot list refs of {url}: {}", self.explain(&e)))?;
+
+        // The server advertises an annotated tag twice: `refs/tags/v1` (the tag object) and
+        // `refs/tags/v1^{}` (the commit it tags). Callers want the commit under the plain name.
+        let peeled: std::collections::HashMap<&str, Oid> = heads
+            .iter()
+            .filter_map(|h| Some((h.name().strip_suffix("^{}")?, h.oid())))
+            .collect();
+        let mut refs = Vec::new();
+        for head in heads {
+            let name = head.name();
+            if name.ends_with("^{}")
+                || !(name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+            {
+                continue;
+            }
+            let oid = match peeled.get(name) {
+                Some(oid) => *oid,
+                // No peeled line (some servers omit it): peel locally if the mirror has the
+                // object, otherwise report what the server said.
+                None => repo
+                    .find_object(head.oid(), None)
+                    .and_then(|o| o.peel_to_commit())
+                    .map(|c| c.id())
+                    .unwrap_or(head.oid()),
+            };
+            refs.push((name.to_string(), oid.to_string()));
+        }
+        Ok(refs)
+    }
+
+    /// Check out `commit` into the empty or non-existent directory `dest` as a normal worktree
+    /// (files plus a self-contained .git, detached HEAD at commit), from the mirror (no
+    /// network). Then verify HEAD == commit and fail otherwise.
+    ///
+    /// The objects are copied into `dest/.git` rather than borrowed through `alternates`:
+    /// the workspace is bind-mounted into containers where the mirror's path does not exist,
+    /// and git commands run there (`git describe`, `git log`) must still work.
+    pub fn checkout(&self, commit: &str, dest: &Path) -> anyhow::Result<()> {
+        let oid = parse_commit(commit)?;
+        let mirror = self.repo()?;
+        find_commit(&mirror, oid)?;
+        ensure_empty_dir(dest)?;
+
+        let repo = Repository::init(dest)
+            .with_context(|| format!("cannot create a repository in {}", dest.display()))?;
+        copy_history(&mirror, &repo, oid).with_context(|| {
+            format!(
+                "cannot copy {commit} from the mirror into {}",
+                dest.display()
+            )
+        })?;
+
+        let target = repo.find_commit(oid)?;
+        // force: the directory was empty, so there is nothing to protect, and every file of
+        // the tree must be written whatever the unborn HEAD and empty index say. Modes come
+        // from the tree (0644, 0755 for executables) under the process umask, like git.
+        repo.checkout_tree(target.as_object(), Some(CheckoutBuilder::new().force()))
+            .with_context(|| format!("cannot check out {commit} into {}", dest.display()))?;
+        repo.set_head_detached(oid)?;
+
+        let head = repo.head()?.peel_to_commit()?.id();
+        if head != oid || !repo.head_detached()? {
+            bail!(
+                "checkout of {commit} in {} ended at HEAD {head}; refusing to build it",
+                dest.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn repo(&self) -> anyhow::Result<Repository> {
+        Repository::open_bare(&self.path)
+            .with_context(|| format!("cannot open the mirror {}", self.path.display()))
+    }
+
+    /// One fetch from the configured URL with our credentials, proxy and no tag following
+    /// (tags would add refs and objects nobody asked for). Returns how many objects came.
+    fn fetch_refspecs(&self, repo: &Repository, refspecs: &[&str]) -> Result<usize, git2::Error> {
+        let mut remote = repo.remote_anonymous(&self.url)?;
+        let mut proxy = ProxyOptions::new();
+        proxy.auto();
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(remote_callbacks())
+            .proxy_options(proxy)
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        remote.fetch(refspecs, Some(&mut opts), Some("hoist: fetch"))?;
+        let stats = remote.stats();
+        tracing::info!(
+            url = %redact_url(&self.url),
+            ?refspecs,
+            objects = stats.received_objects(),
+            bytes = stats.received_bytes(),
+            "fetched"
+        );
+        Ok(stats.received_objects())
+    }
+
+    /// libgit2's message (its `Display` appends class and code numbers nobody can act on),
+    /// with a hint where the fix is known, scrubbed of credentials.
+    fn explain(&self, e: &git2::Error) -> String {
+        // libgit2 picks the local transport only for a path that exists; for one that does
+        // not it says "unsupported URL protocol", which sends people looking at the URL syntax.
+        let path = self.url.strip_prefix("file://").unwrap_or(&self.url);
+        if path.starts_with('/') && !Path::new(path).exists() {
+            return format!("there is no repository at {path}");
+        }
+        let hint = match (e.class(), e.code()) {
+            (git2::ErrorClass::Ssh, ErrorCode::Certificate) => {
+                " (add the server's host key to ~/.ssh/known_hosts, e.g. with ssh-keyscan)"
+            }
+            (_, ErrorCode::Auth) => {
+                " (check the ssh agent, ~/.ssh keys or git credential helper of the hoist user)"
+            }
+            _ => "",
+        };
+        self.scrub(&format!("{}{hint}", e.message()))
+    }
+
+    /// `text` with the URL's password, if any, replaced: libgit2 may echo the URL it was given.
+    fn scrub(&self, text: &str) -> String {
+        match url_password(&self.url) {
+            Some(secret) if !secret.is_empty() => text.replace(secret, "***"),
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// The password part of `scheme://user:password@host/...`, if the URL has one.
+fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    Some(userinfo.split_once(':')?.1)
+}
+
+/// `url` fit for logs and error messages: a password in it becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    match url_password(url) {
+        Some(secret) if !secret.is_empty() => url.replacen(&format!(":{secret}@"), ":***@", 1),
+        _ => url.to_string(),
+    }
+}
+
+/// Copy `oid` and its history (and nothing else) from `from` into `to` as one pack.
+///
+/// Not a fetch over the local transport: libgit2's local transport ignores the wanted
+/// objects and sends everything reachable from every ref of the source, so a workspace
+/// would receive all branches of the mirror. The pack is streamed, never held in memory.
+fn copy_history(from: &Repository, to: &Repository, oid: Oid) -> anyhow::Result<()> {
+    let mut walk = from.revwalk()?;
+    walk.push(oid)?;
+    let mut pack = from.packbuilder()?;
+    pack.insert_walk(&mut walk)?;
+    let odb = to.odb()?;
+    let mut writer = odb.packwriter()?;
+    let mut written = Ok(());
+    pack.foreach(|chunk| {
+        written = writer.write_all(chunk);
+        written.is_ok()
+    })?;
+    written?;
+    writer.commit()?;
+    Ok(())
+}
+
+fn has_commit(repo: &Repository, oid: Oid) -> bool {
+    repo.find_commit(oid).is_ok()
+}
+
+fn find_commit(repo: &Repository, oid: Oid) -> anyhow::Result<git2::Commit<'_>> {
+    repo.find_commit(oid)
+        .map_err(|_| anyhow!("commit {oid} is not in the mirror; fetch it first"))
+}
+
+/// `git_ref` ends up in a refspec, so it must be a plain, valid ref name (no `:`, no `+`,
+/// no `..`) under refs/.
+fn check_ref_name(git_ref: &str) -> anyhow::Result<()> {
+    if !git_ref.starts_with("refs/") || !Reference::is_valid_name(git_ref) {
+        bail!("{git_ref:?} is not a full ref name like refs/heads/main");
+    }
+    Ok(())
+}
+
+fn ensure_empty_dir(dest: &Path) -> anyhow::Result<()> {
+    match fs::read_dir(dest) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not empty; refusing to check out into it",
+                    dest.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
+    }
+}
+
+/// Credentials for ssh and https remotes. libgit2 calls this again after each rejected
+/// credential, and calls it forever if it keeps getting one back, so every source is
+/// tried once and then we give up with an error.
+fn remote_callbacks<'a>() -> RemoteCallbacks<'a> {
+    let mut tried = CredentialsTried::default();
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.credentials(move |url, username, allowed| tried.next(url, username, allowed));
+    callbacks
+}
+
+/// Which credential sources were already offered during one connection.
+#[derive(Default)]
+struct CredentialsTried {
+    /// The ssh agent was offered (it is skipped without `SSH_AUTH_SOCK`).
+    agent: bool,
+    /// How many of the existing [`DEFAULT_SSH_KEYS`] were offered.
+    keys: usize,
+    /// The git credential helpers were asked (https).
+    helper: bool,
+}
+
+impl CredentialsTried {
+    fn next(
+        &mut self,
+        url: &str,
+        username: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred, git2::Error> {
+        // An ssh URL without a user (ssh://host/repo): forges all expect "git".
+        let user = username.unwrap_or("git");
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(user);
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if !self.agent {
+                self.agent = true;
+                if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+                    return Cred::ssh_key_from_agent(user);
+                }
+            }
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let keys: Vec<PathBuf> = DEFAULT_SSH_KEYS
+                .iter()
+                .filter_map(|k| Some(home.as_ref()?.join(".ssh").join(k)))
+                .filter(|k| k.is_file())
+                .collect();
+            if let Some(key) = keys.get(self.keys) {
+                self.keys += 1;
+                // No passphrase: an agent is the way to use a protected key unattended.
+                return Cred::ssh_key(user, None, key, None);
+            }
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && !self.helper {
+            self.helper = true;
+            if let Ok(config) = git2::Config::open_default()
+                && let Ok(cred) = Cred::credential_helper(&config, url, username)
+            {
+                return Ok(cred);
+            }
+        }
+        Err(git2::Error::new(
+            ErrorCode::Auth,
+            git2::ErrorClass::Callback,
+            "no credential was accepted",
+        ))
+    }
+}
+
+/// Workspaces for runs under `root`: one directory per run; successful ones removed, the last
+/// `keep_failed` failed ones kept for debugging.
+///
+/// Layout: `root/run-<id>/` is the workspace; `root/run-<id>.failed` is an empty marker
+/// written when the run failed. The marker sits beside the directory, not in it, so the
+/// workspace path a run logged stays valid and the build's files are left as they were.
+/// Directories without a marker belong to running (or crashed) runs and are never pruned.
+#[derive(Debug, Clone)]
+pub struct Workspaces {
+    /// The directory holding all workspaces; nothing else should live there.
+    root: PathBuf,
+    /// How many failed workspaces to keep, newest (highest run id) first.
+    keep_failed: usize,
+}
+
+impl Workspaces {
+    pub fn new(root: &Path, keep_failed: usize) -> anyhow::Result<Workspaces> {
+        fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        Ok(Workspaces {
+            root: root.to_path_buf(),
+            keep_failed,
+        })
+    }
+
+    /// A fresh empty directory for run `run` (removing any leftover of the same run, e.g.
+    /// after a crash).
+    pub fn create(&self, run: i64) -> anyhow::Result<PathBuf> {
+        let dir = self.dir(run);
+        remove_if_present(&dir)?;
+        remove_file_if_present(&self.marker(run))?;
+        fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Readable by the (possibly other) user a build container runs as, whatever our umask.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        Ok(dir)
+    }
+
+    /// Done with run `run`: remove it when `failed` is false; otherwise keep it and prune
+    /// older failed ones beyond keep_failed.
+    pub fn finish(&self, run: i64, failed: bool) -> anyhow::Result<()> {
+        if !failed {
+            remove_if_present(&self.dir(run))?;
+            return remove_file_if_present(&self.marker(run));
+        }
+        let marker = self.marker(run);
+        fs::write(&marker, b"").with_context(|| format!("cannot write {}", marker.display()))?;
+
+        let mut failed_runs = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("run-")?.strip_suffix(".failed"))
+                .and_then(|id| id.parse::<i64>().ok());
+            failed_runs.extend(id);
+        }
+        failed_runs.sort_unstable_by(|a, b| b.cmp(a));
+        for old in failed_runs.into_iter().skip(self.keep_failed) {
+            // Directory first: if it cannot be removed, the marker stays and the next
+            // finish tries again.
+            remove_if_present(&self.dir(old))?;
+            remove_file_if_present(&self.marker(old))?;
+            tracing::debug!(run = old, "pruned failed workspace");
+        }
+        Ok(())
+    }
+
+    fn dir(&self, run: i64) -> PathBuf {
+        self.root.join(format!("run-{run}"))
+    }
+
+    fn marker(&self, run: i64) -> PathBuf {
+        self.root.join(format!("run-{run}.failed"))
+    }
+}
+
+/// Remove a workspace directory tree. Builds leave read-only directories behind (Go's module
+/// cache is the classic case), and their entries cannot be unlinked until the directory is
+/// writable again, so on failure make every directory writable and try once more.
+fn remove_if_present(dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    make_dirs_writable(dir);
+    fs::remove_dir_all(dir).with_context(|| {
+        format!(
+            "cannot remove {} (files created by a container as another user?)",
+            dir.display()
+        )
+    })
+}
+
+fn make_dirs_writable(dir: &Path) {
+    // symlink_metadata: never follow a link out of the workspace and chmod something else.
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            make_dirs_writable(&entry.path());
+        }
+    }
+}
+
+fn remove_file_if_present(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Run the git CLI in `dir`, isolated from the machine's git config; returns stdout.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// A bare "remote" repository fed from a work clone, plus a place for the mirror.
+    struct Fixture {
+        tmp: tempfile::TempDir,
+        /// The bare repository hoist fetches from.
+        remote: PathBuf,
+        /// Where commits are made before being pushed to `remote`.
+        work: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let tmp = tempfile::tempdir().unwrap();
+            let remote = tmp.path().join("remote.git");
+            let work = tmp.path().join("work");
+            git(
+                tmp.path(),
+                &["init", "-q", "--bare", "-b", "main", "remote.git"],
+            );
+            git(tmp.path(), &["init", "-q", "-b", "main", "work"]);
+            Fixture { tmp, remote, work }
+        }
+
+        /// Write `files`, commit and push `branch`; returns the new commit id.
+        fn commit(&self, branch: &str, files: &[(&str, &str)]) -> String {
+            for (name, content) in files {
+                let path = self.work.join(name);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(path, content).unwrap();
+            }
+            git(&self.work, &["add", "-A"]);
+            git(
+                &self.work,
+                &["commit", "-q", "--allow-empty", "-m", "change"],
+            );
+            let remote = self.remote.to_str().unwrap();
+            git(
+                &self.work,
+                &["push", "-q", remote, &format!("HEAD:refs/heads/{branch}")],
+            );
+            git(&self.work, &["rev-parse", "HEAD"])
+        }
+
+        fn url(&self) -> &str {
+            self.remote.to_str().unwrap()
+        }
+
+        fn mirror(&self) -> Mirror {
+            Mirror::open(&self.tmp.path().join("data/mirrors/app.git"), self.url()).unwrap()
+        }
+    }
+
+    fn mirror_has(m: &Mirror, commit: &str) -> bool {
+        has_commit(&m.repo().unwrap(), Oid::from_str(commit).unwrap())
+    }
+
+    #[test]
+    fn commit_ids_are_forty_lowercase_hex() {
+        assert!(is_commit_id(&"a1".repeat(20)));
+        assert!(!is_commit_id(&"A1".repeat(20)));
+        assert!(!is_commit_id(&"a1".repeat(19)));
+        assert!(!is_commit_id(&format!("{}g", "a".repeat(39))));
+        assert!(!is_commit_id("refs/heads/main"));
+    }
+
+    #[test]
+    fn fetches_a_commit_that_is_not_the_tip_over_paths_and_file_urls() {
+        // libgit2's local transport ignores the wants and sends everything reachable from
+        // the remote's refs, so over paths only "present and anchored" can be checked; the
+        // git:// tests below check that exactly the commit is transferred.
+        for file_url in [false, true] {
+            let f = Fixture::new();
+            let first = f.commit("main", &[("a.txt", "one")]);
+            f.commit("main", &[("a.txt", "two")]);
+            let url = if file_url {
+                format!("file://{}", f.url())
+            } else {
+                f.url().to_string()
+            };
+            let m = Mirror::open(&f.tmp.path().join("mirror.git"), &url).unwrap();
+
+            m.fetch(&first, "refs/heads/main").unwrap();
+            assert!(mirror_has(&m, &first));
+            let repo = m.repo().unwrap();
+            let main = repo.refname_to_id("refs/heads/main").unwrap();
+            assert_eq!(
+                main.to_string(),
+                first,
+                "the mirror's ref anchors the fetched commit"
+            );
+        }
+    }
+
+    #[test]
+    fn second_fetch_of_a_present_commit_does_not_touch_the_network() {
+        let f = Fixture::new();
+        let c = f.commit("main", &[("a.txt", "one")]);
+        f.mirror().fetch(&c, "refs/heads/main").unwrap();
+        // Same mirror, but a URL that cannot work: success means no fetch was attempted.
+        let path = f.tmp.path().join("data/mirrors/app.git");
+        let offline = Mirror::open(&path, "/nonexistent/remote.git").unwrap();
+        offline.fetch(&c, "refs/heads/main").unwrap();
+    }
+
+    #[test]
+    fn fetch_reports_a_commit_the_remote_does_not_have() {
+        let f = Fixture::new();
+        f.commit("main", &[("a.txt", "one")]);
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        let err = f.mirror().fetch(missing, "refs/heads/main").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "commit {missing} is not in {} (was the branch force-pushed away?)",
+                f.url()
+            )
+        );
+    }
+
+    #[test]
+    fn fetch_reports_an_unreachable_url() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        for url in [
+            "/nonexistent/remote.git",
+            "file:///nonexistent/remote.git",
+            "http://127.0.0.1:1/remote.git",
+        ] {
+            let m = Mirror::open(&tmp.path().join("m.git"), url).unwrap();
+            let err = m.fetch(c, "refs/heads/main").unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("cannot fetch from {url}: ")),
+                "{err}"
+            );
+            assert!(!err.contains("class="), "libgit2's noise stays out: {err}");
+        }
+    }
+
+    #[test]
+    fn fetch_rejects_bad_input_before_any_git_call() {
+        let f = Fixture::new();
+        let m = f.mirror();
+        assert!(m.fetch("main", "refs/heads/main").is_err());
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        for bad_ref in [
+            "main",
+            "refs/heads/a:refs/heads/b",
+            "+refs/heads/x",
+            "refs/heads/..",
+        ] {
+            let err = m.fetch(c, bad_ref).unwrap_err().to_string();
+            assert!(err.contains("not a full ref name"), "{bad_ref}: {err}");
+        }
+    }
+
+    /// `git daemon` serving the fixture's repositories over git:// on a free local port.
+    struct Daemon {
+        child: Child,
+        port: u16,
+    }
+
+    impl Daemon {
+        fn start(base: &Path) -> Daemon {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new("git")
+                .args([
+                    "daemon",
+                    "--export-all",
+                    "--reuseaddr",
+                    "--listen=127.0.0.1",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("git daemon starts");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "git daemon did not listen");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Daemon { child, port }
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn fetch_over_the_network_takes_exactly_the_commit_then_only_what_is_new() {
+        let f = Fixture::new();
+        let first = f.commit("main", &[("a.txt", "one")]);
+        let second = f.commit("main", &[("a.txt", "two")]);
+        git(
+            &f.remote,
+            &["config", "uploadpack.allowReachableSHA1InWant", "true"],
+        );
+        let daemon = Daemon::start(f.tmp.path());
+        let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+        let m = Mirror::open(&f.tmp.path().join("mirror.git"), &url).unwrap();
+
+        m.fetch(&first, "refs/heads/main").unwrap();
+        assert!(mirror_has(&m, &first));
+        assert!(!mirror_has(&m, &second), "only the named commit's history");
+
+        // The mirror's ref is offered as a "have": the second fetch brings the new commit,
+        // its tree and its one changed blob, nothing older.
+        let received = m
+            .fetch_refspecs(&m.repo().unwrap(), &[second.as_str()])
+            .unwrap();
+        assert_eq!(received, 3);
+    }
+
+    #[test]
+    fn fetch_falls_back_to_the_ref_when_the_server_refuses_a_sha() {
+        // git daemon speaks protocol v0 to libgit2 and, with allowReachableSHA1InWant off
+        // (the default), refuses a want for a commit that is not a ref tip.
+        let f = Fixture::new();
+        let first = f.commit("main", &[("a.txt", "one")]);
+        let second = f.commit("main", &[("a.txt", "two")]);
+        let daemon = Daemon::start(f.tmp.path());
+        let url = format!("git://127.0.0.1:{}/remote.git", daemon.port);
+        let m = Mirror::open(&f.tmp.path().join("mirror.git"), &url).unwrap();
+        let refused = m.fetch_refspecs(&m.repo().unwrap(), &[first.as_str()]);
+        assert!(refused.is_err(), "the server really refuses: {refused:?}");
+
+        m.fetch(&first, "refs/heads/main").unwrap();
+        assert!(mirror_has(&m, &first));
+        assert!(mirror_has(&m, &second), "the fallback fetched the branch");
+
+        let gone = "0123456789abcdef0123456789abcdef01234567";
+        let err = m.fetch(gone, "refs/heads/main").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("commit {gone} is not in {url} (was the branch force-pushed away?)")
+        );
+    }
+
+    #[test]
+    fn read_file_returns_content_or_none() {
+        let f = Fixture::new();
+        let c = f.commit("main", &[(".hoist.yml", "steps: []\n"), ("dir/x", "x")]);
+        let m = f.mirror();
+        m.fetch(&c, "refs/heads/main").unwrap();
+
+        assert_eq!(
+            m.read_file(&c, ".hoist.yml").unwrap().as_deref(),
+            Some("steps: []\n")
+        );
+        assert_eq!(m.read_file(&c, "dir/x").unwrap().as_deref(), Some("x"));
+        assert_eq!(m.read_file(&c, "absent.yml").unwrap(), None);
+        assert_eq!(m.read_file(&c, "dir/absent").unwrap(), None);
+        assert!(m.read_file(&c, "dir").is_err(), "a directory is not a file");
+        let not_fetched = "0123456789abcdef0123456789abcdef01234567";
+        let err = m
+            .read_file(not_fetched, ".hoist.yml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fetch it first"), "{err}");
+    }
+
+    #[test]
+    fn read_file_refuses_files_over_the_limit() {
+        let f = Fixture::new();
+        let big = "x".repeat(MAX_READ_FILE + 1);
+        let fits = "y".repeat(MAX_READ_FILE);
+        let c = f.commit("main", &[("big.yml", &big), ("fits.yml", &fits)]);
+        let m = f.mirror();
+        m.fetch(&c, "refs/heads/main").unwrap();
+        let err = m.read_file(&c, "big.yml").unwrap_err().to_string();
+        assert!(err.contains("the limit is"), "{err}");
+        assert_eq!(
+            m.read_file(&c, "fits.yml").unwrap().unwrap().len(),
+            MAX_READ_FILE
+        );
+    }
+
+    #[test]
+    fn checkout_writes_the_commit_with_modes_and_a_verified_head() {
+        let f = Fixture::new();
+        let first = f.commit(
+            "main",
+            &[("build.sh", "#!/bin/sh\necho one\n"), ("README", "r")],
+        );
+        let script = f.work.join("build.sh");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = f.commit("main", &[]);
+        let later = f.commit("main", &[("build.sh", "#!/bin/sh\necho three\n")]);
+        let m = f.mirror();
+        m.fetch(&exec, "refs/heads/main").unwrap();
+
+        let dest = f.tmp.path().join("ws/run-1");
+        m.checkout(&exec, &dest).unwrap();
+        assert_eq!(
+            fs::read_to_string(dest.join("build.sh")).unwrap(),
+            "#!/bin/sh\necho one\n"
+        );
+        let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("build.sh"), 0o755, "the executable bit survives");
+        assert_eq!(mode("README"), 0o644);
+        // The git CLI agrees: detached at the commit, clean, and self-contained.
+        assert_eq!(git(&dest, &["rev-parse", "HEAD"]), exec);
+        assert_eq!(git(&dest, &["status", "--porcelain"]), "");
+        assert_eq!(git(&dest, &["rev-parse", "--abbrev-ref", "HEAD"]), "HEAD");
+        assert_eq!(
+            git(&dest, &["log", "--format=%H"]).lines().last(),
+            Some(first.as_str())
+        );
+        assert!(!dest.join(".git/objects/info/alternates").exists());
+        let ws = Repository::open(&dest).unwrap();
+        assert!(
+            ws.find_commit(Oid::from_str(&later).unwrap()).is_err(),
+            "only the history of the commit"
+        );
+
+        // An existing empty directory is fine; one with files in it is not.
+        let empty = f.tmp.path().join("ws/run-2");
+        fs::create_dir_all(&empty).unwrap();
+        m.checkout(&first, &empty).unwrap();
+        let err = m.checkout(&first, &dest).unwrap_err().to_string();
+        assert!(err.contains("is not empty"), "{err}");
+    }
+
+    #[test]
+    fn ls_remote_lists_branches_and_peeled_tags() {
+        let f = Fixture::new();
+        let first = f.commit("main", &[("a", "1")]);
+        let second = f.commit("feature/x", &[("a", "2")]);
+        git(&f.work, &["tag", "light", &first]);
+        git(&f.work, &["tag", "-a", "-m", "release", "v1.0", &first]);
+        git(&f.work, &["push", "-q", f.url(), "--tags"]);
+
+        let mut refs = f.mirror().ls_remote().unwrap();
+        refs.sort();
+        let expected: Vec<(String, String)> = [
+            ("refs/heads/feature/x", &second),
+            ("refs/heads/main", &first),
+            ("refs/tags/light", &first),
+            ("refs/tags/v1.0", &first),
+        ]
+        .into_iter()
+        .map(|(r, c)| (r.to_string(), c.to_string()))
+        .collect();
+        assert_eq!(refs, expected);
+    }
+
+    #[test]
+    fn ls_remote_reports_an_unreachable_url() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Mirror::open(&tmp.path().join("m.git"), "/nonexistent/remote.git").unwrap();
+        let err = m.ls_remote().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cannot list refs of /nonexistent/remote.git: \
+             there is no repository at /nonexistent/remote.git"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://bot:s3cret@git.example.com/app.git"),
+            "https://bot:***@git.example.com/app.git"
+        );
+        assert_eq!(
+            redact_url("ssh://git@host/app.git"),
+            "ssh://git@host/app.git"
+        );
+        assert_eq!(redact_url("git@host:app.git"), "git@host:app.git");
+        let m = Mirror {
+            path: PathBuf::new(),
+            url: "https://bot:s3cret@host/app.git".into(),
+        };
+        assert_eq!(
+            m.scrub("failed for https://bot:s3cret@host"),
+            "failed for https://bot:***@host"
+        );
+    }
+
+    #[test]
+    fn workspaces_keep_only_the_last_failed_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspaces::new(&tmp.path().join("work"), 2).unwrap();
+        let dirs: Vec<PathBuf> = (1..=6).map(|run| ws.create(run).unwrap()).collect();
+        for d in &dirs {
+            fs::write(d.join("file"), "x").unwrap();
+        }
+        ws.finish(1, true).unwrap();
+        ws.finish(2, false).unwrap();
+        ws.finish(3, true).unwrap();
+        ws.finish(4, true).unwrap();
+        ws.finish(5, true).unwrap();
+        // Run 6 is still running: not finished, never pruned.
+
+        let exists: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
+        assert_eq!(exists, [false, false, false, true, true, true]);
+        let mut names: Vec<String> = fs::read_dir(tmp.path().join("work"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["run-4", "run-4.failed", "run-5", "run-5.failed", "run-6"]
+        );
+    }
+
+    #[test]
+    fn workspace_create_starts_empty_and_removal_survives_read_only_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspaces::new(tmp.path(), 0).unwrap();
+        let dir = ws.create(7).unwrap();
+        let locked = dir.join("pkg/mod");
+        fs::create_dir_all(&locked).unwrap();
+        fs::write(locked.join("go.mod"), "module x").unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
+        fs::set_permissions(dir.join("pkg"), fs::Permissions::from_mode(0o555)).unwrap();
+
+        // A leftover of the same run (a crash) is replaced by an empty directory.
+        let again = ws.create(7).unwrap();
+        assert_eq!(again, dir);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+
+        // keep_failed = 0: even a failed run's workspace goes.
+        ws.finish(7, true).unwrap();
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

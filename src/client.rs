@@ -1,0 +1,106 @@
+//! Client commands: talk to a running agent over its API (`--server`, `--token`).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::cli::Client;
+
+impl Client {
+    fn get(&self, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+        let token = self
+            .token
+            .as_deref()
+            .context("no API token: pass --token or set HOIST_TOKEN (create one with `hoist token create NAME`)")?;
+        Ok(reqwest::Client::new()
+            .get(format!("{}{path}", self.server.trim_end_matches('/')))
+            .bearer_auth(token))
+    }
+}
+
+/// Send, and turn an error answer into its `{"error": …}` message.
+async fn send(req: reqwest::RequestBuilder, server: &str) -> anyhow::Result<reqwest::Response> {
+    let r = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hoist agent at {server}; is it running? (--server / HOIST_SERVER)"))?;
+    if r.status().is_success() {
+        return Ok(r);
+    }
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    bail!("{status}: {}", body["error"].as_str().unwrap_or("no message"))
+}
+
+pub async fn runs(c: Client, repo: Option<String>, status: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
+    let mut req = c.get("/api/v1/runs")?.query(&[("limit", limit.to_string())]);
+    if let Some(r) = repo {
+        req = req.query(&[("repo", r)]);
+    }
+    if let Some(s) = status {
+        req = req.query(&[("status", s)]);
+    }
+    let runs: Vec<Value> = send(req, &c.server).await?.json().await?;
+    println!("{:>6}  {:<11}  {:<20}  {:<24}  {:<8}  REASON", "RUN", "STATUS", "REPO", "REF", "COMMIT");
+    for r in runs {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        println!(
+            "{:>6}  {:<11}  {:<20}  {:<24}  {:<8}  {}",
+            r["id"],
+            s("status"),
+            s("repo"),
+            s("ref"),
+            s("commit").chars().take(8).collect::<String>(),
+            s("reason").lines().next().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print a run's log; with `follow`, stream it (SSE) until the run ends. Exit 1 unless it succeeded.
+pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/v1/runs/{run}/logs");
+    let mut out = std::io::stdout();
+    if !follow {
+        let chunks: Vec<Value> = send(c.get(&path)?, &c.server).await?.json().await?;
+        for ch in chunks {
+            out.write_all(ch["data"].as_str().unwrap_or("").as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resp = send(c.get(&path)?.header("Accept", "text/event-stream"), &c.server).await?;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    while let Some(bytes) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&bytes?));
+        while let Some(nl) = buf.find('\n') {
+            let line: String = buf.drain(..=nl).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            } else if line.is_empty() && !data.is_empty() {
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                data.clear();
+                match event.as_str() {
+                    "log" => {
+                        out.write_all(v["data"].as_str().unwrap_or("").as_bytes())?;
+                        out.flush()?;
+                    }
+                    "end" => {
+                        let status = v["status"].as_str().unwrap_or("unknown");
+                        eprintln!("run {run} ended: {status}");
+                        return Ok(if status == "success" { ExitCode::SUCCESS } else { ExitCode::from(1) });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    bail!("the agent closed the log stream before run {run} ended")
+}

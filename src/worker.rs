@@ -1,0 +1,315 @@
+//! A worker executes one claimed run: fetch the exact commit, read its `.hoist.yml`, decide
+//! whether it runs for this ref, check it out into a fresh workspace, and run its steps in
+//! order, recording each step's state and its masked log as it goes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkout::{Mirror, Workspaces};
+use crate::forge::RefKind;
+use crate::pipeline::{self, Action, Pipeline, Vars};
+use crate::queue::{LogEvent, Queue};
+use crate::runner::{self, Outcome, StepContext};
+use crate::store::{Run, status};
+
+/// Failed workspaces kept for debugging.
+const KEEP_FAILED_WORKSPACES: usize = 5;
+/// Most bytes gathered into one stored log chunk.
+const LOG_CHUNK: usize = 64 * 1024;
+/// Longest a log line waits before it is stored and streamed.
+const LOG_FLUSH: Duration = Duration::from_millis(50);
+
+/// How a run ended: its status and the reason a person reads.
+struct Verdict {
+    status: &'static str,
+    reason: Option<String>,
+}
+
+impl Verdict {
+    fn new(status: &'static str, reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+/// Execute `run` to its end and record it; returns the final status.
+pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> String {
+    let id = run.id;
+    tracing::info!(run = id, repo = run.repo, git_ref = run.git_ref, commit = run.commit, "run started");
+    let verdict = match execute_run(&q, &run, &cancel).await {
+        Ok(v) => v,
+        Err(e) => Verdict::new(status::FAILED, format!("{e:#}")),
+    };
+    if q.shutdown.is_cancelled() {
+        // The agent is stopping: leave the run `running`, so that the next start re-queues it.
+        tracing::info!(run = id, "run interrupted by shutdown; it is re-queued at the next start");
+        return status::INTERRUPTED.to_string();
+    }
+    let verdict = if cancel.is_cancelled() && verdict.status != status::SUCCESS {
+        Verdict::new(status::CANCELLED, q.cancel_reason(id).unwrap_or_else(|| "cancelled".into()))
+    } else {
+        verdict
+    };
+    if let Err(e) = q.store.finish_run(id, verdict.status, verdict.reason.clone()).await {
+        tracing::error!(run = id, "cannot record the end of the run: {e:#}");
+    }
+    tracing::info!(run = id, status = verdict.status, reason = verdict.reason.as_deref().unwrap_or(""), "run ended");
+    verdict.status.to_string()
+}
+
+/// Where a repository's mirror lives under `data_dir`.
+pub fn mirror_path(data_dir: &Path, repo: &str) -> PathBuf {
+    data_dir.join("repos").join(format!("{}.git", repo.replace('/', "__")))
+}
+
+/// Fetch `commit` into the repo's mirror and read its pipeline file (None: the commit has none).
+pub async fn fetch_pipeline(q: &Queue, repo: &str, git_ref: &str, commit: &str) -> anyhow::Result<(Mirror, Option<String>)> {
+    let conf = q
+        .config
+        .repo(repo)
+        .with_context(|| format!("repository {repo} is no longer in hoist.toml"))?;
+    let lock = q.repo_lock(repo);
+    let _guard = lock.lock().await;
+    let path = mirror_path(&q.config.data_dir, repo);
+    let (url, git_ref, commit) = (conf.url.clone(), git_ref.to_string(), commit.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mirror = Mirror::open(&path, &url)?;
+        mirror.fetch(&commit, &git_ref)?;
+        let text = mirror.read_file(&commit, pipeline::FILE_NAME)?;
+        Ok((mirror, text))
+    })
+    .await?
+}
+
+async fn execute_run(q: &Arc<Queue>, run: &Run, cancel: &CancellationToken) -> anyhow::Result<Verdict> {
+    let (mirror, text) = fetch_pipeline(q, &run.repo, &run.git_ref, &run.commit).await?;
+    let Some(text) = text else {
+        if let Some(d) = run.delivery {
+            q.store.set_delivery_status(d, "no pipeline".into(), Some(format!("no {} in {}", pipeline::FILE_NAME, run.commit))).await?;
+        }
+        return Ok(Verdict::new(status::SKIPPED, format!("no pipeline: the commit has no {}", pipeline::FILE_NAME)));
+    };
+    let pipeline = match pipeline::parse(&text) {
+        Ok(p) => p,
+        Err(problems) => {
+            return Ok(Verdict::new(
+                status::FAILED,
+                format!("the pipeline file is not valid:\n{}", pipeline::format_problems(pipeline::FILE_NAME, &problems)),
+            ));
+        }
+    };
+    if !pipeline.on.matches(run.kind, &run.name) {
+        let (noun, key) = if run.kind == RefKind::Tag { ("tag", "tags") } else { ("branch", "branches") };
+        let why = format!("{noun} {:?} does not match on.{key} of the pipeline", run.name);
+        if let Some(d) = run.delivery {
+            q.store.set_delivery_status(d, "not matched".into(), Some(why.clone())).await?;
+        }
+        return Ok(Verdict::new(status::SKIPPED, why));
+    }
+    let steps = pipeline.steps.iter().map(|s| (s.name.clone(), kind_of(&s.action).to_string())).collect();
+    q.store.plan_run(run.id, pipeline.app.clone(), steps).await?;
+    if let Some(d) = run.delivery {
+        q.store.set_delivery_status(d, "run".into(), Some(format!("run {}", run.id))).await?;
+    }
+
+    let workspaces = Workspaces::new(&q.config.data_dir.join("workspaces"), KEEP_FAILED_WORKSPACES)?;
+    let workspace = {
+        let (ws, id, commit) = (workspaces.clone(), run.id, run.commit.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
+            let dir = ws.create(id)?;
+            mirror.checkout(&commit, &dir)?;
+            Ok(dir)
+        })
+        .await??
+    };
+    let verdict = run_steps(q, run, &pipeline, &workspace, cancel).await;
+    let failed = verdict.as_ref().map_or(true, |v| v.status != status::SUCCESS);
+    let id = run.id;
+    let cleanup = tokio::task::spawn_blocking(move || workspaces.finish(id, failed)).await?;
+    if let Err(e) = cleanup {
+        tracing::warn!(run = id, "cannot clean the workspace: {e:#}");
+    }
+    verdict
+}
+
+fn kind_of(a: &Action) -> &'static str {
+    match a {
+        Action::Container { .. } => "container",
+        Action::Shell { .. } => "shell",
+        Action::Build(_) => "build",
+        Action::Deploy(_) => "deploy",
+    }
+}
+
+/// The placeholder values of a run.
+pub fn vars_of(run: &Run, app: &str) -> Vars {
+    Vars {
+        commit: run.commit.clone(),
+        branch: if run.kind == RefKind::Branch { run.name.clone() } else { String::new() },
+        tag: if run.kind == RefKind::Tag { run.name.clone() } else { String::new() },
+        git_ref: run.git_ref.clone(),
+        app: app.to_string(),
+        repo: run.repo.clone(),
+        host: None,
+        release: None,
+        run: Some(run.id),
+    }
+}
+
+async fn run_steps(q: &Arc<Queue>, run: &Run, pipeline: &Pipeline, workspace: &Path, cancel: &CancellationToken) -> anyhow::Result<Verdict> {
+    let vars = vars_of(run, &pipeline.app);
+    let mut docker = None;
+    for (index, step) in pipeline.steps.iter().enumerate() {
+        let index = index as i64;
+        if cancel.is_cancelled() {
+            return Ok(Verdict::new(status::CANCELLED, "cancelled"));
+        }
+        q.store.start_step(run.id, index).await?;
+        let (sink, pump) = log_pump(q.clone(), run.id, index);
+        let _ = sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
+
+        let outcome = match step_context(q, run, pipeline, step, &vars, workspace, cancel, sink.clone()) {
+            Err(reason) => Outcome::Error { reason },
+            Ok(ctx) => match &step.action {
+                Action::Container { image, commands } => {
+                    if docker.is_none() {
+                        docker = Some(crate::engine::connect(&q.config.builder.docker, None).await);
+                    }
+                    match docker.as_ref() {
+                        Some(Ok(d)) => runner::run_container(d, image, commands, &ctx).await,
+                        Some(Err(e)) => Outcome::Error { reason: format!("{e:#}") },
+                        None => unreachable!("connected just above"),
+                    }
+                }
+                Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
+                Action::Build(_) | Action::Deploy(_) => Outcome::Error {
+                    reason: format!("{} steps are not supported by this version of hoist yet", kind_of(&step.action)),
+                },
+            },
+        };
+        if !outcome.is_success() {
+            let _ = sink.send(format!("── step {} {}\n", step.name, outcome.reason()).into_bytes());
+        }
+        drop(sink);
+        let _ = pump.await;
+
+        let (st, exit_code) = match &outcome {
+            Outcome::Success => (status::SUCCESS, None),
+            Outcome::Failed { exit_code, .. } => (status::FAILED, Some(*exit_code)),
+            Outcome::TimedOut { .. } => (status::TIMED_OUT, None),
+            Outcome::Cancelled => (status::CANCELLED, None),
+            Outcome::Error { .. } => (status::FAILED, None),
+        };
+        let reason = (!outcome.is_success()).then(|| outcome.reason());
+        q.store.finish_step(run.id, index, st, exit_code, reason.clone()).await?;
+        if !outcome.is_success() {
+            let why = match &outcome {
+                Outcome::Cancelled => q.cancel_reason(run.id).unwrap_or_else(|| "cancelled".into()),
+                _ => format!("step {} {}", step.name, outcome.reason()),
+            };
+            return Ok(Verdict::new(st, why));
+        }
+    }
+    Ok(Verdict {
+        status: status::SUCCESS,
+        reason: None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_context(
+    q: &Queue,
+    run: &Run,
+    pipeline: &Pipeline,
+    step: &pipeline::Step,
+    vars: &Vars,
+    workspace: &Path,
+    cancel: &CancellationToken,
+    log: runner::LogSink,
+) -> Result<StepContext, String> {
+    let mut env = vars.env();
+    for (k, v) in pipeline.env.iter().chain(step.env.iter()) {
+        let v = vars.render(v).map_err(|e| format!("env {k}: {e}"))?;
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v));
+    }
+    let mut secrets = Vec::new();
+    for name in &step.secrets {
+        let value = q
+            .config
+            .secrets
+            .get(name)
+            .ok_or_else(|| format!("secret {name} is not in [secrets] of hoist.toml; add it there"))?;
+        secrets.push((name.clone(), value.expose().to_string()));
+    }
+    let labels = HashMap::from([
+        (runner::RUN_LABEL.to_string(), run.id.to_string()),
+        (runner::STEP_LABEL.to_string(), step.name.clone()),
+    ]);
+    Ok(StepContext {
+        workspace: workspace.to_path_buf(),
+        env,
+        secrets,
+        timeout: step.timeout,
+        cancel: cancel.clone(),
+        log,
+        labels,
+    })
+}
+
+/// A sink for a step's output, and the task that stores it in chunks and streams it live.
+fn log_pump(q: Arc<Queue>, run: i64, step: i64) -> (runner::LogSink, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let task = tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let more = if buf.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(LOG_FLUSH, rx.recv()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        flush(&q, run, step, &mut buf).await;
+                        continue;
+                    }
+                }
+            };
+            match more {
+                Some(bytes) => {
+                    buf.extend_from_slice(&bytes);
+                    if buf.len() >= LOG_CHUNK {
+                        flush(&q, run, step, &mut buf).await;
+                    }
+                }
+                None => {
+                    flush(&q, run, step, &mut buf).await;
+                    return;
+                }
+            }
+        }
+    });
+    (tx, task)
+}
+
+async fn flush(q: &Queue, run: i64, step: i64, buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        return;
+    }
+    let data = std::mem::take(buf);
+    match q.store.append_logs(vec![(run, step, data)]).await {
+        Ok(chunks) => {
+            for (_, chunk) in chunks {
+                q.publish(run, LogEvent::Chunk(chunk));
+            }
+        }
+        Err(e) => tracing::error!(run, "cannot store log output: {e:#}"),
+    }
+}
