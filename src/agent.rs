@@ -57,8 +57,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = dispatcher.await;
     let _ = poller.await;
     queue.tasks.close();
-    if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait()).await.is_err() {
-        tracing::warn!("some runs did not stop within {WORKER_GRACE:?}; they are re-queued at the next start");
+    if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "some runs did not stop within {WORKER_GRACE:?}; they are re-queued at the next start"
+        );
     }
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("hoist agent stopped");
@@ -81,7 +86,9 @@ async fn recover(store: &Store, config: &Config) -> anyhow::Result<()> {
                 }
             }
         }
-        Err(e) => tracing::warn!("cannot reach the builder to remove orphaned step containers: {e:#}"),
+        Err(e) => {
+            tracing::warn!("cannot reach the builder to remove orphaned step containers: {e:#}")
+        }
     }
     Ok(())
 }

@@ -54,7 +54,11 @@ enum Command {
         #[arg(long)]
         pipeline: Option<PathBuf>,
         /// The Docker engine for container steps.
-        #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
         docker: String,
         /// The checkout to run in.
         #[arg(default_value = ".")]
@@ -105,6 +109,13 @@ enum TokenCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A stalled git server must not hang a fetch thread forever. These are process-wide
+    // libgit2 settings: set them here, before any other thread exists.
+    // SAFETY: no other thread is running yet, so nothing reads these options concurrently.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(30_000);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
+    }
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve { config } => serve(config),
@@ -112,14 +123,22 @@ pub fn main() -> ExitCode {
             command: TokenCommand::Create { name },
         } => token_create(&name),
         Command::Validate { file } => validate(&file),
-        Command::Run { pipeline, docker, dir } => block_on(crate::local::run(pipeline, docker, dir)),
+        Command::Run {
+            pipeline,
+            docker,
+            dir,
+        } => block_on(crate::local::run(pipeline, docker, dir)),
         Command::Runs {
             client,
             repo,
             status,
             limit,
         } => block_on(crate::client::runs(client, repo, status, limit)),
-        Command::Logs { client, run, follow } => block_on(crate::client::logs(client, run, follow)),
+        Command::Logs {
+            client,
+            run,
+            follow,
+        } => block_on(crate::client::logs(client, run, follow)),
     }
 }
 
@@ -161,7 +180,10 @@ fn serve(config: PathBuf) -> ExitCode {
 
 /// Run a client command: its own exit code, or 2 with the error (a usage or connection problem).
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hoist: cannot start the async runtime: {e}");
@@ -187,11 +209,19 @@ fn validate(file: &std::path::Path) -> ExitCode {
     };
     match crate::pipeline::parse(&text) {
         Ok(p) => {
-            println!("{}: ok (app {}, {} steps)", file.display(), p.app, p.steps.len());
+            println!(
+                "{}: ok (app {}, {} steps)",
+                file.display(),
+                p.app,
+                p.steps.len()
+            );
             ExitCode::SUCCESS
         }
         Err(problems) => {
-            print!("{}", crate::pipeline::format_problems(&file.display().to_string(), &problems));
+            print!(
+                "{}",
+                crate::pipeline::format_problems(&file.display().to_string(), &problems)
+            );
             ExitCode::from(1)
         }
     }

@@ -23,20 +23,31 @@ impl Client {
 
 /// Send, and turn an error answer into its `{"error": …}` message.
 async fn send(req: reqwest::RequestBuilder, server: &str) -> anyhow::Result<reqwest::Response> {
-    let r = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the hoist agent at {server}; is it running? (--server / HOIST_SERVER)"))?;
+    let r = req.send().await.with_context(|| {
+        format!(
+            "cannot reach the hoist agent at {server}; is it running? (--server / HOIST_SERVER)"
+        )
+    })?;
     if r.status().is_success() {
         return Ok(r);
     }
     let status = r.status();
     let body: Value = r.json().await.unwrap_or(Value::Null);
-    bail!("{status}: {}", body["error"].as_str().unwrap_or("no message"))
+    bail!(
+        "{status}: {}",
+        body["error"].as_str().unwrap_or("no message")
+    )
 }
 
-pub async fn runs(c: Client, repo: Option<String>, status: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
-    let mut req = c.get("/api/v1/runs")?.query(&[("limit", limit.to_string())]);
+pub async fn runs(
+    c: Client,
+    repo: Option<String>,
+    status: Option<String>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let mut req = c
+        .get("/api/v1/runs")?
+        .query(&[("limit", limit.to_string())]);
     if let Some(r) = repo {
         req = req.query(&[("repo", r)]);
     }
@@ -44,7 +55,10 @@ pub async fn runs(c: Client, repo: Option<String>, status: Option<String>, limit
         req = req.query(&[("status", s)]);
     }
     let runs: Vec<Value> = send(req, &c.server).await?.json().await?;
-    println!("{:>6}  {:<11}  {:<20}  {:<24}  {:<8}  REASON", "RUN", "STATUS", "REPO", "REF", "COMMIT");
+    println!(
+        "{:>6}  {:<11}  {:<20}  {:<24}  {:<8}  REASON",
+        "RUN", "STATUS", "REPO", "REF", "COMMIT"
+    );
     for r in runs {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
         println!(
@@ -71,7 +85,11 @@ pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode>
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let resp = send(c.get(&path)?.header("Accept", "text/event-stream"), &c.server).await?;
+    let resp = send(
+        c.get(&path)?.header("Accept", "text/event-stream"),
+        &c.server,
+    )
+    .await?;
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let (mut event, mut data) = (String::new(), String::new());
@@ -95,7 +113,11 @@ pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode>
                     "end" => {
                         let status = v["status"].as_str().unwrap_or("unknown");
                         eprintln!("run {run} ended: {status}");
-                        return Ok(if status == "success" { ExitCode::SUCCESS } else { ExitCode::from(1) });
+                        return Ok(if status == "success" {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(1)
+                        });
                     }
                     _ => {}
                 }

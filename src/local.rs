@@ -12,14 +12,24 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::{self, Action, Vars};
 use crate::runner::{self, StepContext};
 
-pub async fn run(pipeline_file: Option<PathBuf>, docker_url: String, dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let dir = dir.canonicalize().with_context(|| format!("cannot open the checkout {}", dir.display()))?;
+pub async fn run(
+    pipeline_file: Option<PathBuf>,
+    docker_url: String,
+    dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open the checkout {}", dir.display()))?;
     let file = pipeline_file.unwrap_or_else(|| dir.join(pipeline::FILE_NAME));
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
     let p = match pipeline::parse(&text) {
         Ok(p) => p,
         Err(problems) => {
-            eprint!("{}", pipeline::format_problems(&file.display().to_string(), &problems));
+            eprint!(
+                "{}",
+                pipeline::format_problems(&file.display().to_string(), &problems)
+            );
             return Ok(ExitCode::from(1));
         }
     };
@@ -38,20 +48,31 @@ pub async fn run(pipeline_file: Option<PathBuf>, docker_url: String, dir: PathBu
         let commands = match &step.action {
             Action::Container { commands, .. } | Action::Shell { commands } => commands,
             Action::Build(_) | Action::Deploy(_) => {
-                println!("── step {} skipped: build and deploy steps run on the agent", step.name);
+                println!(
+                    "── step {} skipped: build and deploy steps run on the agent",
+                    step.name
+                );
                 continue;
             }
         };
         let mut env = vars.env();
         for (k, v) in p.env.iter().chain(step.env.iter()) {
             env.retain(|(n, _)| n != k);
-            env.push((k.clone(), vars.render(v).map_err(|e| anyhow::anyhow!("env {k}: {e}"))?));
+            env.push((
+                k.clone(),
+                vars.render(v)
+                    .map_err(|e| anyhow::anyhow!("env {k}: {e}"))?,
+            ));
         }
         // Secrets come from the environment of whoever runs this, under the same names.
         let secrets: Vec<(String, String)> = step
             .secrets
             .iter()
-            .map(|n| std::env::var(n).map(|v| (n.clone(), v)).with_context(|| format!("secret {n}: export {n} to run this step locally")))
+            .map(|n| {
+                std::env::var(n)
+                    .map(|v| (n.clone(), v))
+                    .with_context(|| format!("secret {n}: export {n} to run this step locally"))
+            })
             .collect::<anyhow::Result<_>>()?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let printer = tokio::spawn(async move {
@@ -95,7 +116,10 @@ pub async fn run(pipeline_file: Option<PathBuf>, docker_url: String, dir: PathBu
 fn local_vars(dir: &std::path::Path, app: &str) -> Vars {
     let mut v = Vars {
         app: app.to_string(),
-        repo: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        repo: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         ..Vars::default()
     };
     if let Ok(repo) = git2::Repository::discover(dir)

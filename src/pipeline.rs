@@ -27,6 +27,20 @@ pub const FILE_NAME: &str = ".hoist.yml";
 /// hostile push cannot make the agent hold or scan megabytes of YAML.
 const MAX_FILE_BYTES: usize = 1024 * 1024;
 
+/// Deepest nesting accepted; the deepest real path (`steps[].deploy.health.http.port`) is 6.
+const MAX_DEPTH: usize = 32;
+
+/// Nodes the document may have with every alias expanded; real pipelines have hundreds.
+const MAX_EXPANDED_NODES: u64 = 100_000;
+
+const TOO_MANY_ALIASES: &str = "the pipeline file uses too many aliases (`*name`) or expands \
+                                them too far (a YAML \"billion laughs\"?); write the values out \
+                                instead";
+const TOO_LARGE: &str =
+    "the pipeline file is too large (too many values); split long lists or remove repetition";
+// The number is MAX_DEPTH's.
+const TOO_DEEP: &str = "the pipeline file is nested too deeply (more than 32 levels)";
+
 /// Docker allows 128 characters in a tag.
 const MAX_TAG_CHARS: usize = 128;
 
@@ -499,8 +513,8 @@ struct RawHooks {
 }
 
 /// Budgets sized for pipelines (a big real one is a few hundred nodes, nesting 6 deep) rather
-/// than serde-saphyr's permissive defaults. The replay limits matter most: a "billion laughs"
-/// bomb uses only a few dozen aliases, so only replayed-event counts catch it early.
+/// than serde-saphyr's permissive defaults. The second line of defence behind [`prescan`]:
+/// they bound what deserialization itself may consume, alias replays included.
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
@@ -556,13 +570,6 @@ pub fn parse(text: &str) -> Result<Pipeline, Vec<Problem>> {
     }
 }
 
-const TOO_MANY_ALIASES: &str = "the pipeline file uses too many aliases (`*name`) or expands \
-                                them too far (a YAML \"billion laughs\"?); write the values out \
-                                instead";
-const MAX_DEPTH: usize = 32;
-/// Nodes the document would have with every alias expanded; real pipelines have hundreds.
-const MAX_EXPANDED_NODES: u64 = 100_000;
-
 /// One pass over the parser's events, before deserializing, measuring what the document
 /// *would* be with every alias expanded, without expanding anything. serde-saphyr's budgets
 /// only act on what deserialization consumes, and it stops at the first unknown key or type
@@ -597,12 +604,7 @@ fn prescan(text: &str) -> Result<(), Problem> {
                 open.push((anchor, expanded));
                 expanded = expanded.saturating_add(1);
                 if open.len() > MAX_DEPTH {
-                    return Err(place(
-                        &span,
-                        &format!(
-                            "the pipeline file is nested too deeply (more than {MAX_DEPTH} levels)"
-                        ),
-                    ));
+                    return Err(place(&span, TOO_DEEP));
                 }
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -622,7 +624,7 @@ fn prescan(text: &str) -> Result<(), Problem> {
             let message = if matches!(event, Event::Alias(_)) {
                 TOO_MANY_ALIASES
             } else {
-                "the pipeline file is too large (too many values); split long lists or remove repetition"
+                TOO_LARGE
             };
             return Err(place(&span, message));
         }
@@ -651,9 +653,6 @@ fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
         }
     }
 
-    const ALIASES: &str = TOO_MANY_ALIASES;
-    const TOO_LARGE: &str =
-        "the pipeline file is too large (too many values); split long lists or remove repetition";
     let message = match inner {
         E::Budget { breach, .. } => match breach {
             B::Aliases { .. }
@@ -661,10 +660,8 @@ fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
             | B::AliasAnchorRatio { .. }
             | B::RecordedAnchorEvents { .. }
             | B::RecordedAnchorBytes { .. }
-            | B::MergeKeys { .. } => ALIASES.to_string(),
-            B::Depth { .. } => {
-                format!("the pipeline file is nested too deeply (more than {MAX_DEPTH} levels)")
-            }
+            | B::MergeKeys { .. } => TOO_MANY_ALIASES.to_string(),
+            B::Depth { .. } => TOO_DEEP.to_string(),
             B::Documents { .. } => {
                 "the pipeline file holds more than one YAML document (`---`); keep one".into()
             }
@@ -673,7 +670,7 @@ fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
         E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
         | E::AliasReplayStackDepthExceeded { .. }
-        | E::AliasReplayCounterOverflow { .. } => ALIASES.to_string(),
+        | E::AliasReplayCounterOverflow { .. } => TOO_MANY_ALIASES.to_string(),
         E::ExternalMessage { source, .. }
             if matches!(
                 &**source,
@@ -681,7 +678,7 @@ fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
                     if *scan.kind() == serde_saphyr::granit_parser::ErrorKind::RecursionLimitExceeded
             ) =>
         {
-            format!("the pipeline file is nested too deeply (more than {MAX_DEPTH} levels)")
+            TOO_DEEP.to_string()
         }
         // serde-saphyr names parser events; say what to write instead.
         E::Unexpected { expected, .. } => match *expected {
@@ -791,8 +788,9 @@ fn check_port_mapping(spec: &str) -> Result<(), String> {
     };
     let (host, container) = ports.split_once(':').ok_or_else(usage)?;
     for port in [host, container] {
+        // Digits only: `u16::from_str` would also take "+80".
         match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
             _ => return Err(usage()),
         }
     }
@@ -903,7 +901,10 @@ fn argv(problems: &mut Problems, value: &S<Vec<S<String>>>, key: &str) -> Vec<St
     if value.value.first().is_none_or(|a| a.value.is_empty()) {
         problems.at(
             value.referenced,
-            format!("`{key}` needs a program to run, like [\"scripts/notify\"]; remove the key to run nothing"),
+            format!(
+                "`{key}` needs a program to run, like [\"scripts/notify\"]; remove the key to \
+                 run nothing"
+            ),
         );
     }
     for arg in &value.value {
@@ -965,17 +966,18 @@ fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
             for step in list.value {
                 let (name_loc, step) = convert_step(step, problems, &seen, &all_names);
                 // A step without a name was reported already; one problem is enough.
-                if step.name.is_empty() {
-                } else if seen.contains_key(&step.name) {
-                    problems.at(
-                        name_loc,
-                        format!(
-                            "step name {:?} is used twice; give each step its own name",
-                            step.name
-                        ),
-                    );
-                } else {
-                    seen.insert(step.name.clone(), matches!(step.action, Action::Build(_)));
+                if !step.name.is_empty() {
+                    if seen.contains_key(&step.name) {
+                        problems.at(
+                            name_loc,
+                            format!(
+                                "step name {:?} is used twice; give each step its own name",
+                                step.name
+                            ),
+                        );
+                    } else {
+                        seen.insert(step.name.clone(), matches!(step.action, Action::Build(_)));
+                    }
                 }
                 steps.push(step);
             }
@@ -1088,7 +1090,12 @@ fn convert_step(
     let placeholder = Action::Shell {
         commands: Vec::new(),
     };
-    let action = if kinds.len() != 1 {
+    let commands_alone = "`commands` belongs with `image`: add `image:` to run them in a \
+                          container, or use `shell:` to run them on the agent";
+    let action = if let (true, Some(c)) = (kinds.is_empty(), &raw.commands) {
+        problems.at(c.referenced, commands_alone);
+        placeholder
+    } else if kinds.len() != 1 {
         let what = if kinds.is_empty() {
             "has none".to_string()
         } else {
@@ -1139,11 +1146,7 @@ fn convert_step(
         }
     } else {
         if let Some(c) = &raw.commands {
-            problems.at(
-                c.referenced,
-                "`commands` belongs with `image`: add `image:` to run them in a container, or \
-                 use `shell:` to run them on the agent",
-            );
+            problems.at(c.referenced, commands_alone);
         }
         if let Some(shell) = raw.shell {
             if shell.value.0.is_empty() {
@@ -2090,7 +2093,7 @@ steps:
         );
         check(
             "app: web\nsteps:\n  - name: t\n    commands: [a]\n",
-            r#".hoist.yml:3:5: step "t" needs exactly one of `image` (with `commands`), `shell`, `build`, `deploy`; it has none"#,
+            ".hoist.yml:4:15: `commands` belongs with `image`: add `image:` to run them in a container, or use `shell:` to run them on the agent",
         );
         check(
             "app: web\nsteps:\n  - name: t\n    shell: [a]\n    commands: [a]\n",
@@ -2545,16 +2548,10 @@ steps:
     fn no_input_panics() {
         // Every truncation of the fullest example: unclosed brackets, half keys, cut scalars.
         let full = include_str!("../pipelines/full.yml");
-        let mut worst = (Duration::ZERO, 0);
-        for (i, _) in full.char_indices().step_by(3) {
-            let t = std::time::Instant::now();
+        // Every 11th cut keeps the test near a second in debug builds.
+        for (i, _) in full.char_indices().step_by(11) {
             let _ = parse(&full[..i]);
-            worst = worst.max((t.elapsed(), i));
         }
-        println!("WORST {worst:?} of {}", full.len());
-        let t = std::time::Instant::now();
-        let _ = parse(full);
-        println!("FULL {:?}", t.elapsed());
         for text in [
             "\u{0}",
             "\u{feff}app: web",

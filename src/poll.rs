@@ -3,8 +3,9 @@
 //! whose pipeline runs for that ref. A webhook that never arrived no longer means a build
 //! that never ran.
 //!
-//! The first look at a repository only records its heads: what was pushed before hoist knew
-//! the repository is not built retroactively.
+//! The first look at a repository hoist never heard of (no webhook, run or poll yet) only
+//! records its heads: what was pushed before hoist knew the repository is not built
+//! retroactively.
 
 use std::sync::Arc;
 
@@ -44,25 +45,36 @@ pub async fn poll_repo(q: &Arc<Queue>, repo: &str) -> anyhow::Result<Vec<i64>> {
         let _guard = lock.lock().await;
         let path = worker::mirror_path(&q.config.data_dir, repo);
         let url = conf.url.clone();
-        tokio::task::spawn_blocking(move || crate::checkout::Mirror::open(&path, &url)?.ls_remote()).await??
+        tokio::task::spawn_blocking(move || crate::checkout::Mirror::open(&path, &url)?.ls_remote())
+            .await??
     };
     let heads: Vec<(String, String)> = heads
         .into_iter()
         .filter(|(r, _)| r.starts_with("refs/heads/") || r.starts_with("refs/tags/"))
         .collect();
-    if !q.store.repo_polled(repo.to_string()).await? {
-        tracing::info!(repo, heads = heads.len(), "first look at the repository: its heads are recorded, not built");
+    if !q.store.repo_known(repo.to_string()).await? {
+        tracing::info!(
+            repo,
+            heads = heads.len(),
+            "first look at the repository: its heads are recorded, not built"
+        );
         q.store.record_heads(repo.to_string(), heads).await?;
         return Ok(Vec::new());
     }
     let mut queued = Vec::new();
     for (git_ref, commit) in &heads {
-        if q.store.head_seen(repo.to_string(), git_ref.clone(), commit.clone()).await? {
+        if q.store
+            .head_seen(repo.to_string(), git_ref.clone(), commit.clone())
+            .await?
+        {
             continue;
         }
         let (kind, name) = match git_ref.strip_prefix("refs/heads/") {
             Some(b) => (RefKind::Branch, b.to_string()),
-            None => (RefKind::Tag, git_ref.trim_start_matches("refs/tags/").to_string()),
+            None => (
+                RefKind::Tag,
+                git_ref.trim_start_matches("refs/tags/").to_string(),
+            ),
         };
         // Queue only what the commit's pipeline runs for, so that polling adds no noise.
         let (_, text) = worker::fetch_pipeline(q, repo, git_ref, commit).await?;
@@ -88,7 +100,13 @@ pub async fn poll_repo(q: &Arc<Queue>, repo: &str) -> anyhow::Result<Vec<i64>> {
             for id in created.superseded_running {
                 q.cancel_running(id, format!("superseded by run {}", created.id));
             }
-            tracing::info!(repo, git_ref, commit, run = created.id, "missed push found by polling; run queued");
+            tracing::info!(
+                repo,
+                git_ref,
+                commit,
+                run = created.id,
+                "missed push found by polling; run queued"
+            );
             queued.push(created.id);
         }
     }

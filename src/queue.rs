@@ -96,12 +96,21 @@ impl Queue {
 
     /// Follow a run's log live. None when the run is not running here (read the store instead).
     pub fn subscribe(&self, run: i64) -> Option<broadcast::Receiver<LogEvent>> {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner()).get(&run).map(|s| s.subscribe())
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .map(|s| s.subscribe())
     }
 
     /// Send an event to a run's live subscribers (none listening is fine).
     pub fn publish(&self, run: i64, event: LogEvent) {
-        if let Some(s) = self.logs.lock().unwrap_or_else(|e| e.into_inner()).get(&run) {
+        if let Some(s) = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+        {
             let _ = s.send(event);
         }
     }
@@ -135,21 +144,30 @@ impl Queue {
                 };
                 let token = self.shutdown.child_token();
                 let id = run.id;
-                self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    id,
-                    Running {
-                        token: token.clone(),
-                        reason: Arc::default(),
-                    },
-                );
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        id,
+                        Running {
+                            token: token.clone(),
+                            reason: Arc::default(),
+                        },
+                    );
                 let (tx, _) = broadcast::channel(1024);
-                self.logs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+                self.logs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, tx);
                 let q = self.clone();
                 self.tasks.spawn(async move {
                     let status = crate::worker::execute(q.clone(), run, token).await;
                     q.publish(id, LogEvent::End(status));
                     q.logs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                    q.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    q.running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
                     q.wake();
                 });
             }

@@ -43,35 +43,63 @@ impl Verdict {
 /// Execute `run` to its end and record it; returns the final status.
 pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> String {
     let id = run.id;
-    tracing::info!(run = id, repo = run.repo, git_ref = run.git_ref, commit = run.commit, "run started");
+    tracing::info!(
+        run = id,
+        repo = run.repo,
+        git_ref = run.git_ref,
+        commit = run.commit,
+        "run started"
+    );
     let verdict = match execute_run(&q, &run, &cancel).await {
         Ok(v) => v,
         Err(e) => Verdict::new(status::FAILED, format!("{e:#}")),
     };
     if q.shutdown.is_cancelled() {
         // The agent is stopping: leave the run `running`, so that the next start re-queues it.
-        tracing::info!(run = id, "run interrupted by shutdown; it is re-queued at the next start");
+        tracing::info!(
+            run = id,
+            "run interrupted by shutdown; it is re-queued at the next start"
+        );
         return status::INTERRUPTED.to_string();
     }
     let verdict = if cancel.is_cancelled() && verdict.status != status::SUCCESS {
-        Verdict::new(status::CANCELLED, q.cancel_reason(id).unwrap_or_else(|| "cancelled".into()))
+        Verdict::new(
+            status::CANCELLED,
+            q.cancel_reason(id).unwrap_or_else(|| "cancelled".into()),
+        )
     } else {
         verdict
     };
-    if let Err(e) = q.store.finish_run(id, verdict.status, verdict.reason.clone()).await {
+    if let Err(e) = q
+        .store
+        .finish_run(id, verdict.status, verdict.reason.clone())
+        .await
+    {
         tracing::error!(run = id, "cannot record the end of the run: {e:#}");
     }
-    tracing::info!(run = id, status = verdict.status, reason = verdict.reason.as_deref().unwrap_or(""), "run ended");
+    tracing::info!(
+        run = id,
+        status = verdict.status,
+        reason = verdict.reason.as_deref().unwrap_or(""),
+        "run ended"
+    );
     verdict.status.to_string()
 }
 
 /// Where a repository's mirror lives under `data_dir`.
 pub fn mirror_path(data_dir: &Path, repo: &str) -> PathBuf {
-    data_dir.join("repos").join(format!("{}.git", repo.replace('/', "__")))
+    data_dir
+        .join("repos")
+        .join(format!("{}.git", repo.replace('/', "__")))
 }
 
 /// Fetch `commit` into the repo's mirror and read its pipeline file (None: the commit has none).
-pub async fn fetch_pipeline(q: &Queue, repo: &str, git_ref: &str, commit: &str) -> anyhow::Result<(Mirror, Option<String>)> {
+pub async fn fetch_pipeline(
+    q: &Queue,
+    repo: &str,
+    git_ref: &str,
+    commit: &str,
+) -> anyhow::Result<(Mirror, Option<String>)> {
     let conf = q
         .config
         .repo(repo)
@@ -89,38 +117,74 @@ pub async fn fetch_pipeline(q: &Queue, repo: &str, git_ref: &str, commit: &str) 
     .await?
 }
 
-async fn execute_run(q: &Arc<Queue>, run: &Run, cancel: &CancellationToken) -> anyhow::Result<Verdict> {
+async fn execute_run(
+    q: &Arc<Queue>,
+    run: &Run,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Verdict> {
     let (mirror, text) = fetch_pipeline(q, &run.repo, &run.git_ref, &run.commit).await?;
     let Some(text) = text else {
         if let Some(d) = run.delivery {
-            q.store.set_delivery_status(d, "no pipeline".into(), Some(format!("no {} in {}", pipeline::FILE_NAME, run.commit))).await?;
+            q.store
+                .set_delivery_status(
+                    d,
+                    "no pipeline".into(),
+                    Some(format!("no {} in {}", pipeline::FILE_NAME, run.commit)),
+                )
+                .await?;
         }
-        return Ok(Verdict::new(status::SKIPPED, format!("no pipeline: the commit has no {}", pipeline::FILE_NAME)));
+        return Ok(Verdict::new(
+            status::SKIPPED,
+            format!("no pipeline: the commit has no {}", pipeline::FILE_NAME),
+        ));
     };
     let pipeline = match pipeline::parse(&text) {
         Ok(p) => p,
         Err(problems) => {
             return Ok(Verdict::new(
                 status::FAILED,
-                format!("the pipeline file is not valid:\n{}", pipeline::format_problems(pipeline::FILE_NAME, &problems)),
+                format!(
+                    "the pipeline file is not valid:\n{}",
+                    pipeline::format_problems(pipeline::FILE_NAME, &problems)
+                ),
             ));
         }
     };
     if !pipeline.on.matches(run.kind, &run.name) {
-        let (noun, key) = if run.kind == RefKind::Tag { ("tag", "tags") } else { ("branch", "branches") };
-        let why = format!("{noun} {:?} does not match on.{key} of the pipeline", run.name);
+        let (noun, key) = if run.kind == RefKind::Tag {
+            ("tag", "tags")
+        } else {
+            ("branch", "branches")
+        };
+        let why = format!(
+            "{noun} {:?} does not match on.{key} of the pipeline",
+            run.name
+        );
         if let Some(d) = run.delivery {
-            q.store.set_delivery_status(d, "not matched".into(), Some(why.clone())).await?;
+            q.store
+                .set_delivery_status(d, "not matched".into(), Some(why.clone()))
+                .await?;
         }
         return Ok(Verdict::new(status::SKIPPED, why));
     }
-    let steps = pipeline.steps.iter().map(|s| (s.name.clone(), kind_of(&s.action).to_string())).collect();
-    q.store.plan_run(run.id, pipeline.app.clone(), steps).await?;
+    let steps = pipeline
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), kind_of(&s.action).to_string()))
+        .collect();
+    q.store
+        .plan_run(run.id, pipeline.app.clone(), steps)
+        .await?;
     if let Some(d) = run.delivery {
-        q.store.set_delivery_status(d, "run".into(), Some(format!("run {}", run.id))).await?;
+        q.store
+            .set_delivery_status(d, "run".into(), Some(format!("run {}", run.id)))
+            .await?;
     }
 
-    let workspaces = Workspaces::new(&q.config.data_dir.join("workspaces"), KEEP_FAILED_WORKSPACES)?;
+    let workspaces = Workspaces::new(
+        &q.config.data_dir.join("workspaces"),
+        KEEP_FAILED_WORKSPACES,
+    )?;
     let workspace = {
         let (ws, id, commit) = (workspaces.clone(), run.id, run.commit.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
@@ -131,7 +195,9 @@ async fn execute_run(q: &Arc<Queue>, run: &Run, cancel: &CancellationToken) -> a
         .await??
     };
     let verdict = run_steps(q, run, &pipeline, &workspace, cancel).await;
-    let failed = verdict.as_ref().map_or(true, |v| v.status != status::SUCCESS);
+    let failed = verdict
+        .as_ref()
+        .map_or(true, |v| v.status != status::SUCCESS);
     let id = run.id;
     let cleanup = tokio::task::spawn_blocking(move || workspaces.finish(id, failed)).await?;
     if let Err(e) = cleanup {
@@ -153,8 +219,16 @@ fn kind_of(a: &Action) -> &'static str {
 pub fn vars_of(run: &Run, app: &str) -> Vars {
     Vars {
         commit: run.commit.clone(),
-        branch: if run.kind == RefKind::Branch { run.name.clone() } else { String::new() },
-        tag: if run.kind == RefKind::Tag { run.name.clone() } else { String::new() },
+        branch: if run.kind == RefKind::Branch {
+            run.name.clone()
+        } else {
+            String::new()
+        },
+        tag: if run.kind == RefKind::Tag {
+            run.name.clone()
+        } else {
+            String::new()
+        },
         git_ref: run.git_ref.clone(),
         app: app.to_string(),
         repo: run.repo.clone(),
@@ -164,7 +238,13 @@ pub fn vars_of(run: &Run, app: &str) -> Vars {
     }
 }
 
-async fn run_steps(q: &Arc<Queue>, run: &Run, pipeline: &Pipeline, workspace: &Path, cancel: &CancellationToken) -> anyhow::Result<Verdict> {
+async fn run_steps(
+    q: &Arc<Queue>,
+    run: &Run,
+    pipeline: &Pipeline,
+    workspace: &Path,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Verdict> {
     let vars = vars_of(run, &pipeline.app);
     let mut docker = None;
     for (index, step) in pipeline.steps.iter().enumerate() {
@@ -174,9 +254,19 @@ async fn run_steps(q: &Arc<Queue>, run: &Run, pipeline: &Pipeline, workspace: &P
         }
         q.store.start_step(run.id, index).await?;
         let (sink, pump) = log_pump(q.clone(), run.id, index);
-        let _ = sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
+        let _ =
+            sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
 
-        let outcome = match step_context(q, run, pipeline, step, &vars, workspace, cancel, sink.clone()) {
+        let outcome = match step_context(
+            q,
+            run,
+            pipeline,
+            step,
+            &vars,
+            workspace,
+            cancel,
+            sink.clone(),
+        ) {
             Err(reason) => Outcome::Error { reason },
             Ok(ctx) => match &step.action {
                 Action::Container { image, commands } => {
@@ -185,13 +275,18 @@ async fn run_steps(q: &Arc<Queue>, run: &Run, pipeline: &Pipeline, workspace: &P
                     }
                     match docker.as_ref() {
                         Some(Ok(d)) => runner::run_container(d, image, commands, &ctx).await,
-                        Some(Err(e)) => Outcome::Error { reason: format!("{e:#}") },
+                        Some(Err(e)) => Outcome::Error {
+                            reason: format!("{e:#}"),
+                        },
                         None => unreachable!("connected just above"),
                     }
                 }
                 Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
                 Action::Build(_) | Action::Deploy(_) => Outcome::Error {
-                    reason: format!("{} steps are not supported by this version of hoist yet", kind_of(&step.action)),
+                    reason: format!(
+                        "{} steps are not supported by this version of hoist yet",
+                        kind_of(&step.action)
+                    ),
                 },
             },
         };
@@ -209,10 +304,14 @@ async fn run_steps(q: &Arc<Queue>, run: &Run, pipeline: &Pipeline, workspace: &P
             Outcome::Error { .. } => (status::FAILED, None),
         };
         let reason = (!outcome.is_success()).then(|| outcome.reason());
-        q.store.finish_step(run.id, index, st, exit_code, reason.clone()).await?;
+        q.store
+            .finish_step(run.id, index, st, exit_code, reason.clone())
+            .await?;
         if !outcome.is_success() {
             let why = match &outcome {
-                Outcome::Cancelled => q.cancel_reason(run.id).unwrap_or_else(|| "cancelled".into()),
+                Outcome::Cancelled => q
+                    .cancel_reason(run.id)
+                    .unwrap_or_else(|| "cancelled".into()),
                 _ => format!("step {} {}", step.name, outcome.reason()),
             };
             return Ok(Verdict::new(st, why));
@@ -243,11 +342,9 @@ fn step_context(
     }
     let mut secrets = Vec::new();
     for name in &step.secrets {
-        let value = q
-            .config
-            .secrets
-            .get(name)
-            .ok_or_else(|| format!("secret {name} is not in [secrets] of hoist.toml; add it there"))?;
+        let value = q.config.secrets.get(name).ok_or_else(|| {
+            format!("secret {name} is not in [secrets] of hoist.toml; add it there")
+        })?;
         secrets.push((name.clone(), value.expose().to_string()));
     }
     let labels = HashMap::from([

@@ -324,7 +324,7 @@ async fn container_step_masks_secrets() {
     let log = s.log_text();
     assert_eq!(outcome, Outcome::Success, "log:\n{log}");
     assert_contains(&log, "+ echo \"$DATABASE_URL\"\n***\n");
-    assert_contains(&log, "url=***!\n");
+    assert_contains(&log, "+ echo \"url=${DATABASE_URL}!\" >&2\nurl=***!\n");
     assert_contains(&log, "DATABASE_URL=***\n");
     assert_lacks(&log, "s3cr3t");
 }

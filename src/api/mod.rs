@@ -245,7 +245,10 @@ async fn receive(
                         .as_deref()
                         .filter(|m| crate::pipeline::skip_ci(m))
                         .map(|_| "[skip ci] in the head commit message".to_string()),
-                    cancel_superseded: s.config.repo(&event.repo).is_some_and(|r| r.cancel_superseded),
+                    cancel_superseded: s
+                        .config
+                        .repo(&event.repo)
+                        .is_some_and(|r| r.cancel_superseded),
                     event,
                 })
                 .collect();
@@ -260,7 +263,11 @@ async fn receive(
                 tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
             }
             for a in &accepted {
-                for (old, new) in a.superseded_running.iter().zip(std::iter::repeat(a.runs.first())) {
+                for (old, new) in a
+                    .superseded_running
+                    .iter()
+                    .zip(std::iter::repeat(a.runs.first()))
+                {
                     let by = new.map_or_else(|| "a newer push".to_string(), |n| format!("run {n}"));
                     s.queue.cancel_running(*old, format!("superseded by {by}"));
                 }

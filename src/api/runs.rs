@@ -26,7 +26,11 @@ pub struct RunFilter {
     before: Option<i64>,
 }
 
-pub async fn list_runs(_: Authorized, State(s): State<AppState>, Query(f): Query<RunFilter>) -> Result<Json<Value>, ApiError> {
+pub async fn list_runs(
+    _: Authorized,
+    State(s): State<AppState>,
+    Query(f): Query<RunFilter>,
+) -> Result<Json<Value>, ApiError> {
     let page = Page {
         limit: f.limit,
         before: f.before,
@@ -40,26 +44,50 @@ pub async fn list_runs(_: Authorized, State(s): State<AppState>, Query(f): Query
 }
 
 fn no_run(id: i64) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no run {id}; GET /api/v1/runs lists them"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no run {id}; GET /api/v1/runs lists them"),
+    )
 }
 
-pub async fn get_run(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
-    let (run, steps) = s.store.run(id).await.map_err(ApiError::internal)?.ok_or_else(|| no_run(id))?;
+pub async fn get_run(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let (run, steps) = s
+        .store
+        .run(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| no_run(id))?;
     let mut v = json!(run);
     v["steps"] = json!(steps);
     Ok(Json(v))
 }
 
-pub async fn cancel_run(auth: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel_run(
+    auth: Authorized,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
     let reason = format!("cancelled by {}", auth.token);
-    match s.store.cancel_run(id, reason.clone()).await.map_err(ApiError::internal)? {
+    match s
+        .store
+        .cancel_run(id, reason.clone())
+        .await
+        .map_err(ApiError::internal)?
+    {
         Cancel::NotFound => Err(no_run(id)),
         Cancel::Dequeued => Ok(Json(json!({ "run": id, "status": status::CANCELLED }))),
         Cancel::Running => {
             s.queue.cancel_running(id, reason);
             Ok(Json(json!({ "run": id, "status": "cancelling" })))
         }
-        Cancel::Ended(st) => Err(ApiError::new(StatusCode::CONFLICT, format!("run {id} already ended ({st}); nothing to cancel"))),
+        Cancel::Ended(st) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {id} already ended ({st}); nothing to cancel"),
+        )),
     }
 }
 
@@ -80,27 +108,46 @@ pub async fn start_run(
     body: Result<Json<StartRun>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("{e}; send {{\"ref\": \"refs/heads/main\", \"commit\": \"<40 hex>\"}}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{e}; send {{\"ref\": \"refs/heads/main\", \"commit\": \"<40 hex>\"}}"),
+        )
     })?;
     let repo = format!("{owner}/{name}");
     let conf = s
         .config
         .repo(&repo)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {repo} is not in hoist.toml")))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("repository {repo} is not in hoist.toml"),
+            )
+        })?
         .clone();
-    let (kind, short) = match (body.git_ref.strip_prefix("refs/heads/"), body.git_ref.strip_prefix("refs/tags/")) {
+    let (kind, short) = match (
+        body.git_ref.strip_prefix("refs/heads/"),
+        body.git_ref.strip_prefix("refs/tags/"),
+    ) {
         (Some(b), _) if !b.is_empty() => (RefKind::Branch, b.to_string()),
         (_, Some(t)) if !t.is_empty() => (RefKind::Tag, t.to_string()),
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("ref {:?} must be a full ref: refs/heads/BRANCH or refs/tags/TAG", body.git_ref),
+                format!(
+                    "ref {:?} must be a full ref: refs/heads/BRANCH or refs/tags/TAG",
+                    body.git_ref
+                ),
             ));
         }
     };
     let commit = match body.commit {
         Some(c) if is_commit_id(&c) => c.to_ascii_lowercase(),
-        Some(c) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("commit {c:?} must be 40 hex digits"))),
+        Some(c) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("commit {c:?} must be 40 hex digits"),
+            ));
+        }
         None => remote_head(&s, &repo, &body.git_ref).await?,
     };
     let created = s
@@ -120,40 +167,63 @@ pub async fn start_run(
         .await
         .map_err(ApiError::internal)?;
     for old in created.superseded_running {
-        s.queue.cancel_running(old, format!("superseded by run {}", created.id));
+        s.queue
+            .cancel_running(old, format!("superseded by run {}", created.id));
     }
     s.queue.wake();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "run": created.id })) ).into_response())
+    Ok((StatusCode::ACCEPTED, Json(json!({ "run": created.id }))).into_response())
 }
 
 async fn remote_head(s: &AppState, repo: &str, git_ref: &str) -> Result<String, ApiError> {
     let path = crate::worker::mirror_path(&s.config.data_dir, repo);
-    let url = s.config.repo(repo).map(|r| r.url.clone()).unwrap_or_default();
+    let url = s
+        .config
+        .repo(repo)
+        .map(|r| r.url.clone())
+        .unwrap_or_default();
     let lock = s.queue.repo_lock(repo);
     let _guard = lock.lock().await;
-    let heads = tokio::task::spawn_blocking(move || crate::checkout::Mirror::open(&path, &url)?.ls_remote())
-        .await
-        .map_err(|e| ApiError::internal(e.into()))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    let heads = tokio::task::spawn_blocking(move || {
+        crate::checkout::Mirror::open(&path, &url)?.ls_remote()
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.into()))?
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
     heads
         .into_iter()
         .find(|(r, _)| r == git_ref)
         .map(|(_, c)| c)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{git_ref} does not exist in {repo}; give a commit or push the ref")))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{git_ref} does not exist in {repo}; give a commit or push the ref"),
+            )
+        })
 }
 
 /// `POST /api/v1/deliveries/{id}/replay`: run a stored delivery's push again.
-pub async fn replay_delivery(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+pub async fn replay_delivery(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
     let d = s
         .store
         .delivery(id)
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no delivery {id}; GET /api/v1/deliveries lists them")))?;
-    let conf = s
-        .config
-        .repo(&d.repo)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {} is no longer in hoist.toml", d.repo)))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no delivery {id}; GET /api/v1/deliveries lists them"),
+            )
+        })?;
+    let conf = s.config.repo(&d.repo).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("repository {} is no longer in hoist.toml", d.repo),
+        )
+    })?;
     let created = s
         .store
         .create_run(NewRun {
@@ -171,16 +241,26 @@ pub async fn replay_delivery(_: Authorized, State(s): State<AppState>, Path(id):
         .await
         .map_err(ApiError::internal)?;
     for old in created.superseded_running {
-        s.queue.cancel_running(old, format!("superseded by run {}", created.id));
+        s.queue
+            .cancel_running(old, format!("superseded by run {}", created.id));
     }
     s.queue.wake();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": id, "runs": [created.id] }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "delivery": id, "runs": [created.id] })),
+    )
+        .into_response())
 }
 
 /// `GET /api/v1/runs/{id}/logs`: the stored chunks as JSON, or with `Accept: text/event-stream`
 /// an SSE stream (`event: log`, `id: SEQ`, data the chunk as JSON) that follows the run live and
 /// ends with `event: end` carrying the run's status. `Last-Event-ID` resumes after a chunk.
-pub async fn run_logs(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn run_logs(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if s.store.run(id).await.map_err(ApiError::internal)?.is_none() {
         return Err(no_run(id));
     }
@@ -201,7 +281,9 @@ pub async fn run_logs(_: Authorized, State(s): State<AppState>, Path(id): Path<i
     tokio::spawn(follow(s, id, after, tx));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let stream = futures_util::StreamExt::map(stream, Ok::<Event, Infallible>);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 fn log_event(c: &LogChunk) -> Event {
@@ -230,7 +312,13 @@ async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sen
             // Not running here: it ended (or has not started); send the end once it has ended.
             match s.store.run(run).await {
                 Ok(Some((r, _))) if status::is_terminal(&r.status) => {
-                    let _ = tx.send(Event::default().event("end").data(json!({ "status": r.status }).to_string())).await;
+                    let _ = tx
+                        .send(
+                            Event::default()
+                                .event("end")
+                                .data(json!({ "status": r.status }).to_string()),
+                        )
+                        .await;
                     return;
                 }
                 Ok(Some(_)) => {

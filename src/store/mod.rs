@@ -556,38 +556,30 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let a = store.accept(vec![event("d1", 'a')]).await.unwrap();
         assert_eq!(
-            a,
-            vec![Accepted {
-                id: 1,
-                duplicate: false
-            }]
+            (a[0].id, a[0].duplicate, a[0].runs.clone()),
+            (1, false, vec![1])
         );
         // Same delivery id, other commit: the first answer again.
         let b = store.accept(vec![event("d1", 'b')]).await.unwrap();
         assert_eq!(
-            b,
-            vec![Accepted {
-                id: 1,
-                duplicate: true
-            }]
+            (b[0].id, b[0].duplicate, b[0].runs.clone()),
+            (1, true, vec![1])
         );
         // Other delivery id, same (repo, ref, commit): also a duplicate.
         let c = store.accept(vec![event("d2", 'a')]).await.unwrap();
         assert_eq!(
-            c,
-            vec![Accepted {
-                id: 1,
-                duplicate: true
-            }]
+            (c[0].id, c[0].duplicate, c[0].runs.clone()),
+            (1, true, vec![1])
         );
+        // A newer push to the branch supersedes the queued run.
         let d = store.accept(vec![event("d3", 'c')]).await.unwrap();
         assert_eq!(
-            d,
-            vec![Accepted {
-                id: 2,
-                duplicate: false
-            }]
+            (d[0].id, d[0].duplicate, d[0].runs.clone()),
+            (2, false, vec![2])
         );
+        let (first, _) = store.run(1).await.unwrap().unwrap();
+        assert_eq!(first.status, "cancelled");
+        assert!(first.reason.unwrap().starts_with("superseded"));
         let list = store.deliveries(50, None).await.unwrap();
         assert_eq!(list.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(list[1].commit, "a".repeat(40));

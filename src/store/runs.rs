@@ -135,7 +135,9 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
             "SELECT id, status FROM runs WHERE repo = ?1 AND git_ref = ?2 AND status IN ('queued', 'running')",
         )?;
         let older: Vec<(i64, String)> = older
-            .query_map(params![r.repo, r.git_ref], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .query_map(params![r.repo, r.git_ref], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         for (id, st) in older {
             if st == status::QUEUED {
@@ -171,8 +173,12 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
 }
 
 pub(super) fn runs_of_delivery(c: &Connection, delivery: i64) -> anyhow::Result<Vec<i64>> {
-    let mut stmt = c.prepare_cached("SELECT id FROM runs WHERE delivery = ?1 AND trigger = 'push' ORDER BY id")?;
-    let ids = stmt.query_map([delivery], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut stmt = c.prepare_cached(
+        "SELECT id FROM runs WHERE delivery = ?1 AND trigger = 'push' ORDER BY id",
+    )?;
+    let ids = stmt
+        .query_map([delivery], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     Ok(ids)
 }
 
@@ -188,7 +194,11 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
         id: r.get(0)?,
         repo: r.get(1)?,
         git_ref: r.get(2)?,
-        kind: if kind == "tag" { RefKind::Tag } else { RefKind::Branch },
+        kind: if kind == "tag" {
+            RefKind::Tag
+        } else {
+            RefKind::Branch
+        },
         name: r.get(4)?,
         commit: r.get(5)?,
         delivery: r.get(6)?,
@@ -245,7 +255,12 @@ impl Store {
     }
 
     /// Record the pipeline a run follows: its app and its steps, all queued.
-    pub async fn plan_run(&self, run: i64, app: String, steps: Vec<(String, String)>) -> anyhow::Result<()> {
+    pub async fn plan_run(
+        &self,
+        run: i64,
+        app: String,
+        steps: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
         self.write(move |c| {
             c.execute("UPDATE runs SET app = ?2 WHERE id = ?1", params![run, app])?;
             c.execute("DELETE FROM steps WHERE run = ?1", [run])?;
@@ -294,14 +309,23 @@ impl Store {
     }
 
     /// End a run (and any of its steps still queued or running) with `st`.
-    pub async fn finish_run(&self, run: i64, st: &'static str, reason: Option<String>) -> anyhow::Result<()> {
+    pub async fn finish_run(
+        &self,
+        run: i64,
+        st: &'static str,
+        reason: Option<String>,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         self.write(move |c| {
             c.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
                 params![run, st, reason, now],
             )?;
-            let leftover = if st == status::SUCCESS { status::SKIPPED } else { st };
+            let leftover = if st == status::SUCCESS {
+                status::SKIPPED
+            } else {
+                st
+            };
             c.execute(
                 "UPDATE steps SET status = CASE status WHEN 'running' THEN ?2 ELSE 'skipped' END,
                         finished_at = ?3
@@ -384,15 +408,20 @@ impl Store {
     }
 
     /// Append log chunks (run, step, bytes); returns each chunk with its sequence number.
-    pub async fn append_logs(&self, chunks: Vec<(i64, i64, Vec<u8>)>) -> anyhow::Result<Vec<(i64, LogChunk)>> {
+    pub async fn append_logs(
+        &self,
+        chunks: Vec<(i64, i64, Vec<u8>)>,
+    ) -> anyhow::Result<Vec<(i64, LogChunk)>> {
         self.write(move |c| {
             let mut out = Vec::with_capacity(chunks.len());
             for (run, step, data) in chunks {
                 let seq: i64 = c
                     .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM logs WHERE run = ?1")?
                     .query_row([run], |r| r.get(0))?;
-                c.prepare_cached("INSERT INTO logs (run, seq, step, data) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![run, seq, step, data])?;
+                c.prepare_cached(
+                    "INSERT INTO logs (run, seq, step, data) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![run, seq, step, data])?;
                 out.push((run, LogChunk { seq, step, data }));
             }
             Ok(out)
@@ -403,7 +432,9 @@ impl Store {
     /// A run's log chunks after `after_seq`, in order.
     pub async fn logs(&self, run: i64, after_seq: i64) -> anyhow::Result<Vec<LogChunk>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT seq, step, data FROM logs WHERE run = ?1 AND seq > ?2 ORDER BY seq")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, step, data FROM logs WHERE run = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
             let rows = stmt.query_map(params![run, after_seq], |r| {
                 Ok(LogChunk {
                     seq: r.get(0)?,
@@ -430,7 +461,10 @@ impl Store {
                  WHERE id < ?1 AND (?2 IS NULL OR repo = ?2) AND (?3 IS NULL OR status = ?3)
                  ORDER BY id DESC LIMIT ?4"
             ))?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), repo, st, limit], run_from_row)?;
+            let rows = stmt.query_map(
+                params![before.unwrap_or(i64::MAX), repo, st, limit],
+                run_from_row,
+            )?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -455,7 +489,12 @@ impl Store {
     }
 
     /// Mark what became of a delivery ("no pipeline", "skipped", "run N").
-    pub async fn set_delivery_status(&self, delivery: i64, st: String, reason: Option<String>) -> anyhow::Result<()> {
+    pub async fn set_delivery_status(
+        &self,
+        delivery: i64,
+        st: String,
+        reason: Option<String>,
+    ) -> anyhow::Result<()> {
         self.write(move |c| {
             c.execute(
                 "UPDATE deliveries SET status = ?2, reason = ?3 WHERE id = ?1",
@@ -467,7 +506,12 @@ impl Store {
     }
 
     /// Has hoist seen this commit on this ref, by webhook, run or an earlier poll?
-    pub async fn head_seen(&self, repo: String, git_ref: String, commit: String) -> anyhow::Result<bool> {
+    pub async fn head_seen(
+        &self,
+        repo: String,
+        git_ref: String,
+        commit: String,
+    ) -> anyhow::Result<bool> {
         self.read(move |c| {
             Ok(c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM deliveries WHERE repo = ?1 AND git_ref = ?2 AND after_sha = ?3)
@@ -480,14 +524,27 @@ impl Store {
         .await
     }
 
-    /// Whether the poller has ever looked at this repo (its first look only records heads).
-    pub async fn repo_polled(&self, repo: String) -> anyhow::Result<bool> {
-        self.read(move |c| Ok(c.query_row("SELECT EXISTS (SELECT 1 FROM heads WHERE repo = ?1)", [repo], |r| r.get(0))?))
-            .await
+    /// Whether hoist knows this repo yet: a webhook, a run or an earlier poll. The poller's
+    /// first look at an unknown repo only records its heads.
+    pub async fn repo_known(&self, repo: String) -> anyhow::Result<bool> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM heads WHERE repo = ?1)
+                     OR EXISTS (SELECT 1 FROM deliveries WHERE repo = ?1)
+                     OR EXISTS (SELECT 1 FROM runs WHERE repo = ?1)",
+                [repo],
+                |r| r.get(0),
+            )?)
+        })
+        .await
     }
 
     /// Remember the remote's heads as seen.
-    pub async fn record_heads(&self, repo: String, heads: Vec<(String, String)>) -> anyhow::Result<()> {
+    pub async fn record_heads(
+        &self,
+        repo: String,
+        heads: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         self.write(move |c| {
             for (git_ref, commit) in heads {

@@ -20,6 +20,15 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Start `hoist serve` with the config text `config` (written to DIR/hoist.toml once).
+    pub fn launch(dir: &Path, config: &str) -> Agent {
+        let path = dir.join("hoist.toml");
+        if !path.exists() {
+            std::fs::write(&path, config).unwrap();
+        }
+        Agent::start(dir, "")
+    }
+
     /// Start `hoist serve` on a free port with `dir` as data_dir. `extra` is appended to the config.
     pub fn start(dir: &Path, extra: &str) -> Agent {
         let config = dir.join("hoist.toml");
@@ -143,4 +152,119 @@ pub fn post(
 /// A 40-hex commit id made from a number.
 pub fn sha(n: u64) -> String {
     format!("{n:040x}")
+}
+
+/// The lab's build engine. Fails the test, saying what to do, when the lab is down.
+pub fn builder() -> String {
+    let url = std::env::var("HOIST_TEST_BUILDER")
+        .unwrap_or_else(|_| "unix:///var/lib/hoist-lab/hb/docker.sock".into());
+    let path = url.trim_start_matches("unix://");
+    let ok = Command::new("docker")
+        .args(["-H", &url, "version", "--format", "{{.Server.Version}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the lab's build engine does not answer at {url} ({path}); start the lab with `scripts/lab up` (scripts/test does)"
+    );
+    url
+}
+
+/// A bare repository under `dir` with a work tree beside it, for pushing commits.
+pub struct GitRepo {
+    pub bare: PathBuf,
+    pub work: PathBuf,
+}
+
+impl GitRepo {
+    pub fn new(dir: &Path) -> GitRepo {
+        let bare = dir.join("remote.git");
+        let work = dir.join("work");
+        git(
+            dir,
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
+        git(dir, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        GitRepo { bare, work }
+    }
+
+    /// Write files (path, content) and commit them on `branch`; push; return the commit id.
+    pub fn commit(&self, branch: &str, message: &str, files: &[(&str, &str)]) -> String {
+        let current = git_out(&self.work, &["rev-parse", "--abbrev-ref", "HEAD"]);
+        if current != branch {
+            let exists = Command::new("git")
+                .args([
+                    "rev-parse",
+                    "--verify",
+                    "-q",
+                    &format!("refs/heads/{branch}"),
+                ])
+                .current_dir(&self.work)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            let flag = if exists { "" } else { "-b" };
+            let mut args = vec!["checkout", "-q"];
+            if !flag.is_empty() {
+                args.push(flag);
+            }
+            args.push(branch);
+            git(&self.work, &args);
+        }
+        for (path, content) in files {
+            let p = self.work.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &[
+                "-c",
+                "user.name=Test",
+                "-c",
+                "user.email=t@example.com",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                message,
+            ],
+        );
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                self.bare.to_str().unwrap(),
+                &format!("HEAD:refs/heads/{branch}"),
+            ],
+        );
+        git_out(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn git_out(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
