@@ -77,6 +77,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// List an app's releases: number, commit, digests.
+    Releases {
+        #[command(flatten)]
+        client: Client,
+        app: String,
+    },
     /// Print a run's log; --follow streams it until the run ends.
     Logs {
         #[command(flatten)]

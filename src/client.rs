@@ -126,3 +126,20 @@ pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode>
     }
     bail!("the agent closed the log stream before run {run} ended")
 }
+
+pub async fn releases(c: Client, app: String) -> anyhow::Result<ExitCode> {
+    let releases: Vec<Value> = send(c.get(&format!("/api/v1/apps/{app}/releases"))?, &c.server).await?.json().await?;
+    println!("{:>7}  {:<8}  {:>5}  {:<71}  CREATED", "RELEASE", "COMMIT", "RUN", "IMAGE");
+    for r in releases {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        println!(
+            "{:>7}  {:<8}  {:>5}  {:<71}  {}",
+            r["number"],
+            s("commit").chars().take(8).collect::<String>(),
+            r["run"],
+            format!("{}@{}", s("repository"), s("manifest_digest")),
+            s("created_at")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -23,6 +23,7 @@ use crate::forge::{self, Forge, ForgeError, Received};
 use crate::queue::Queue;
 use crate::store::{Intake, Store};
 
+mod apps;
 mod runs;
 
 /// Deliveries larger than this are refused with 413; GitHub caps its payloads at 25 MB too.
@@ -95,7 +96,9 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}", get(runs::get_run))
         .route("/runs/{id}/cancel", post(runs::cancel_run))
         .route("/runs/{id}/logs", get(runs::run_logs))
-        .route("/repos/{owner}/{name}/runs", post(runs::start_run));
+        .route("/repos/{owner}/{name}/runs", post(runs::start_run))
+        .route("/apps", get(apps::list_apps))
+        .route("/apps/{app}/releases", get(apps::list_releases));
     Router::new()
         .route("/hooks/{forge}", post(receive_hook))
         .nest("/api/v1", api)

@@ -20,7 +20,9 @@ use tokio::sync::oneshot;
 
 use crate::forge::{Forge, PushEvent, RefKind};
 
+mod releases;
 mod runs;
+pub use releases::*;
 pub use runs::*;
 
 /// Most jobs one transaction takes; bounds the latency a big burst adds to its first job.
@@ -97,6 +99,23 @@ const MIGRATIONS: &[&str] = &[
         commit_sha    TEXT    NOT NULL,
         seen_at       INTEGER NOT NULL,
         PRIMARY KEY (repo, git_ref)
+    );",
+    // 3: releases: verified images of an app, numbered per app.
+    "CREATE TABLE releases (
+        id              INTEGER PRIMARY KEY,
+        app             TEXT    NOT NULL,
+        number          INTEGER NOT NULL,
+        repo            TEXT    NOT NULL,
+        commit_sha      TEXT    NOT NULL,
+        run             INTEGER NOT NULL REFERENCES runs(id),
+        step            TEXT    NOT NULL,
+        repository      TEXT    NOT NULL,
+        manifest_digest TEXT    NOT NULL,
+        config_digest   TEXT    NOT NULL,
+        tags            TEXT    NOT NULL,
+        deploy          TEXT,
+        created_at      INTEGER NOT NULL,
+        UNIQUE (app, number)
     );",
 ];
 

@@ -1,0 +1,159 @@
+//! Releases: verified images of an app, numbered 1, 2, 3 … per app, each carrying its chain of
+//! custody (commit → config digest → manifest digest) and the deploy spec of the pipeline that
+//! built it, so that a rollback restores the old container settings too.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Store, now_millis, rfc3339};
+
+/// A release to record; the number is assigned by the store.
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    pub app: String,
+    pub repo: String,
+    pub commit: String,
+    pub run: i64,
+    /// The build step that made the image.
+    pub step: String,
+    /// Registry repository, without tag: `10.203.0.1:5000/acme/web`.
+    pub repository: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub tags: Vec<String>,
+    /// The deploy step's spec (JSON of `pipeline::DeploySpec`), when the pipeline deploys this image.
+    pub deploy: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Release {
+    pub app: String,
+    pub number: i64,
+    pub repo: String,
+    pub commit: String,
+    pub run: i64,
+    pub step: String,
+    pub repository: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub tags: Vec<String>,
+    pub deploy: Option<serde_json::Value>,
+    pub created_at: String,
+}
+
+impl Release {
+    /// How hosts pull it: by digest, never by tag.
+    pub fn image(&self) -> String {
+        format!("{}@{}", self.repository, self.manifest_digest)
+    }
+}
+
+/// An app and its newest release.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct App {
+    pub app: String,
+    pub releases: i64,
+    pub latest: i64,
+}
+
+const RELEASE_COLUMNS: &str =
+    "app, number, repo, commit_sha, run, step, repository, manifest_digest, config_digest, tags, deploy, created_at";
+
+fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
+    let tags: String = r.get(9)?;
+    let deploy: Option<String> = r.get(10)?;
+    Ok(Release {
+        app: r.get(0)?,
+        number: r.get(1)?,
+        repo: r.get(2)?,
+        commit: r.get(3)?,
+        run: r.get(4)?,
+        step: r.get(5)?,
+        repository: r.get(6)?,
+        manifest_digest: r.get(7)?,
+        config_digest: r.get(8)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        deploy: deploy.and_then(|d| serde_json::from_str(&d).ok()),
+        created_at: rfc3339(r.get(11)?),
+    })
+}
+
+impl Store {
+    /// Record a verified image as the app's next release; returns it with its number.
+    pub async fn create_release(&self, r: NewRelease) -> anyhow::Result<Release> {
+        let now = now_millis();
+        self.write(move |c| {
+            let number: i64 = c.query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app = ?1",
+                [&r.app],
+                |row| row.get(0),
+            )?;
+            c.execute(
+                "INSERT INTO releases (app, number, repo, commit_sha, run, step, repository, manifest_digest,
+                                       config_digest, tags, deploy, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    r.app,
+                    number,
+                    r.repo,
+                    r.commit,
+                    r.run,
+                    r.step,
+                    r.repository,
+                    r.manifest_digest,
+                    r.config_digest,
+                    serde_json::to_string(&r.tags)?,
+                    r.deploy.as_ref().map(serde_json::to_string).transpose()?,
+                    now
+                ],
+            )?;
+            Ok(c.query_row(
+                &format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 AND number = ?2"),
+                params![r.app, number],
+                release_from_row,
+            )?)
+        })
+        .await
+    }
+
+    /// An app's releases, newest first.
+    pub async fn releases(&self, app: String, limit: u32, before: Option<i64>) -> anyhow::Result<Vec<Release>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 AND number < ?2 ORDER BY number DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![app, before.unwrap_or(i64::MAX), limit], release_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn release(&self, app: String, number: i64) -> anyhow::Result<Option<Release>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 AND number = ?2"),
+                params![app, number],
+                release_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Every app with releases, by name.
+    pub async fn apps(&self) -> anyhow::Result<Vec<App>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT app, COUNT(*), MAX(number) FROM releases GROUP BY app ORDER BY app")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(App {
+                    app: r.get(0)?,
+                    releases: r.get(1)?,
+                    latest: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
