@@ -145,6 +145,7 @@ pub fn main() -> ExitCode {
             run,
             follow,
         } => block_on(crate::client::logs(client, run, follow)),
+        Command::Releases { client, app } => block_on(crate::client::releases(client, app)),
     }
 }
 
