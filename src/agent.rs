@@ -33,6 +33,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     recover(&store, &config).await?;
     let queue = Queue::new(store.clone(), config.clone(), shutdown.clone());
+    // Deployments a crash left running are resolved before any run may deploy (they hold the
+    // app's lease while they converge), but without delaying the server.
+    let recovery = {
+        let deployer = crate::deploy::deployer(&queue);
+        tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            let logger = tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    tracing::warn!("recovery: {}", String::from_utf8_lossy(&line).trim_end());
+                }
+            });
+            if let Err(e) = deployer.recover(&tx).await {
+                tracing::error!("cannot resolve interrupted deployments: {e:#}");
+            }
+            drop(tx);
+            let _ = logger.await;
+        })
+    };
     let dispatcher = tokio::spawn(queue.clone().dispatch());
     let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
 
@@ -55,6 +73,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Workers see the shutdown, kill their steps and leave their runs to be re-queued.
     shutdown.cancel();
     let _ = dispatcher.await;
+    recovery.abort();
     let _ = poller.await;
     queue.tasks.close();
     if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait())

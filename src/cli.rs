@@ -77,6 +77,21 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Roll an app back (default: the last good release before the current one); waits for the verdict.
+    Rollback {
+        #[command(flatten)]
+        client: Client,
+        app: String,
+        /// The release to go back to.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Show each host: reachable, engine version, what runs there (per app with APP).
+    Hosts {
+        #[command(flatten)]
+        client: Client,
+        app: Option<String>,
+    },
     /// List an app's releases: number, commit, digests.
     Releases {
         #[command(flatten)]
@@ -146,6 +161,8 @@ pub fn main() -> ExitCode {
             follow,
         } => block_on(crate::client::logs(client, run, follow)),
         Command::Releases { client, app } => block_on(crate::client::releases(client, app)),
+        Command::Rollback { client, app, to } => block_on(crate::client::rollback(client, app, to)),
+        Command::Hosts { client, app } => block_on(crate::client::hosts(client, app)),
     }
 }
 

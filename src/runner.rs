@@ -30,6 +30,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Label carrying the run's id on every step container; what [`remove_step_containers`] looks for.
@@ -176,7 +177,10 @@ pub async fn remove_step_containers(docker: &Docker, run: Option<i64>) -> anyhow
 ///
 /// The commands are trusted repository content; nothing else is ever put in here.
 fn script(commands: &[String]) -> String {
-    let mut script = String::new();
+    // One stream: stdout and stderr travel through separate pipes (and, from a container,
+    // separately copied streams), so without this an error message can reach the log before
+    // the output that preceded it.
+    let mut script = String::from("exec 2>&1\n");
     for command in commands {
         script.push_str("printf '+ %s\\n' ");
         script.push_str(&single_quote(command));
@@ -240,10 +244,15 @@ enum End<T> {
     Cancelled,
 }
 
-/// Sleeps for the timeout, or forever without one.
-async fn sleep_for(timeout: Option<Duration>) {
-    match timeout {
-        Some(t) => tokio::time::sleep(t).await,
+/// When a step that starts now must have ended; `None` without a timeout.
+fn deadline(ctx: &StepContext) -> Option<Instant> {
+    ctx.timeout.map(|t| Instant::now() + t)
+}
+
+/// Sleeps until the deadline, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
@@ -258,6 +267,8 @@ async fn container_step(
     if ctx.cancel.is_cancelled() {
         return Outcome::Cancelled;
     }
+    // The timeout covers the whole step, a pull of its image included.
+    let deadline = deadline(ctx);
     // The engine resolves a bind source on its own machine: it must be absolute there.
     let workspace = match std::fs::canonicalize(&ctx.workspace) {
         Ok(path) => path,
@@ -267,10 +278,8 @@ async fn container_step(
             };
         }
     };
-    match ensure_image(docker, image, &ctx.cancel).await {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Cancelled,
-        Err(reason) => return Outcome::Error { reason },
+    if let Err(outcome) = ensure_image(docker, image, ctx, deadline).await {
+        return outcome;
     }
 
     let env = ctx
@@ -318,26 +327,27 @@ async fn container_step(
         id,
         armed: true,
     };
-    let outcome = drive_container(docker, &guard.id, ctx, out).await;
+    let outcome = drive_container(docker, &guard.id, ctx, deadline, out).await;
     guard.remove().await;
     outcome
 }
 
-/// Makes sure `image` is on the build engine, pulling it if it is not. `Ok(false)`: cancelled.
+/// Makes sure `image` is on the build engine, pulling it if it is not.
 async fn ensure_image(
     docker: &Docker,
     image: &str,
-    cancel: &CancellationToken,
-) -> Result<bool, String> {
+    ctx: &StepContext,
+    deadline: Option<Instant>,
+) -> Result<(), Outcome> {
     match docker.inspect_image(image).await {
-        Ok(_) => return Ok(true),
+        Ok(_) => return Ok(()),
         Err(DockerError::DockerResponseServerError {
             status_code: 404, ..
         }) => {}
         Err(e) => {
-            return Err(format!(
-                "cannot look up image {image} on the build engine: {e}"
-            ));
+            return Err(Outcome::Error {
+                reason: format!("cannot look up image {image} on the build engine: {e}"),
+            });
         }
     }
     let mut options = CreateImageOptionsBuilder::default().from_image(image);
@@ -354,12 +364,14 @@ async fn ensure_image(
     };
     let pulled = tokio::select! {
         pulled = pull => pulled,
-        _ = cancel.cancelled() => return Ok(false),
+        _ = ctx.cancel.cancelled() => return Err(Outcome::Cancelled),
+        _ = sleep_until(deadline) => {
+            return Err(Outcome::TimedOut { after: ctx.timeout.unwrap_or_default() });
+        }
     };
-    pulled.map_err(|e| {
-        format!("image {image} is not on the build engine and could not be pulled: {e}")
-    })?;
-    Ok(true)
+    pulled.map_err(|e| Outcome::Error {
+        reason: format!("image {image} is not on the build engine and could not be pulled: {e}"),
+    })
 }
 
 /// Whether an image reference names a tag or digest (`name:tag`, `name@sha256:…`), as opposed
@@ -375,6 +387,7 @@ async fn drive_container(
     docker: &Docker,
     id: &str,
     ctx: &StepContext,
+    deadline: Option<Instant>,
     out: &mut Output<'_>,
 ) -> Outcome {
     // Attached before the start, so that not a byte of output is missed, without depending on
@@ -403,7 +416,7 @@ async fn drive_container(
 
     let mut wait = docker.wait_container(id, None);
     let exited = wait.next();
-    let timed_out = sleep_for(ctx.timeout);
+    let timed_out = sleep_until(deadline);
     let cancelled = ctx.cancel.cancelled();
     tokio::pin!(exited, timed_out, cancelled);
     let mut output_open = true;
@@ -541,7 +554,8 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
             };
         }
     };
-    let group = ProcessGroup(child.id());
+    let deadline = deadline(ctx);
+    let mut group = ProcessGroup(child.id());
 
     // stdout and stderr meet in one channel, in the order they are read.
     let (tx, mut output) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -554,7 +568,7 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
     drop(tx);
 
     let exited = child.wait();
-    let timed_out = sleep_for(ctx.timeout);
+    let timed_out = sleep_until(deadline);
     let cancelled = ctx.cancel.cancelled();
     tokio::pin!(exited, timed_out, cancelled);
     let mut output_open = true;
@@ -573,8 +587,9 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
     // outlive it and keep its output open.
     group.kill();
     if !matches!(end, End::Exited(_)) {
-        // Reap the shell so that it does not linger as a zombie.
-        let _ = exited.await;
+        // Reap the shell so that it does not linger as a zombie. Bounded, in case `kill` could
+        // not be run: `kill_on_drop` then ends the shell itself.
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, exited).await;
     }
     if output_open {
         let drained = async {
@@ -627,9 +642,10 @@ async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, tx: mpsc::UnboundedSe
 struct ProcessGroup(Option<u32>);
 
 impl ProcessGroup {
-    /// Sends SIGKILL to every process of the group, once.
-    fn kill(&self) {
-        let Some(pgid) = self.0 else { return };
+    /// Sends SIGKILL to every process of the group, once: a second signal, after the group
+    /// emptied, could reach an unrelated group that reused the number.
+    fn kill(&mut self) {
+        let Some(pgid) = self.0.take() else { return };
         // std has no killpg; the `kill` command does it without unsafe code or another crate.
         let status = std::process::Command::new("kill")
             .args(["-KILL", "--", &format!("-{pgid}")])
@@ -908,7 +924,7 @@ mod tests {
         let commands = vec!["echo 'hi'".to_string(), "exit 3".to_string()];
         assert_eq!(
             script(&commands),
-            "printf '+ %s\\n' 'echo '\\''hi'\\'''\necho 'hi'\nprintf '+ %s\\n' 'exit 3'\nexit 3\n"
+            "exec 2>&1\nprintf '+ %s\\n' 'echo '\\''hi'\\'''\necho 'hi'\nprintf '+ %s\\n' 'exit 3'\nexit 3\n"
         );
     }
 

@@ -11,17 +11,23 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+
 use crate::checkout::{Mirror, Workspaces};
+use crate::deploy::rollout::{Deployer, Plan, StartError};
+use crate::image;
 use crate::forge::RefKind;
 use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::{LogEvent, Queue};
 use crate::runner::{self, Outcome, StepContext};
-use crate::store::{Run, status};
+use crate::store::{NewRelease, Release, Run, deployment_status, status};
 
 /// Failed workspaces kept for debugging.
 const KEEP_FAILED_WORKSPACES: usize = 5;
 /// Most bytes gathered into one stored log chunk.
 const LOG_CHUNK: usize = 64 * 1024;
+/// Longest a deploy step waits for another deployment of its app to finish.
+const DEPLOY_WAIT: Duration = Duration::from_secs(600);
 /// Longest a log line waits before it is stored and streamed.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
 
@@ -238,6 +244,146 @@ pub fn vars_of(run: &Run, app: &str) -> Vars {
     }
 }
 
+/// A build step: build on the builder, push every tag, verify each independently, and record
+/// the verified image as the app's next release.
+async fn build_step(
+    q: &Arc<Queue>,
+    run: &Run,
+    pipeline: &Pipeline,
+    step: &pipeline::Step,
+    spec: &pipeline::BuildSpec,
+    ctx: &StepContext,
+    docker: &bollard::Docker,
+) -> anyhow::Result<Release> {
+    let vars = vars_of(run, &pipeline.app);
+    let mut references = Vec::new();
+    for t in &spec.tags {
+        let tag = pipeline::sanitize_tag(&vars.render(t).map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
+        let reference = format!("{}:{tag}", spec.repository);
+        if !references.contains(&reference) {
+            references.push(reference);
+        }
+    }
+    let args = spec
+        .args
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), vars.render(v).map_err(anyhow::Error::msg)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let source = q.config.repo(&run.repo).map(|r| crate::checkout::redact_url(&r.url)).unwrap_or_default();
+    let labels = BTreeMap::from([
+        ("org.opencontainers.image.revision".to_string(), run.commit.clone()),
+        ("org.opencontainers.image.source".to_string(), source),
+        ("org.opencontainers.image.created".to_string(), crate::store::rfc3339(crate::store::now_millis())),
+        ("hoist.run".to_string(), run.id.to_string()),
+        ("hoist.app".to_string(), pipeline.app.clone()),
+    ]);
+    let request = image::BuildRequest {
+        context: ctx.workspace.join(&spec.context),
+        dockerfile: spec.dockerfile.clone(),
+        args,
+        labels,
+        tags: references.clone(),
+    };
+    let image_id = image::build(docker, &request, &ctx.log, &ctx.cancel).await?;
+    let mut verified: Option<image::Verified> = None;
+    for reference in &references {
+        let (host, _, _) = image::parse_reference(reference)?;
+        let registry = q.config.registries.iter().find(|r| r.host == host);
+        let engine_digest = image::push(docker, reference, registry, &ctx.log).await?;
+        let v = image::verify(reference, registry, &engine_digest, &image_id).await?;
+        let _ = ctx.log.send(
+            format!("verified {reference}: manifest {} (sha256 of the registry's bytes), config {}\n", v.manifest_digest, v.config_digest)
+                .into_bytes(),
+        );
+        if let Some(first) = &verified
+            && first.manifest_digest != v.manifest_digest
+        {
+            anyhow::bail!("the tags of one image have different digests in the registry: {} and {}", first.manifest_digest, v.manifest_digest);
+        }
+        verified = Some(v);
+    }
+    let v = verified.context("the build step has no tags to push")?;
+    let deploy = pipeline.steps.iter().find_map(|s| match &s.action {
+        Action::Deploy(d) if d.image == step.name => serde_json::to_value(d).ok(),
+        _ => None,
+    });
+    let release = q
+        .store
+        .create_release(NewRelease {
+            app: pipeline.app.clone(),
+            repo: run.repo.clone(),
+            commit: run.commit.clone(),
+            run: run.id,
+            step: step.name.clone(),
+            repository: spec.repository.clone(),
+            manifest_digest: v.manifest_digest,
+            config_digest: v.config_digest,
+            tags: references,
+            deploy,
+        })
+        .await?;
+    let _ = ctx.log.send(
+        format!(
+            "release {} of {}: commit {} → image {} → {}\n",
+            release.number, release.app, release.commit, release.config_digest, release.image()
+        )
+        .into_bytes(),
+    );
+    Ok(release)
+}
+
+/// A deploy step: roll the release its build step made out across the hosts, waiting for
+/// another deployment of the app to finish first.
+async fn deploy_step(
+    q: &Arc<Queue>,
+    run: &Run,
+    pipeline: &Pipeline,
+    spec: &pipeline::DeploySpec,
+    release: &Release,
+    ctx: &StepContext,
+) -> Result<(), String> {
+    let deployer = Deployer {
+        store: q.store.clone(),
+        config: q.config.clone(),
+        shutdown: q.shutdown.clone(),
+    };
+    let plan = Plan {
+        to: release.clone(),
+        spec: spec.clone(),
+        kind: "rollout",
+        run: Some(run.id),
+        requested_by: format!("run {}", run.id),
+        hooks_dir: Some(ctx.workspace.clone()),
+        vars: vars_of(run, &pipeline.app),
+    };
+    let deadline = std::time::Instant::now() + DEPLOY_WAIT;
+    let started = loop {
+        match deployer.start(plan.clone()).await {
+            Ok(s) => break s,
+            Err(StartError::Busy { app, deployment }) if std::time::Instant::now() < deadline => {
+                let _ = ctx.log.send(format!("waiting: app {app} is being deployed by deployment {deployment}\n").into_bytes());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = ctx.cancel.cancelled() => return Err("cancelled while waiting for another deployment".into()),
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let verdict = deployer.run(started, &ctx.log).await;
+    if verdict.status == deployment_status::SUCCEEDED {
+        Ok(())
+    } else {
+        Err(format!(
+            "deployment {} {}{}: {}",
+            verdict.deployment,
+            verdict.status.replace('_', " "),
+            verdict.failing_host.map(|h| format!(" (failing host {h})")).unwrap_or_default(),
+            verdict.reason.unwrap_or_default()
+        ))
+    }
+}
+
 async fn run_steps(
     q: &Arc<Queue>,
     run: &Run,
@@ -247,6 +393,7 @@ async fn run_steps(
 ) -> anyhow::Result<Verdict> {
     let vars = vars_of(run, &pipeline.app);
     let mut docker = None;
+    let mut built: HashMap<String, Release> = HashMap::new();
     for (index, step) in pipeline.steps.iter().enumerate() {
         let index = index as i64;
         if cancel.is_cancelled() {
@@ -282,11 +429,32 @@ async fn run_steps(
                     }
                 }
                 Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
-                Action::Build(_) | Action::Deploy(_) => Outcome::Error {
-                    reason: format!(
-                        "{} steps are not supported by this version of hoist yet",
-                        kind_of(&step.action)
-                    ),
+                Action::Build(spec) => {
+                    if docker.is_none() {
+                        docker = Some(crate::engine::connect(&q.config.builder.docker, None).await);
+                    }
+                    let result = match docker.as_ref() {
+                        Some(Ok(d)) => build_step(q, run, pipeline, step, spec, &ctx, d).await,
+                        Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+                        None => unreachable!("connected just above"),
+                    };
+                    match result {
+                        Ok(release) => {
+                            built.insert(step.name.clone(), release);
+                            Outcome::Success
+                        }
+                        Err(_) if ctx.cancel.is_cancelled() => Outcome::Cancelled,
+                        Err(e) => Outcome::Error { reason: format!("{e:#}") },
+                    }
+                }
+                Action::Deploy(spec) => match built.get(&spec.image) {
+                    None => Outcome::Error {
+                        reason: format!("step {} built no release in this run", spec.image),
+                    },
+                    Some(release) => match deploy_step(q, run, pipeline, spec, release, &ctx).await {
+                        Ok(()) => Outcome::Success,
+                        Err(reason) => Outcome::Error { reason },
+                    },
                 },
             },
         };

@@ -30,3 +30,80 @@ pub async fn list_releases(
     }
     Ok(Json(json!(releases)))
 }
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    to: Option<i64>,
+}
+
+/// `POST /api/v1/apps/{app}/rollback` `{"to": RELEASE}` (optional): a deployment back to an
+/// earlier release with the settings it was deployed with. 202 `{"deployment": ID}` once the
+/// lease is held and every host answered; the rest happens in the background.
+pub async fn rollback(
+    auth: Authorized,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}; send {{\"to\": RELEASE}} or no body")))?
+    };
+    let plan = crate::deploy::rollback_plan(&s.queue, &app, req.to, &auth.token)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+    let deployer = crate::deploy::deployer(&s.queue);
+    let started = deployer.start(plan).await.map_err(|e| match e {
+        crate::deploy::rollout::StartError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
+    })?;
+    let id = started.id();
+    tokio::spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let logger = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                tracing::info!(deployment = id, "{}", String::from_utf8_lossy(&line).trim_end());
+            }
+        });
+        deployer.run(started, &tx).await;
+        drop(tx);
+        let _ = logger.await;
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "deployment": id }))))
+}
+
+pub async fn get_deployment(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    let (d, hosts, events) = s
+        .store
+        .deployment(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no deployment {id}")))?;
+    let mut v = json!(d);
+    v["hosts"] = json!(hosts);
+    v["events"] = json!(events);
+    Ok(Json(v))
+}
+
+/// `GET /api/v1/apps/{app}/hosts`: per host, the release it should run, the digest expected,
+/// the digest read back now, the container's state and one health check now.
+pub async fn app_hosts(_: Authorized, State(s): State<AppState>, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(crate::deploy::app_hosts_now(&s.queue, &app).await.map_err(ApiError::internal)?)))
+}
+
+/// `GET /api/v1/hosts`: every configured host: reachable, engine version, what runs there.
+pub async fn hosts(_: Authorized, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(crate::deploy::describe_hosts(&s.config).await)))
+}
+
+pub async fn list_deployments(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.store.deployments(app, page.limit()).await.map_err(ApiError::internal)?)))
+}

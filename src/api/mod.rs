@@ -98,7 +98,12 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/logs", get(runs::run_logs))
         .route("/repos/{owner}/{name}/runs", post(runs::start_run))
         .route("/apps", get(apps::list_apps))
-        .route("/apps/{app}/releases", get(apps::list_releases));
+        .route("/apps/{app}/releases", get(apps::list_releases))
+        .route("/apps/{app}/rollback", post(apps::rollback))
+        .route("/apps/{app}/hosts", get(apps::app_hosts))
+        .route("/apps/{app}/deployments", get(apps::list_deployments))
+        .route("/deployments/{id}", get(apps::get_deployment))
+        .route("/hosts", get(apps::hosts));
     Router::new()
         .route("/hooks/{forge}", post(receive_hook))
         .nest("/api/v1", api)

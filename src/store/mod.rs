@@ -20,8 +20,10 @@ use tokio::sync::oneshot;
 
 use crate::forge::{Forge, PushEvent, RefKind};
 
+mod deployments;
 mod releases;
 mod runs;
+pub use deployments::*;
 pub use releases::*;
 pub use runs::*;
 
@@ -116,6 +118,59 @@ const MIGRATIONS: &[&str] = &[
         deploy          TEXT,
         created_at      INTEGER NOT NULL,
         UNIQUE (app, number)
+    );",
+    // 4: deployments and their journal; per-app leases; what each host runs.
+    "CREATE TABLE deployments (
+        id            INTEGER PRIMARY KEY,
+        app           TEXT    NOT NULL,
+        kind          TEXT    NOT NULL,
+        from_release  INTEGER,
+        to_release    INTEGER NOT NULL,
+        run           INTEGER,
+        requested_by  TEXT    NOT NULL,
+        status        TEXT    NOT NULL,
+        reason        TEXT,
+        failing_host  TEXT,
+        created_at    INTEGER NOT NULL,
+        finished_at   INTEGER
+    );
+    CREATE INDEX deployments_by_app ON deployments(app, id);
+    CREATE TABLE deployment_hosts (
+        deployment    INTEGER NOT NULL REFERENCES deployments(id),
+        host          TEXT    NOT NULL,
+        batch         INTEGER NOT NULL,
+        state         TEXT    NOT NULL,
+        from_release  INTEGER,
+        expected      TEXT,
+        read_back     TEXT,
+        health        TEXT,
+        reason        TEXT,
+        updated_at    INTEGER NOT NULL,
+        PRIMARY KEY (deployment, host)
+    );
+    CREATE TABLE deployment_events (
+        deployment    INTEGER NOT NULL REFERENCES deployments(id),
+        seq           INTEGER NOT NULL,
+        host          TEXT,
+        step          TEXT    NOT NULL,
+        detail        TEXT,
+        at            INTEGER NOT NULL,
+        PRIMARY KEY (deployment, seq)
+    );
+    CREATE TABLE leases (
+        app           TEXT    PRIMARY KEY,
+        deployment    INTEGER NOT NULL,
+        token         INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL
+    );
+    CREATE TABLE app_hosts (
+        app           TEXT    NOT NULL,
+        host          TEXT    NOT NULL,
+        release       INTEGER,
+        digest        TEXT,
+        deployment    INTEGER,
+        verified_at   INTEGER NOT NULL,
+        PRIMARY KEY (app, host)
     );",
 ];
 

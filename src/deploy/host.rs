@@ -1,0 +1,715 @@
+//! What hoist does to one host: pull a release's image by digest and prove what arrived, keep
+//! the serving container as `NAME-r<release>`, start the new one, undo, read back, prune.
+//!
+//! Every function is one forward action or its undo, so that the rollout engine can journal
+//! each step and a rollback is the same moves in reverse:
+//! `pull` → `keep_current` (undo: `restore_kept`) → `start` (undo: `remove`) → `read_back`.
+//!
+//! Invariant: a container is addressed by its exact name only after checking that the engine
+//! resolved that name, not an ID prefix. Docker resolves `cafe` to the container whose ID
+//! starts with `cafe` when no container is named `cafe`; removing or renaming by such a guess
+//! would touch a stranger's container.
+//!
+//! Errors say what happened on "the host's Docker engine"; a `Docker` handle does not know its
+//! own URL, so callers add the host's name with `.context(..)`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, anyhow, bail};
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
+    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::pipeline::ContainerSpec;
+
+/// Label naming the app on every container hoist creates.
+pub const APP_LABEL: &str = "hoist.app";
+/// Label naming the release number on every container hoist creates.
+pub const RELEASE_LABEL: &str = "hoist.release";
+/// Label naming the commit SHA on every container hoist creates.
+pub const COMMIT_LABEL: &str = "hoist.commit";
+/// Label naming the manifest digest (`sha256:…`) on every container hoist creates.
+pub const DIGEST_LABEL: &str = "hoist.digest";
+
+/// Seconds a serving container gets to stop gracefully before it is killed.
+const STOP_TIMEOUT_SECS: i32 = 10;
+
+/// What to run on a host: one release of one app.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The app, for the `hoist.app` label.
+    pub app: &'a str,
+    /// The release number, for the label and the kept name `NAME-r<release>` later.
+    pub release: i64,
+    /// The commit SHA the release was built from, for the label.
+    pub commit: &'a str,
+    /// The image by digest, `repo@sha256:…`: never a tag, so every host runs the same bytes.
+    pub image: &'a str,
+    /// The manifest digest `sha256:…`, for the label.
+    pub digest: &'a str,
+    /// The container, already rendered for this host (`${host}` and friends filled).
+    pub container: &'a ContainerSpec,
+}
+
+/// What runs as a container name now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Current {
+    /// Container ID.
+    pub id: String,
+    /// Its process runs (a restarting or paused container does not count).
+    pub running: bool,
+    /// The `hoist.release` label; None for a container hoist did not create.
+    pub release: Option<i64>,
+    /// The `hoist.digest` label.
+    pub digest: Option<String>,
+    /// The local image ID (config digest) the container was created from.
+    pub image_id: String,
+    /// The exit code of its last run, when it is not running.
+    pub exit_code: Option<i64>,
+}
+
+/// What a host was read back to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadBack {
+    /// The manifest digest `sha256:…` of the container's image in the asked repository, from
+    /// the engine's RepoDigests; None when the image has no digest in that repository.
+    pub digest: Option<String>,
+    /// The container's process runs.
+    pub running: bool,
+    /// Container ID.
+    pub container_id: String,
+    /// Local image ID (config digest) of the container's image.
+    pub image_id: String,
+}
+
+/// Engine facts for `hoist hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostInfo {
+    /// Docker Engine version, like "20.10.24".
+    pub version: String,
+    /// The engine's newest API version, like "1.41".
+    pub api_version: String,
+    /// Containers labelled `hoist.app`, serving and kept, sorted by name.
+    pub containers: Vec<HostContainer>,
+}
+
+/// One container hoist created, as `hoist hosts` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostContainer {
+    /// Container name without Docker's leading `/`.
+    pub name: String,
+    /// The `hoist.app` label.
+    pub app: String,
+    /// The `hoist.release` label.
+    pub release: Option<i64>,
+    /// The `hoist.digest` label.
+    pub digest: Option<String>,
+    /// Docker's state: running, exited, restarting, …
+    pub state: String,
+}
+
+/// The name a kept earlier release gets: `NAME-r<release>`.
+pub fn kept_name(name: &str, release: i64) -> String {
+    format!("{name}-r{release}")
+}
+
+/// Pull `image` (`repo@sha256:…`) unless it is already present, and verify what arrived: the
+/// local image's RepoDigests must contain `repo@digest`. Returns the local image ID.
+pub async fn pull(docker: &Docker, image: &str, digest: &str) -> anyhow::Result<String> {
+    let (repo, named) = image.split_once('@').ok_or_else(|| {
+        anyhow!(
+            "image {image:?} is not pinned by digest (REPO@sha256:…); hoist deploys by digest only"
+        )
+    })?;
+    if named != digest {
+        bail!("image {image} does not carry the release's digest {digest}; refusing to pull it");
+    }
+    check_digest(digest)?;
+    if let Some(id) = verified_local(docker, image, repo, digest).await? {
+        return Ok(id);
+    }
+    let options = CreateImageOptionsBuilder::default()
+        .from_image(image)
+        .build();
+    let mut progress = docker.create_image(Some(options), None, None);
+    while let Some(item) = progress.next().await {
+        item.map_err(|e| {
+            anyhow!(
+                "the host's Docker engine could not pull {image}: {e}; is the registry reachable \
+                 from the host (and listed in its --insecure-registry when it is plain HTTP)?"
+            )
+        })?;
+    }
+    match verified_local(docker, image, repo, digest).await? {
+        Some(id) => Ok(id),
+        None => {
+            let found = docker
+                .inspect_image(image)
+                .await
+                .ok()
+                .and_then(|i| i.repo_digests)
+                .unwrap_or_default();
+            bail!(
+                "the host's Docker engine pulled {image}, but its image lists RepoDigests {found:?}, \
+                 not {repo}@{digest}: what arrived is not provably the release; refusing to run it"
+            )
+        }
+    }
+}
+
+/// The local image ID when `image` is present and its RepoDigests list `repo@digest`.
+async fn verified_local(
+    docker: &Docker,
+    image: &str,
+    repo: &str,
+    digest: &str,
+) -> anyhow::Result<Option<String>> {
+    let inspect = match docker.inspect_image(image).await {
+        Ok(i) => i,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => bail!("the host's Docker engine cannot look up image {image}: {e}"),
+    };
+    let proven = inspect
+        .repo_digests
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|rd| rd.split_once('@'))
+        .any(|(r, d)| d == digest && same_repository(r, repo));
+    match (proven, inspect.id) {
+        (true, Some(id)) => Ok(Some(id)),
+        (true, None) => bail!("the host's Docker engine reports image {image} without an ID"),
+        (false, _) => Ok(None),
+    }
+}
+
+/// What runs as `name` now; None when no container has that name.
+pub async fn current(docker: &Docker, name: &str) -> anyhow::Result<Option<Current>> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(None);
+    };
+    let labels = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.labels.clone())
+        .unwrap_or_default();
+    let state = c.state.unwrap_or_default();
+    let running = is_running(state.status);
+    Ok(Some(Current {
+        id: c.id.unwrap_or_default(),
+        running,
+        release: labels.get(RELEASE_LABEL).and_then(|r| r.parse().ok()),
+        digest: labels.get(DIGEST_LABEL).cloned(),
+        image_id: c.image.unwrap_or_default(),
+        exit_code: if running { None } else { state.exit_code },
+    }))
+}
+
+/// Stop `name` (gracefully, up to 10 s) and rename it `NAME-r<release>` after its release
+/// label, replacing an older container of that kept name. Returns the kept name; Ok(None)
+/// when no container is named `name`.
+pub async fn keep_current(docker: &Docker, name: &str) -> anyhow::Result<Option<String>> {
+    let Some(cur) = current(docker, name).await? else {
+        return Ok(None);
+    };
+    let Some(release) = cur.release else {
+        bail!(
+            "container {name} on the host was not started by hoist (it has no {RELEASE_LABEL} \
+             label), so hoist will not replace it; remove or rename it (`docker rm -f {name}`) \
+             and deploy again"
+        );
+    };
+    let kept = kept_name(name, release);
+    let stop = StopContainerOptionsBuilder::default()
+        .t(STOP_TIMEOUT_SECS)
+        .build();
+    docker
+        .stop_container(&cur.id, Some(stop))
+        .await
+        .with_context(|| format!("the host's Docker engine could not stop container {name}"))?;
+    if let Some(old) = inspect_named(docker, &kept).await? {
+        force_remove(docker, old.id.as_deref().unwrap_or(&kept))
+            .await
+            .with_context(|| {
+                format!("could not remove the older kept container {kept} to make room")
+            })?;
+    }
+    rename(docker, &cur.id, &kept)
+        .await
+        .with_context(|| format!("could not rename the stopped container {name} to {kept}"))?;
+    Ok(Some(kept))
+}
+
+/// Create and start the target's container as `container.name`. Returns its ID. Fails when a
+/// container of that name exists; a container that was created but would not start is
+/// removed again.
+pub async fn start(docker: &Docker, t: &Target<'_>) -> anyhow::Result<String> {
+    let spec = t.container;
+    let name = spec.name.as_str();
+    let (exposed, bindings) = port_bindings(&spec.ports)?;
+    let labels = HashMap::from([
+        (APP_LABEL.to_string(), t.app.to_string()),
+        (RELEASE_LABEL.to_string(), t.release.to_string()),
+        (COMMIT_LABEL.to_string(), t.commit.to_string()),
+        (DIGEST_LABEL.to_string(), t.digest.to_string()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(t.image.to_string()),
+        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(labels),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        host_config: Some(HostConfig {
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
+            binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    let id = match docker.create_container(Some(options), body).await {
+        Ok(created) => created.id,
+        Err(DockerError::DockerResponseServerError {
+            status_code: 409, ..
+        }) => bail!(
+            "a container named {name} already exists on the host; keep or remove it before \
+             starting release {} there",
+            t.release
+        ),
+        Err(e) => bail!(
+            "the host's Docker engine could not create container {name} from {}: {e}",
+            t.image
+        ),
+    };
+    if let Err(e) = docker.start_container(&id, None).await {
+        let undo = force_remove(docker, &id).await;
+        let mut msg = format!(
+            "the host's Docker engine could not start container {name} from {}: {e}",
+            t.image
+        );
+        if let Err(u) = undo {
+            msg.push_str(&format!(
+                "; removing it again also failed ({u}): remove it by hand with `docker rm -f {name}`"
+            ));
+        }
+        bail!(msg);
+    }
+    Ok(id)
+}
+
+/// Remove the container `name` (killing it if it runs), with its anonymous volumes. No-op
+/// when there is none.
+pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(());
+    };
+    force_remove(docker, c.id.as_deref().unwrap_or(name))
+        .await
+        .with_context(|| format!("the host's Docker engine could not remove container {name}"))
+}
+
+/// Restore `NAME-r<release>` as `name` and start it: the old container with its old settings.
+/// Ok(false) when no such kept container exists. Fails, changing nothing, while a container
+/// named `name` exists.
+pub async fn restore_kept(docker: &Docker, name: &str, release: i64) -> anyhow::Result<bool> {
+    let kept = kept_name(name, release);
+    let Some(old) = inspect_named(docker, &kept).await? else {
+        return Ok(false);
+    };
+    if inspect_named(docker, name).await?.is_some() {
+        bail!(
+            "cannot restore {kept} as {name}: a container named {name} still exists; remove it first"
+        );
+    }
+    let id = old.id.unwrap_or_else(|| kept.clone());
+    rename(docker, &id, name)
+        .await
+        .with_context(|| format!("could not rename the kept container {kept} back to {name}"))?;
+    if let Err(e) = docker.start_container(&id, None).await {
+        // Put the name back so that a second attempt finds the kept container again.
+        let undo = rename(docker, &id, &kept).await;
+        let mut msg = format!(
+            "the host's Docker engine could not start the restored {name} (release {release}): {e}"
+        );
+        if let Err(u) = undo {
+            msg.push_str(&format!("; renaming it back to {kept} also failed: {u}"));
+        }
+        bail!(msg);
+    }
+    Ok(true)
+}
+
+/// Read back what the host runs as `name`: the container's image, and that image's manifest
+/// digest in `repository` from the engine's RepoDigests.
+///
+/// When an image has several digests in the repository (pushed again with other manifest
+/// bytes), the one the container was created from (`repo@sha256:…` in its config) wins.
+pub async fn read_back(docker: &Docker, name: &str, repository: &str) -> anyhow::Result<ReadBack> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        bail!("no container named {name} on the host");
+    };
+    let image_id = c.image.clone().ok_or_else(|| {
+        anyhow!("the host's Docker engine reports container {name} without an image")
+    })?;
+    let image = docker.inspect_image(&image_id).await.with_context(|| {
+        format!("the host's Docker engine cannot inspect image {image_id} of container {name}")
+    })?;
+    let candidates: Vec<String> = image
+        .repo_digests
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|rd| rd.split_once('@'))
+        .filter(|(r, _)| same_repository(r, repository))
+        .map(|(_, d)| d.to_string())
+        .collect();
+    let created_from = c
+        .config
+        .as_ref()
+        .and_then(|cfg| cfg.image.as_deref())
+        .and_then(|i| i.split_once('@'))
+        .map(|(_, d)| d.to_string());
+    let digest = match created_from {
+        Some(d) if candidates.contains(&d) => Some(d),
+        _ => candidates.into_iter().next(),
+    };
+    Ok(ReadBack {
+        digest,
+        running: is_running(c.state.and_then(|s| s.status)),
+        container_id: c.id.unwrap_or_default(),
+        image_id,
+    })
+}
+
+/// Retention: remove the kept containers `NAME-r<N>` whose N is not in `keep`, then their
+/// images when no other container uses them. Never touches `name` itself, nor a container
+/// whose release label disagrees with its name. Returns the removed container names followed
+/// by the removed images' references.
+pub async fn prune(
+    docker: &Docker,
+    name: &str,
+    keep: &BTreeSet<i64>,
+) -> anyhow::Result<Vec<String>> {
+    // The name filter is a regular expression matched anywhere; it only narrows the listing.
+    // The exact `NAME-r<digits>` match happens here.
+    let filters = HashMap::from([("name", vec![format!("{name}-r")])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let listed = docker
+        .list_containers(Some(options))
+        .await
+        .context("the host's Docker engine cannot list containers")?;
+    let prefix = format!("{name}-r");
+    let mut removed = Vec::new();
+    let mut images = Vec::new();
+    for c in listed {
+        let Some(cname) = c
+            .names
+            .iter()
+            .flatten()
+            .map(|n| n.trim_start_matches('/'))
+            .find(|n| n.starts_with(&prefix))
+        else {
+            continue;
+        };
+        let suffix = &cname[prefix.len()..];
+        let Ok(release) = suffix.parse::<i64>() else {
+            continue;
+        };
+        if !suffix.bytes().all(|b| b.is_ascii_digit()) || keep.contains(&release) {
+            continue;
+        }
+        let labelled = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(RELEASE_LABEL))
+            .and_then(|r| r.parse::<i64>().ok());
+        if labelled != Some(release) {
+            continue;
+        }
+        let Some(id) = c.id.as_deref() else { continue };
+        force_remove(docker, id).await.with_context(|| {
+            format!("the host's Docker engine could not remove kept container {cname}")
+        })?;
+        removed.push(cname.to_string());
+        if let Some(image_id) = c.image_id {
+            images.push((image_id, c.image.unwrap_or_default()));
+        }
+    }
+    for (image_id, reference) in images {
+        // By ID and without force: the engine refuses (409) while any container, serving or
+        // kept, still uses the image. Removing by reference would instead just untag it, even
+        // under a running container, and erase the digest that read-back proves it by.
+        let options = RemoveImageOptionsBuilder::default().force(false).build();
+        match docker.remove_image(&image_id, Some(options), None).await {
+            Ok(_) => removed.push(if reference.is_empty() {
+                image_id
+            } else {
+                reference
+            }),
+            Err(e) if is_not_found(&e) || is_conflict(&e) => {
+                tracing::debug!(image = %image_id, error = %e, "image kept: still in use or gone");
+            }
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| {
+                    format!(
+                        "the host's Docker engine could not remove image {reference} ({image_id})"
+                    )
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Engine version and the containers labelled `hoist.app`.
+pub async fn describe(docker: &Docker) -> anyhow::Result<HostInfo> {
+    let version = docker
+        .version()
+        .await
+        .context("the host's Docker engine does not answer a version request")?;
+    let filters = HashMap::from([("label", vec![APP_LABEL.to_string()])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let listed = docker
+        .list_containers(Some(options))
+        .await
+        .context("the host's Docker engine cannot list containers")?;
+    let mut containers: Vec<HostContainer> = listed
+        .into_iter()
+        .map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            HostContainer {
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                app: labels.get(APP_LABEL).cloned().unwrap_or_default(),
+                release: labels.get(RELEASE_LABEL).and_then(|r| r.parse().ok()),
+                digest: labels.get(DIGEST_LABEL).cloned(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(HostInfo {
+        version: version.version.unwrap_or_default(),
+        api_version: version.api_version.unwrap_or_default(),
+        containers,
+    })
+}
+
+/// Inspect the container named exactly `name`; None when there is none. Docker also resolves
+/// a string to the container whose ID starts with it: such an answer counts as none.
+async fn inspect_named(
+    docker: &Docker,
+    name: &str,
+) -> anyhow::Result<Option<ContainerInspectResponse>> {
+    match docker.inspect_container(name, None).await {
+        Ok(c) if c.name.as_deref().map(|n| n.trim_start_matches('/')) == Some(name) => Ok(Some(c)),
+        Ok(_) => Ok(None),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => bail!("the host's Docker engine cannot inspect container {name}: {e}"),
+    }
+}
+
+/// Running in Docker's sense of `docker ps`: a restarting container reports `Running: true`
+/// but its process is gone.
+fn is_running(status: Option<ContainerStateStatusEnum>) -> bool {
+    status == Some(ContainerStateStatusEnum::RUNNING)
+}
+
+async fn rename(docker: &Docker, id: &str, to: &str) -> Result<(), DockerError> {
+    let options = RenameContainerOptionsBuilder::default().name(to).build();
+    docker.rename_container(id, options).await
+}
+
+async fn force_remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(options)).await {
+        Err(e) if is_not_found(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_conflict(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+fn check_digest(digest: &str) -> anyhow::Result<()> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => bail!("{digest:?} is not a manifest digest (sha256: and 64 hex digits)"),
+    }
+}
+
+/// Whether two repository names mean the same repository. The engine writes Docker Hub
+/// repositories in their short form (`nginx`, `acme/web`) in RepoDigests, whatever form the
+/// pull used (`docker.io/library/nginx`).
+fn same_repository(a: &str, b: &str) -> bool {
+    familiar(a) == familiar(b)
+}
+
+fn familiar(repo: &str) -> &str {
+    let repo = repo
+        .strip_prefix("docker.io/")
+        .or_else(|| repo.strip_prefix("index.docker.io/"))
+        .unwrap_or(repo);
+    repo.strip_prefix("library/").unwrap_or(repo)
+}
+
+/// `ports` as Docker's exposed ports and port bindings. Each entry is `HOST:CONTAINER`,
+/// `IP:HOST:CONTAINER` or `[IPv6]:HOST:CONTAINER`, optionally ending in `/tcp` or `/udp`.
+fn port_bindings(ports: &[String]) -> anyhow::Result<(Vec<String>, PortMap)> {
+    let mut exposed: Vec<String> = Vec::new();
+    let mut map = PortMap::new();
+    for spec in ports {
+        let usage = || {
+            anyhow!(
+                "port {spec:?} is not HOST:CONTAINER or IP:HOST:CONTAINER (like \"8080:8080\"), \
+                 optionally ending in /tcp or /udp"
+            )
+        };
+        let (mapping, proto) = match spec.rsplit_once('/') {
+            Some((m, p @ ("tcp" | "udp"))) => (m, p),
+            Some(_) => return Err(usage()),
+            None => (spec.as_str(), "tcp"),
+        };
+        let (ip, ports) = if let Some(rest) = mapping.strip_prefix('[') {
+            let (ip, ports) = rest.split_once("]:").ok_or_else(usage)?;
+            (Some(ip), ports)
+        } else {
+            match mapping.matches(':').count() {
+                1 => (None, mapping),
+                2 => {
+                    let (ip, ports) = mapping.split_once(':').ok_or_else(usage)?;
+                    (Some(ip), ports)
+                }
+                _ => return Err(usage()),
+            }
+        };
+        let (host, container) = ports.split_once(':').ok_or_else(usage)?;
+        for p in [host, container] {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
+                return Err(usage());
+            }
+        }
+        let key = format!("{container}/{proto}");
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        map.entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: ip.map(str::to_string),
+                host_port: Some(host.to_string()),
+            });
+    }
+    Ok((exposed, map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_become_bindings() {
+        let (exposed, map) = port_bindings(&[
+            "8080:80".to_string(),
+            "127.0.0.1:9090:80".to_string(),
+            "[::1]:5353:53/udp".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(exposed, ["80/tcp", "53/udp"]);
+        let tcp = map["80/tcp"].as_ref().unwrap();
+        assert_eq!(tcp.len(), 2);
+        assert_eq!(tcp[0].host_ip, None);
+        assert_eq!(tcp[0].host_port.as_deref(), Some("8080"));
+        assert_eq!(tcp[1].host_ip.as_deref(), Some("127.0.0.1"));
+        let udp = map["53/udp"].as_ref().unwrap();
+        assert_eq!(udp[0].host_ip.as_deref(), Some("::1"));
+        assert_eq!(udp[0].host_port.as_deref(), Some("5353"));
+    }
+
+    #[test]
+    fn bad_ports_are_refused() {
+        for bad in [
+            "8080",
+            "a:80",
+            "1:2:3:4",
+            "80:80/sctp",
+            "+80:80",
+            "70000:80",
+        ] {
+            assert!(port_bindings(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hub_repositories_compare_in_short_form() {
+        assert!(same_repository("nginx", "docker.io/library/nginx"));
+        assert!(same_repository("acme/web", "docker.io/acme/web"));
+        assert!(same_repository(
+            "10.203.0.1:5000/a/b",
+            "10.203.0.1:5000/a/b"
+        ));
+        assert!(!same_repository("10.203.0.1:5000/a/b", "a/b"));
+    }
+
+    #[test]
+    fn digests_are_checked() {
+        assert!(check_digest(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_digest("sha256:abc").is_err());
+        assert!(check_digest(&format!("sha512:{}", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn kept_names() {
+        assert_eq!(kept_name("web", 7), "web-r7");
+    }
+}

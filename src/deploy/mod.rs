@@ -1,0 +1,146 @@
+//! Deployments: moving an app's hosts from one release to another (rollouts and rollbacks are
+//! one engine, `rollout`), what one host does (`host`), and how health is judged (`health`).
+
+pub mod health;
+pub mod host;
+pub mod rollout;
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::pipeline::{DeploySpec, Vars};
+use crate::queue::Queue;
+use rollout::{Deployer, Plan};
+
+pub fn deployer(q: &Arc<Queue>) -> Deployer {
+    Deployer {
+        store: q.store.clone(),
+        config: q.config.clone(),
+        shutdown: q.shutdown.clone(),
+    }
+}
+
+/// The plan of a manual rollback of `app` to release `to`, by default the newest good
+/// release older than the current one. Its container settings and health checks are the
+/// ones that release was deployed with; hooks run in a checkout of its commit.
+pub async fn rollback_plan(q: &Arc<Queue>, app: &str, to: Option<i64>, who: &str) -> anyhow::Result<Plan> {
+    let good = q.store.good_releases(app.to_string()).await?;
+    let current = good.first().copied();
+    let target = match to {
+        Some(n) => n,
+        None => {
+            let cur = current.with_context(|| format!("app {app} has never been deployed; there is nothing to roll back"))?;
+            let mut older: Vec<i64> = good.iter().copied().filter(|&r| r < cur).collect();
+            older.sort_unstable();
+            older
+                .pop()
+                .with_context(|| format!("app {app} has no good release older than release {cur}; name one with --to"))?
+        }
+    };
+    let release = q
+        .store
+        .release(app.to_string(), target)
+        .await?
+        .with_context(|| format!("app {app} has no release {target}; `hoist releases {app}` lists them"))?;
+    let spec: DeploySpec = match release.deploy.clone() {
+        Some(v) => serde_json::from_value(v).context("the release's recorded deploy spec cannot be read")?,
+        None => bail!("release {target} of {app} was built by a pipeline without a deploy step; it cannot be deployed"),
+    };
+    let hooks_dir = hooks_checkout(q, &release).await;
+    Ok(Plan {
+        vars: Vars {
+            commit: release.commit.clone(),
+            app: app.to_string(),
+            repo: release.repo.clone(),
+            ..Vars::default()
+        },
+        to: release,
+        spec,
+        kind: "rollback",
+        run: None,
+        requested_by: who.to_string(),
+        hooks_dir,
+    })
+}
+
+/// A checkout of the release's commit for its hooks (best effort: without one, hooks are skipped and the journal says so).
+async fn hooks_checkout(q: &Arc<Queue>, release: &crate::store::Release) -> Option<std::path::PathBuf> {
+    let (mirror, _) = crate::worker::fetch_pipeline(q, &release.repo, "refs/heads/main", &release.commit).await.ok()?;
+    let dir = q.config.data_dir.join("hooks").join(format!("{}-r{}", release.app, release.number));
+    let commit = release.commit.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.parent()?).ok()?;
+        mirror.checkout(&commit, &dir).ok()?;
+        Some(dir)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// One host as `GET /api/v1/apps/{app}/hosts` shows it.
+#[derive(Debug, Serialize)]
+pub struct AppHostNow {
+    pub host: String,
+    pub release: Option<i64>,
+    pub digest_expected: Option<String>,
+    pub digest_read_back: Option<String>,
+    pub container: Option<String>,
+    pub health: String,
+}
+
+pub async fn app_hosts_now(q: &Arc<Queue>, app: &str) -> anyhow::Result<Vec<AppHostNow>> {
+    let mut out = Vec::new();
+    for h in q.store.app_hosts(app.to_string()).await? {
+        let release = match h.release {
+            Some(n) => q.store.release(app.to_string(), n).await?,
+            None => None,
+        };
+        let spec: Option<DeploySpec> = release.as_ref().and_then(|r| r.deploy.clone()).and_then(|v| serde_json::from_value(v).ok());
+        let mut row = AppHostNow {
+            host: h.host.clone(),
+            release: h.release,
+            digest_expected: h.digest.clone(),
+            digest_read_back: None,
+            container: None,
+            health: "unknown".into(),
+        };
+        if let (Some(conf), Some(spec), Some(rel)) = (q.config.hosts.get(&h.host), spec, release) {
+            match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
+                Ok(docker) => {
+                    if let Ok(rb) = host::read_back(&docker, &spec.container.name, &rel.repository).await {
+                        row.digest_read_back = rb.digest;
+                        row.container = Some(if rb.running { "running".into() } else { "stopped".into() });
+                    }
+                    row.health = match health::check_once(&docker, &spec.container.name, &conf.address, &spec.health).await {
+                        Ok(()) => "healthy".into(),
+                        Err(why) => format!("unhealthy: {why}"),
+                    };
+                }
+                Err(e) => row.health = format!("unreachable: {e:#}"),
+            }
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Every configured host: reachable or not, and what its engine says.
+pub async fn describe_hosts(config: &Config) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for (name, conf) in &config.hosts {
+        let v = match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
+            Ok(docker) => match host::describe(&docker).await {
+                Ok(info) => serde_json::json!({ "host": name, "address": conf.address, "reachable": true, "engine": info }),
+                Err(e) => serde_json::json!({ "host": name, "address": conf.address, "reachable": true, "error": format!("{e:#}") }),
+            },
+            Err(e) => serde_json::json!({ "host": name, "address": conf.address, "reachable": false, "error": format!("{e:#}") }),
+        };
+        out.push(v);
+    }
+    out
+}
