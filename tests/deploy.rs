@@ -1,0 +1,642 @@
+//! End-to-end deployments on the lab: three hosts (network namespaces with their own dockerd)
+//! behind nginx, the real registry, the real build engine, the real binary.
+//!
+//! The tests share the hosts' port 8080 and nginx, so they take turns (`HOSTS` lock).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Agent, GitRepo, SECRET, TOKEN, builder, post, signed_headers};
+use hoist::forge::Forge;
+use serde_json::{Value, json};
+
+static HOSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const HOST_NAMES: [&str; 3] = ["h1", "h2", "h3"];
+const NGINX: &str = "http://127.0.0.1:8088";
+
+fn socket(h: &str) -> String {
+    format!("unix:///var/lib/hoist-lab/{h}/docker.sock")
+}
+
+fn address(h: &str) -> String {
+    format!("10.203.0.1{}", &h[1..])
+}
+
+fn docker(h: &str, args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(["-H", &socket(h)])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Remove every container hoist made on the lab hosts (leftovers of earlier runs or the demo).
+fn clean_hosts() {
+    for h in HOST_NAMES {
+        let ids = docker(h, &["ps", "-aq", "--filter", "label=hoist.app"]);
+        for id in ids.split_whitespace() {
+            docker(h, &["rm", "-f", id]);
+        }
+    }
+}
+
+/// The pipeline: the demo app's, with this checkout's drain hooks and its own repository.
+fn pipeline(extra_args: &str) -> String {
+    let hooks = concat!(env!("CARGO_MANIFEST_DIR"), "/agent/hooks");
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/demo-app/.hoist.yml"
+    ))
+    .unwrap()
+    .replace("10.203.0.1:5000/acme/web", "10.203.0.1:5000/hoist-e2e/web")
+    .replace("/usr/local/lib/hoist/hooks", hooks)
+    .replace(
+        "args: { VERSION: \"${commit_short}\" }",
+        &format!("args: {{ VERSION: \"${{commit_short}}\"{extra_args} }}"),
+    )
+}
+
+/// A repository holding the demo app.
+fn app_repo(dir: &Path) -> GitRepo {
+    let repo = GitRepo::new(dir);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo-app");
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", src.display()))
+        .arg(&repo.work)
+        .status()
+        .unwrap();
+    assert!(out.success());
+    repo
+}
+
+fn agent(dir: &Path, repo: &GitRepo) -> Agent {
+    builder();
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
+    let mut config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
+         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = [\"h1\", \"h2\", \"h3\"]\n\
+         [[registry]]\nhost = \"10.203.0.1:5000\"\ninsecure = true\n[[token]]\nname = \"e2e\"\nsha256 = \"{token_hash}\"\n",
+        dir.join("data"),
+        builder(),
+        repo.bare
+    );
+    for h in HOST_NAMES {
+        config.push_str(&format!(
+            "[host.{h}]\ndocker = {:?}\naddress = {:?}\n",
+            socket(h),
+            address(h)
+        ));
+    }
+    Agent::launch(dir, &config)
+}
+
+async fn push(agent: &Agent, commit: &str) -> i64 {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/webhooks/github/go-scm-push.json"
+    );
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["repository"]["full_name"] = "acme/web".into();
+    v["ref"] = "refs/heads/main".into();
+    v["after"] = commit.into();
+    v["head_commit"]["message"] = "deploy".into();
+    let body = serde_json::to_vec(&v).unwrap();
+    let headers = signed_headers(Forge::Github, &format!("d-{commit}"), SECRET, &body);
+    let r = post(
+        &reqwest::Client::new(),
+        &format!("{}/hooks/github", agent.url),
+        &headers,
+        body,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["runs"][0]
+        .as_i64()
+        .unwrap()
+}
+
+async fn api(agent: &Agent, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1{path}", agent.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_for(
+    agent: &Agent,
+    path: &str,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = api(agent, path).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not become {what} within {secs} s: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_end(agent: &Agent, run: i64) -> Value {
+    wait_for(agent, &format!("/runs/{run}"), "finished", 180, |r| {
+        !["queued", "running"].contains(&r["status"].as_str().unwrap_or(""))
+    })
+    .await
+}
+
+async fn log(agent: &Agent, run: i64) -> String {
+    let chunks = api(agent, &format!("/runs/{run}/logs")).await;
+    chunks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data"].as_str().unwrap())
+        .collect()
+}
+
+/// The latest deployment of the app.
+async fn last_deployment(agent: &Agent) -> Value {
+    let list = api(agent, "/apps/web/deployments").await;
+    let id = list[0]["id"].as_i64().expect("a deployment");
+    api(agent, &format!("/deployments/{id}")).await
+}
+
+/// Read back, with the docker CLI (independently of hoist), what each host runs as `web`:
+/// the repo digest of the running container's image, and its node page.
+fn host_digests(release_digest: &str) -> Vec<(String, bool, String)> {
+    HOST_NAMES
+        .iter()
+        .map(|h| {
+            let image = docker(h, &["inspect", "web", "--format", "{{.Image}}"]);
+            let running =
+                docker(h, &["inspect", "web", "--format", "{{.State.Running}}"]) == "true";
+            let digests = docker(
+                h,
+                &[
+                    "image",
+                    "inspect",
+                    &image,
+                    "--format",
+                    "{{json .RepoDigests}}",
+                ],
+            );
+            (
+                h.to_string(),
+                running && digests.contains(release_digest),
+                digests,
+            )
+        })
+        .collect()
+}
+
+fn assert_hosts_on(release: &Value) {
+    let digest = release["manifest_digest"].as_str().unwrap();
+    for (h, ok, seen) in host_digests(digest) {
+        assert!(ok, "{h} does not run {digest}: {seen}");
+    }
+}
+
+/// Load through nginx until stopped (bounded: at most 90 s and 200 000 requests).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start() -> Load {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            let mut errors = Vec::new();
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(90)
+                && n < 200_000
+            {
+                n += 1;
+                match client.get(format!("{NGINX}/version")).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("HTTP {}", r.status()));
+                    }
+                    Err(e) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        errors.push(e.to_string());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            errors
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self.task.await.unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
+    let _turn = HOSTS.lock().await;
+    clean_hosts();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = app_repo(dir.path());
+    std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
+    let c1 = repo.commit("main", "v1", &[]);
+    let agent = agent(dir.path(), &repo);
+
+    // A good rollout: test → build → push → verify → three hosts, verified.
+    let r1 = push(&agent, &c1).await;
+    let run = run_end(&agent, r1).await;
+    assert_eq!(
+        run["status"],
+        "success",
+        "{run:#}\n{}",
+        log(&agent, r1).await
+    );
+    let releases = api(&agent, "/apps/web/releases").await;
+    let rel1 = releases[0].clone();
+    assert_eq!(rel1["number"], 1);
+    assert_eq!(rel1["commit"], c1.as_str());
+    // skopeo, a second opinion on the registry's digest.
+    let skopeo = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!(
+                "docker://{}:{}",
+                rel1["repository"].as_str().unwrap(),
+                &c1[..7]
+            ),
+        ])
+        .output()
+        .unwrap();
+    let skopeo: Value = serde_json::from_slice(&skopeo.stdout).unwrap();
+    assert_eq!(skopeo["Digest"], rel1["manifest_digest"]);
+    assert_hosts_on(&rel1);
+    // Distinct per-host values.
+    for h in HOST_NAMES {
+        let node = reqwest::get(format!("http://{}:8080/node", address(h)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(node.trim(), h);
+    }
+    let d = last_deployment(&agent).await;
+    assert_eq!(d["status"], "succeeded");
+    assert!(
+        d["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["read_back"] == rel1["manifest_digest"]),
+        "{d:#}"
+    );
+
+    // Release 2 rolls out under load through nginx: no failed request.
+    let load = Load::start();
+    let c2 = repo.commit("main", "v2", &[("www/index.html", "<h1>v2</h1>")]);
+    let r2 = push(&agent, &c2).await;
+    let run = run_end(&agent, r2).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{}", log(&agent, r2).await);
+    let (ok, failed, errors) = load.finish().await;
+    assert!(ok > 50, "too little load went through: {ok}");
+    assert_eq!(failed, 0, "failed requests during the rollout: {errors:?}");
+    let rel2 = api(&agent, "/apps/web/releases").await[0].clone();
+    assert_eq!(rel2["number"], 2);
+    assert_hosts_on(&rel2);
+
+    // Release 3 fails its health check on h2: h1 and h2 go back to release 2, verified; h3 is
+    // never touched. Under load, still no failed request.
+    let load = Load::start();
+    std::fs::write(repo.work.join(".hoist.yml"), pipeline(", BROKEN_ON: h2")).unwrap();
+    let c3 = repo.commit("main", "v3 broken on h2", &[]);
+    let r3 = push(&agent, &c3).await;
+    let run = run_end(&agent, r3).await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["reason"].as_str().unwrap().contains("rolled back"),
+        "{run:#}"
+    );
+    let d = last_deployment(&agent).await;
+    assert_eq!(d["status"], "rolled_back", "{d:#}");
+    assert_eq!(d["failing_host"], "h2");
+    assert!(d["reason"].as_str().unwrap().contains("unhealthy"), "{d:#}");
+    let states: Vec<(String, String)> = d["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("h1".into(), "reverted".into()),
+            ("h2".into(), "reverted".into()),
+            ("h3".into(), "pulled".into())
+        ]
+    );
+    assert_hosts_on(&rel2);
+    assert!(ok > 50, "too little load went through: {ok}");
+    assert_eq!(
+        failed, 0,
+        "failed requests during the automatic rollback: {errors:?}"
+    );
+
+    // Manual rollback from the CLI: back to release 1 (the last good one before 2), its settings.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["rollback", "web", "--server", &agent.url, "--token", TOKEN])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("to release 1: succeeded"), "{text}");
+    assert_hosts_on(&rel1);
+    let hosts = api(&agent, "/apps/web/hosts").await;
+    for h in hosts.as_array().unwrap() {
+        assert_eq!(h["release"], 1);
+        assert_eq!(h["digest_read_back"], rel1["manifest_digest"]);
+        assert_eq!(h["health"], "healthy");
+    }
+
+    // The lock: while a deployment holds the app, a second one is refused, naming it.
+    let client = reqwest::Client::new();
+    let first: Value = client
+        .post(format!("{}/api/v1/apps/web/rollback", agent.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "to": 2 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = first["deployment"].as_i64().expect("a deployment id");
+    let second = client
+        .post(format!("{}/api/v1/apps/web/rollback", agent.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "to": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 409);
+    assert!(
+        second
+            .text()
+            .await
+            .unwrap()
+            .contains(&format!("deployment {id}"))
+    );
+    wait_for(
+        &agent,
+        &format!("/deployments/{id}"),
+        "succeeded",
+        60,
+        |d| d["status"] == "succeeded",
+    )
+    .await;
+    assert_hosts_on(&rel2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_exits_at_once_is_rolled_back_fast() {
+    let _turn = HOSTS.lock().await;
+    clean_hosts();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = app_repo(dir.path());
+    std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
+    let c1 = repo.commit("main", "v1", &[]);
+    let agent = agent(dir.path(), &repo);
+    assert_eq!(
+        run_end(&agent, push(&agent, &c1).await).await["status"],
+        "success"
+    );
+    let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
+
+    // The process does not stay in the foreground: the container exits at once.
+    let dockerfile = std::fs::read_to_string(repo.work.join("Dockerfile"))
+        .unwrap()
+        .replace("CMD [\"/start.sh\"]", "CMD [\"true\"]");
+    let c2 = repo.commit("main", "v2 exits", &[("Dockerfile", &dockerfile)]);
+    let t = Instant::now();
+    let run = run_end(&agent, push(&agent, &c2).await).await;
+    assert_eq!(run["status"], "failed");
+    let d = last_deployment(&agent).await;
+    assert_eq!(d["status"], "rolled_back");
+    assert_eq!(d["failing_host"], "h1");
+    assert!(d["reason"].as_str().unwrap().contains("exited"), "{d:#}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}; the deadline is 15 s per host",
+        t.elapsed()
+    );
+    assert_hosts_on(&rel1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
+    let _turn = HOSTS.lock().await;
+    clean_hosts();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = app_repo(dir.path());
+    std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
+    let c1 = repo.commit("main", "v1", &[]);
+    let mut agent = agent(dir.path(), &repo);
+    assert_eq!(
+        run_end(&agent, push(&agent, &c1).await).await["status"],
+        "success"
+    );
+    let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
+
+    // h3's dockerd dies while h1 is being switched: h3 fails, h1 and h2 go back to release 1.
+    let c2 = repo.commit("main", "v2", &[("www/index.html", "v2")]);
+    let run = push(&agent, &c2).await;
+    wait_for(
+        &agent,
+        "/apps/web/deployments",
+        "a second deployment",
+        120,
+        |l| l.as_array().is_some_and(|a| a.len() >= 2),
+    )
+    .await;
+    let pid = std::fs::read_to_string("/var/lib/hoist-lab/h3/docker.pid").unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let result = run_end(&agent, run).await;
+    let lab = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab"))
+        .arg("up")
+        .status()
+        .unwrap();
+    assert!(lab.success(), "scripts/lab up could not bring h3 back");
+    assert_eq!(result["status"], "failed");
+    let d = last_deployment(&agent).await;
+    assert_eq!(d["failing_host"], "h3", "{d:#}");
+    assert_eq!(d["status"], "rolled_back", "{d:#}");
+    for h in &HOST_NAMES[..2] {
+        let image = docker(h, &["inspect", "web", "--format", "{{.Image}}"]);
+        let digests = docker(
+            h,
+            &[
+                "image",
+                "inspect",
+                &image,
+                "--format",
+                "{{json .RepoDigests}}",
+            ],
+        );
+        assert!(
+            digests.contains(rel1["manifest_digest"].as_str().unwrap()),
+            "{h}: {digests}"
+        );
+    }
+    // Bring h3 back on release 1 for what follows (its dockerd restart stopped its containers).
+    clean_hosts();
+    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args([
+            "rollback", "web", "--to", "1", "--server", &agent.url, "--token", TOKEN,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_hosts_on(&rel1);
+
+    // kill -9 of the agent mid-rollout: on restart the journal is resolved and every host
+    // converges on one verified release, with no orphaned container.
+    let c3 = repo.commit("main", "v3", &[("www/index.html", "v3")]);
+    let run = push(&agent, &c3).await;
+    wait_for(
+        &agent,
+        "/apps/web/deployments",
+        "a new deployment",
+        120,
+        |l| {
+            l.as_array()
+                .is_some_and(|a| a.first().is_some_and(|d| d["status"] == "running"))
+        },
+    )
+    .await;
+    let d = last_deployment(&agent).await;
+    wait_for(
+        &agent,
+        &format!("/deployments/{}", d["id"]),
+        "switching a host",
+        60,
+        |d| {
+            d["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["state"] == "started" || h["state"] == "healthy")
+        },
+    )
+    .await;
+    agent.kill9();
+    let agent = self::agent(dir.path(), &repo);
+    let d = wait_for(
+        &agent,
+        &format!("/deployments/{}", d["id"]),
+        "resolved",
+        120,
+        |d| d["status"] != "running",
+    )
+    .await;
+    assert_eq!(d["status"], "rolled_back", "{d:#}");
+    assert_eq!(
+        api(&agent, &format!("/runs/{run}")).await["status"],
+        "interrupted"
+    );
+    assert_hosts_on(&rel1);
+    for h in HOST_NAMES {
+        let names = docker(
+            h,
+            &[
+                "ps",
+                "-a",
+                "--filter",
+                "label=hoist.app=web",
+                "--format",
+                "{{.Names}}",
+            ],
+        );
+        for n in names.lines() {
+            assert!(
+                n == "web" || n.starts_with("web-r"),
+                "{h}: unexpected container {n}"
+            );
+        }
+        assert!(
+            !names.lines().any(|n| n == "web-r3"),
+            "{h}: release 3 left behind: {names}"
+        );
+    }
+    clean_hosts();
+}
