@@ -811,6 +811,13 @@ async fn push_once(
             Ok(info) => info,
             Err(DockerError::DockerStreamError { error }) => {
                 say(log, error.clone());
+                if error.contains("server gave HTTP response to HTTPS client") {
+                    // Retrying cannot help: the engine's own configuration decides the scheme.
+                    let host = repo.split('/').next().unwrap_or(repo);
+                    return Err(Failure::Other(format!(
+                        "{error}: the build engine treats {host} as an HTTPS registry; start its dockerd with --insecure-registry {host} (lab and loopback registries only)"
+                    )));
+                }
                 return Err(Failure::classify(error));
             }
             Err(DockerError::DockerResponseServerError {
@@ -936,7 +943,7 @@ pub async fn verify(
         client
             .pull_manifest_raw(&oci_ref, &auth, MANIFEST_TYPES)
             .await
-            .map_err(|e| Failure::from_oci(e, reference))
+            .map_err(|e| Failure::from_oci(e, reference, &host))
     };
     let (bytes, header_digest) = with_retries(&host, registry.is_some(), None, attempt).await?;
 
@@ -1037,7 +1044,14 @@ impl Failure {
         }
     }
 
-    fn from_oci(e: OciDistributionError, reference: &str) -> Failure {
+    fn from_oci(e: OciDistributionError, reference: &str, host: &str) -> Failure {
+        let chain = error_chain(&e);
+        // rustls meeting a plain-HTTP answer: a config mistake, not an outage; say which.
+        if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+            return Failure::Other(format!(
+                "the registry {host} answers plain HTTP, not HTTPS: if that is intended (lab or loopback only), set insecure = true in its [[registry]] entry ({chain})"
+            ));
+        }
         match e {
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => Failure::Credentials(e.to_string()),
@@ -1051,7 +1065,7 @@ impl Failure {
                 if r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() =>
             {
                 // reqwest's own Display stops at "error sending request"; the cause says why.
-                Failure::Unavailable(error_chain(&e))
+                Failure::Unavailable(chain)
             }
             OciDistributionError::RegistryError { ref envelope, .. } => {
                 let codes: Vec<String> = envelope
@@ -1059,7 +1073,7 @@ impl Failure {
                     .iter()
                     .map(|e| format!("{:?}", e.code))
                     .collect();
-                let text = format!("{} ({})", error_chain(&e), codes.join(", "));
+                let text = format!("{chain} ({})", codes.join(", "));
                 if codes.iter().any(|c| c == "Unauthorized" || c == "Denied") {
                     Failure::Credentials(text)
                 } else if codes
@@ -1079,7 +1093,7 @@ impl Failure {
             }) => Failure::Other(format!(
                 "the registry says the manifest of {reference} is {expected} but serves bytes hashing to {actual}; nothing from this run deploys"
             )),
-            other => Failure::Other(error_chain(&other)),
+            _ => Failure::Other(chain),
         }
     }
 }

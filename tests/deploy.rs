@@ -40,7 +40,7 @@ fn docker(h: &str, args: &[&str]) -> String {
 /// Remove every container hoist made on the lab hosts (leftovers of earlier runs or the demo).
 fn clean_hosts() {
     for h in HOST_NAMES {
-        let ids = docker(h, &["ps", "-aq", "--filter", "label=hoist.app"]);
+        let ids = docker(h, &["ps", "-aq", "--filter", "label=hoist.app=web"]);
         for id in ids.split_whitespace() {
             docker(h, &["rm", "-f", id]);
         }
@@ -344,10 +344,19 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
 
     // Release 2 rolls out under load through nginx: no failed request.
     let load = Load::start();
-    let c2 = repo.commit("main", "v2", &[("www/index.html", "<h1>v2</h1>")]);
+    let c2 = repo.commit(
+        "main",
+        "v2",
+        &[("www/index.html", "<h1>hoist demo app v2</h1>")],
+    );
     let r2 = push(&agent, &c2).await;
     let run = run_end(&agent, r2).await;
-    assert_eq!(run["status"], "success", "{run:#}\n{}", log(&agent, r2).await);
+    assert_eq!(
+        run["status"],
+        "success",
+        "{run:#}\n{}",
+        log(&agent, r2).await
+    );
     let (ok, failed, errors) = load.finish().await;
     assert!(ok > 50, "too little load went through: {ok}");
     assert_eq!(failed, 0, "failed requests during the rollout: {errors:?}");
@@ -510,7 +519,7 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
 
     // h3's dockerd dies while h1 is being switched: h3 fails, h1 and h2 go back to release 1.
-    let c2 = repo.commit("main", "v2", &[("www/index.html", "v2")]);
+    let c2 = repo.commit("main", "v2", &[("www/index.html", "hoist demo app v2")]);
     let run = push(&agent, &c2).await;
     wait_for(
         &agent,
@@ -571,7 +580,7 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
 
     // kill -9 of the agent mid-rollout: on restart the journal is resolved and every host
     // converges on one verified release, with no orphaned container.
-    let c3 = repo.commit("main", "v3", &[("www/index.html", "v3")]);
+    let c3 = repo.commit("main", "v3", &[("www/index.html", "hoist demo app v3")]);
     let run = push(&agent, &c3).await;
     wait_for(
         &agent,

@@ -209,7 +209,7 @@ async fn alive(docker: &Docker, container: &str) -> Result<ContainerInspectRespo
     }
     if state.oom_killed == Some(true) {
         reason.push_str(" (killed: out of memory)");
-    } else if code == Some(0) || ran.is_some_and(|r| r < Duration::from_secs(10)) {
+    } else if code == Some(0) || restarts > 0 || ran.is_some_and(|r| r < Duration::from_secs(10)) {
         reason.push_str(" (does its process stay in the foreground?)");
     }
     if restarts > 0 {

@@ -19,8 +19,8 @@ use anyhow::{Context, anyhow, bail};
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
-    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
+    HostConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -414,8 +414,7 @@ pub async fn prune(
         .await
         .context("the host's Docker engine cannot list containers")?;
     let prefix = format!("{name}-r");
-    let mut removed = Vec::new();
-    let mut images = Vec::new();
+    let mut stale: Vec<(i64, String, ContainerSummary)> = Vec::new();
     for c in listed {
         let Some(cname) = c
             .names
@@ -441,11 +440,18 @@ pub async fn prune(
         if labelled != Some(release) {
             continue;
         }
+        stale.push((release, cname.to_string(), c));
+    }
+    // Oldest first, whatever order the engine listed them in.
+    stale.sort_by_key(|(release, _, _)| *release);
+    let mut removed = Vec::new();
+    let mut images = Vec::new();
+    for (_, cname, c) in stale {
         let Some(id) = c.id.as_deref() else { continue };
         force_remove(docker, id).await.with_context(|| {
             format!("the host's Docker engine could not remove kept container {cname}")
         })?;
-        removed.push(cname.to_string());
+        removed.push(cname);
         if let Some(image_id) = c.image_id {
             images.push((image_id, c.image.unwrap_or_default()));
         }
