@@ -19,7 +19,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,19 +47,72 @@ struct Ev {
 
 type Events = Arc<Mutex<Vec<Ev>>>;
 
-/// What one hoist run measured, in ms from the 202.
-struct HoistRun {
+/// Where one 3-step run's time went, in ms, from its beginning (hoist: the 202; the script: its
+/// start) to its end (hoist: the SSE `event: end`; the script: its exit), split at the builder's
+/// container events. The parts add up to the total.
+#[derive(Clone, Copy)]
+struct Phases {
+    /// Before the first step container's `create`.
+    before: f64,
+    /// `create` → `start`, summed over the steps.
+    starting: f64,
+    /// `start` → `die`: the commands themselves, summed.
+    running: f64,
+    /// `die` → `destroy`: noticing the exit and removing the container, summed.
+    removing: f64,
+    /// A step's `destroy` → the next step's `create`, summed.
+    between: f64,
+    /// The last `destroy` → the end.
+    after: f64,
+    total: f64,
+}
+
+/// One row of the breakdown table: what the part is, and how to read it from [`Phases`].
+type Part = (&'static str, fn(&Phases) -> f64);
+
+/// The rows of the breakdown table.
+const PHASES: [Part; 7] = [
+    (
+        "before the first `create` (hoist: claim, fetch, checkout, store writes, engine version/ping, image inspect; script: bash, git clone + checkout, CLI start)",
+        |p| p.before,
+    ),
+    (
+        "`create` → `start` (attach; the engine starts it), 3 steps",
+        |p| p.starting,
+    ),
+    ("`start` → `die` (the commands run), 3 steps", |p| {
+        p.running
+    }),
+    (
+        "`die` → `destroy` (exit noticed, container removed), 3 steps",
+        |p| p.removing,
+    ),
+    (
+        "`destroy` → next `create` (hoist: step end/start writes, image inspect; script: next CLI), 2 gaps",
+        |p| p.between,
+    ),
+    (
+        "last `destroy` → end (hoist: step and run end writes, SSE `event: end`; script: CLI exit, rm workspace)",
+        |p| p.after,
+    ),
+    ("total", |p| p.total),
+];
+
+/// What one run (hoist's or the script's) measured.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Beginning → the first step container's `create`, ms.
     create: f64,
+    /// Beginning → the first step container's `start`, ms.
     start: f64,
-    end: f64,
-    /// From the last step container's `destroy` to the SSE `event: end`.
-    tail: f64,
+    phases: Phases,
 }
 
 fn main() {
     let pushes: usize = env_or("BENCH_PUSHES", 10);
     let reps: usize = env_or("BENCH_REPS", 5);
     let began = Instant::now();
+    let deadline = began + BENCH_LIMIT;
     let builder_url = builder(); // fails with "start the lab with `scripts/lab up`" when down
     let rt = tokio::runtime::Runtime::new().unwrap();
     let docker = rt
@@ -71,6 +123,7 @@ fn main() {
         image_ok,
         "image {IMAGE} is not on the builder {builder_url}; `scripts/lab up` restores it"
     );
+    let load_before = loadavg();
 
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::new(dir.path());
@@ -87,12 +140,10 @@ fn main() {
     // before the stream is open.
     let events: Events = Arc::default();
     let since = format!("{:.3}", now_nanos() as f64 / 1e9 - 1.0);
-    for label in [hoist::runner::RUN_LABEL, BENCH_LABEL] {
-        let key = if label == BENCH_LABEL {
-            BENCH_LABEL
-        } else {
-            hoist::runner::STEP_LABEL
-        };
+    for (label, key) in [
+        (hoist::runner::RUN_LABEL, hoist::runner::STEP_LABEL),
+        (BENCH_LABEL, BENCH_LABEL),
+    ] {
         rt.spawn(collect(
             docker.clone(),
             label,
@@ -107,62 +158,79 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(pid, "VmRSS");
     let client = reqwest::Client::new();
-    let deadline = began + BENCH_LIMIT;
+    // Each push is a new commit whose step names carry `k`.
+    let new_commit = |k: &str| repo.commit("main", k, &[(".hoist.yml", &pipeline(&tag, k))]);
+    let hoist_side = |commit: &str, k: &str| {
+        let run = rt.block_on(hoist_run(
+            &client,
+            &agent,
+            commit,
+            &format!("{tag}-{k}"),
+            &events,
+        ));
+        report("hoist", k, &run);
+        run
+    };
 
-    // The first push after start also creates the mirror and the workspaces directory.
-    let cold = rt.block_on(hoist_run(&client, &agent, &repo, &tag, "cold", &events));
-
+    // The first push after start also creates the mirror and connects to the engine the first time.
+    let cold = hoist_side(&new_commit("cold"), "cold");
     let mut first = Vec::new();
     for i in 0..pushes {
         check(deadline);
         let k = format!("p{i}");
-        first.push(rt.block_on(hoist_run(&client, &agent, &repo, &tag, &k, &events)));
+        first.push(hoist_side(&new_commit(&k), &k));
     }
 
+    let script_side = |commit: &str, k: &str| {
+        let run = rt.block_on(script_run(
+            dir.path(),
+            &repo,
+            commit,
+            &builder_url,
+            &tag,
+            k,
+            &events,
+        ));
+        report("script", k, &run);
+        run
+    };
+    // Pairs on the same commit: hoist's run of it, then the script's, alternating who goes first.
     let mut hoist_runs = Vec::new();
     let mut script_runs = Vec::new();
-    let mut script_first = Vec::new();
     for i in 0..reps {
         check(deadline);
         let k = format!("r{i}");
-        // The same commit for both sides; who goes first alternates.
-        let commit = repo.commit("main", &k, &[(".hoist.yml", &pipeline(&tag, &k))]);
-        let hoist_side = || {
-            rt.block_on(hoist_push(
-                &client,
-                &agent,
-                &commit,
-                &format!("{tag}-{k}"),
-                &events,
-            ))
-        };
-        let script_side = || script_run(dir.path(), &repo, &commit, &builder_url, &tag, &k);
-        let (h, (total, start)) = if i % 2 == 0 {
-            let h = hoist_side();
-            (h, script_side())
+        let commit = new_commit(&k);
+        if i % 2 == 0 {
+            hoist_runs.push(hoist_side(&commit, &k));
+            script_runs.push(script_side(&commit, &k));
         } else {
-            let s = script_side();
-            (hoist_side(), s)
-        };
-        hoist_runs.push(h);
-        let start = rt.block_on(wait_event(&events, "start", &format!("{tag}-{k}-sh-1"))) - start;
-        script_runs.push(total);
-        script_first.push(start as f64 / 1e6);
+            script_runs.push(script_side(&commit, &k));
+            hoist_runs.push(hoist_side(&commit, &k));
+        }
     }
 
     let after_rss = rss_kib(pid, "VmRSS");
     let peak_rss = rss_kib(pid, "VmHWM");
     drop(agent);
+    let load_after = loadavg();
 
-    let ms = |v: &[HoistRun], f: fn(&HoistRun) -> f64| v.iter().map(f).collect::<Vec<f64>>();
-    let h_total = ms(&hoist_runs, |r| r.end);
-    let (h50, s50) = (p50(&h_total), p50(&script_runs));
+    let of = |v: &[Run], f: &dyn Fn(&Run) -> f64| v.iter().map(f).collect::<Vec<f64>>();
+    let total = |r: &Run| r.phases.total;
+    let (h50, s50) = (
+        p50(&of(&hoist_runs, &total)),
+        p50(&of(&script_runs, &total)),
+    );
+    let first_start = of(&first, &|r| r.start);
     println!(
-        "runs benchmark: {pushes} pushes (after 1 cold), {reps} interleaved pairs of a 3-step pipeline \
-         ({IMAGE}, `echo step N` + `true`), one run at a time, builder {builder_url}, {} cores",
+        "runs benchmark: {pushes} pushes (after 1 cold), {reps} interleaved pairs; pipeline of 3 container \
+         steps ({IMAGE}, `echo step N` + `true`); one run at a time; builder {builder_url}; \
+         {} cores, loadavg {load_before} before, {load_after} after",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("reproduce: scripts/bench-runs  (BENCH_PUSHES={pushes} BENCH_REPS={reps})");
+    println!(
+        "reproduce: scripts/bench-runs  (BENCH_PUSHES={pushes} BENCH_REPS={reps}; needs `scripts/lab up`)"
+    );
     println!();
     println!("| measure | n | p50 ms | max ms |");
     println!("|---|---|---|---|");
@@ -171,54 +239,75 @@ fn main() {
     };
     row(
         "hoist: 202 → first step container `start` (engine event)",
-        &ms(&first, |r| r.start),
+        &first_start,
     );
     row(
-        "  of which 202 → container `create` (queue, fetch, checkout, store, engine ping)",
-        &ms(&first, |r| r.create),
+        "· 202 → its `create` (hoist's own work)",
+        &of(&first, &|r| r.create),
     );
     row(
-        "  of which `create` → `start` (attach, engine start)",
-        &ms(&first, |r| r.start - r.create),
+        "· `create` → `start` (attach, then the engine starts it)",
+        &of(&first, &|r| r.start - r.create),
     );
     row(
-        "hoist: first push after start (cold mirror), 202 → first `start`",
+        "hoist: first push after start (cold), 202 → first `start`",
         &[cold.start],
     );
     row(
         "bash + docker CLI: script start → first container `start` (clone, `docker run`)",
-        &script_first,
+        &of(&script_runs, &|r| r.start),
     );
     row(
         "hoist: 3-step run, 202 → SSE `event: end` (success)",
-        &h_total,
-    );
-    row(
-        "  of which last container `destroy` → SSE `event: end`",
-        &ms(&hoist_runs, |r| r.tail),
+        &of(&hoist_runs, &total),
     );
     row(
         "bash + docker CLI: clone + 3 × `docker run --rm`",
-        &script_runs,
+        &of(&script_runs, &total),
     );
     println!(
-        "| hoist overhead: p50 difference (ratio) | {reps} | {:+.1} ({:.2}×) | |",
+        "| hoist overhead on the 3-step run: p50 difference (ratio) | {reps} | {:+.1} ({:.2}×) | |",
         h50 - s50,
         h50 / s50
     );
     println!(
-        "| agent RSS: idle VmRSS / after VmRSS / peak VmHWM (KiB) | | {idle_rss} / {after_rss} / {peak_rss} | |"
+        "| agent RSS KiB: idle VmRSS / after VmRSS / peak VmHWM | | {idle_rss} / {after_rss} / {peak_rss} | |"
     );
     println!();
     println!(
-        "summary: first step container starts {:.0} ms (p50) after the 202, max {:.0}; a 3-step run \
-         takes {h50:.0} ms in hoist vs {s50:.0} ms as a shell script ({:+.0} ms, {:.2}×); RSS idle {:.1} MiB, peak {:.1} MiB",
-        p50(&ms(&first, |r| r.start)),
-        max(&ms(&first, |r| r.start)),
+        "Where the 3-step run's time goes (p50 of each part, ms; split at the builder's container events):"
+    );
+    println!();
+    println!("| part | hoist | bash + docker CLI |");
+    println!("|---|---|---|");
+    for (name, part) in PHASES {
+        let part = |r: &Run| part(&r.phases);
+        println!(
+            "| {name} | {:.1} | {:.1} |",
+            p50(&of(&hoist_runs, &part)),
+            p50(&of(&script_runs, &part))
+        );
+    }
+    println!();
+    println!(
+        "summary: the first step container starts {:.0} ms (p50, max {:.0}) after the 202; a 3-step run \
+         takes {h50:.0} ms in hoist vs {s50:.0} ms as a bash script with the docker CLI ({:+.0} ms, {:.2}×); \
+         agent RSS {:.1} MiB idle, {:.1} MiB peak",
+        p50(&first_start),
+        max(&first_start),
         h50 - s50,
         h50 / s50,
         idle_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
+    );
+}
+
+/// One line per run on stderr, to see the spread behind the table.
+fn report(who: &str, k: &str, r: &Run) {
+    let p = &r.phases;
+    eprintln!(
+        "{who:>6} {k:>4}: create {:7.1}  start {:7.1}  total {:7.1}  | before {:6.1} starting {:6.1} running {:6.1} removing {:6.1} between {:6.1} after {:6.1}",
+        r.create, r.start, p.total, p.before, p.starting, p.running, p.removing, p.between, p.after
     );
 }
 
@@ -246,27 +335,14 @@ fn launch(dir: &Path, repo: &GitRepo, builder_url: &str) -> Agent {
     Agent::launch(dir, &config)
 }
 
-/// Commit a new pipeline as `k` and run it through hoist.
-async fn hoist_run(
-    client: &reqwest::Client,
-    agent: &Agent,
-    repo: &GitRepo,
-    tag: &str,
-    k: &str,
-    events: &Events,
-) -> HoistRun {
-    let commit = repo.commit("main", k, &[(".hoist.yml", &pipeline(tag, k))]);
-    hoist_push(client, agent, &commit, &format!("{tag}-{k}"), events).await
-}
-
 /// Push `commit` (whose steps are named `{steps}-1..3`), follow the run to its end.
-async fn hoist_push(
+async fn hoist_run(
     client: &reqwest::Client,
     agent: &Agent,
     commit: &str,
     steps: &str,
     events: &Events,
-) -> HoistRun {
+) -> Run {
     // Signed before the clock starts.
     let body = github_push("acme/app", "refs/heads/main", commit);
     let headers = signed_headers(Forge::Github, &format!("d-{steps}"), SECRET, &body);
@@ -313,28 +389,51 @@ async fn hoist_push(
         "run {run} did not succeed: {text}"
     );
 
-    let create = wait_event(events, "create", &format!("{steps}-1")).await;
-    let start = wait_event(events, "start", &format!("{steps}-1")).await;
-    let destroy = wait_event(events, "destroy", &format!("{steps}-3")).await;
-    let ms = |n: i64| (n - accepted) as f64 / 1e6;
-    HoistRun {
-        create: ms(create),
-        start: ms(start),
-        end: ms(ended),
-        tail: (ended - destroy) as f64 / 1e6,
+    timeline(events, steps, accepted, ended).await
+}
+
+/// Split a run from `t0` to `end` (ns since the epoch) at the events of its step containers,
+/// keyed `{prefix}-1` to `{prefix}-3`.
+async fn timeline(events: &Events, prefix: &str, t0: i64, end: i64) -> Run {
+    let mut steps = Vec::new();
+    for n in 1..=3 {
+        let key = format!("{prefix}-{n}");
+        let mut at = [0i64; 4];
+        for (i, action) in ["create", "start", "die", "destroy"]
+            .into_iter()
+            .enumerate()
+        {
+            at[i] = wait_event(events, action, &key).await;
+        }
+        steps.push(at);
+    }
+    let ms = |ns: i64| ns as f64 / 1e6;
+    let sum = |f: fn(&[i64; 4]) -> i64| ms(steps.iter().map(f).sum());
+    Run {
+        create: ms(steps[0][0] - t0),
+        start: ms(steps[0][1] - t0),
+        phases: Phases {
+            before: ms(steps[0][0] - t0),
+            starting: sum(|s| s[1] - s[0]),
+            running: sum(|s| s[2] - s[1]),
+            removing: sum(|s| s[3] - s[2]),
+            between: ms(steps.windows(2).map(|w| w[1][0] - w[0][3]).sum()),
+            after: ms(end - steps[2][3]),
+            total: ms(end - t0),
+        },
     }
 }
 
 /// The same three steps as a bash script with the docker CLI, after a clone of `commit`.
-/// Returns its wall time in ms and when it began (ns since the epoch).
-fn script_run(
+async fn script_run(
     dir: &Path,
     repo: &GitRepo,
     commit: &str,
     builder_url: &str,
     tag: &str,
     k: &str,
-) -> (f64, i64) {
+    events: &Events,
+) -> Run {
     let script = format!(
         r#"set -euo pipefail
 ws=$(mktemp -d "$BENCH_DIR/script-ws.XXXXXX")
@@ -348,36 +447,36 @@ true"
 done
 "#
     );
-    let began = now_nanos();
-    let t = Instant::now();
-    let out = Command::new("bash")
+    let key = format!("{tag}-{k}-sh");
+    let mut command = tokio::process::Command::new("bash");
+    command
         .args(["-c", &script])
         .env("BENCH_DIR", dir)
         .env("BENCH_REPO", &repo.bare)
         .env("BENCH_COMMIT", commit)
         .env("BENCH_BUILDER", builder_url)
-        .env("BENCH_KEY", format!("{tag}-{k}-sh"))
-        .output()
+        .env("BENCH_KEY", &key)
+        .kill_on_drop(true);
+    let began = now_nanos();
+    let out = tokio::time::timeout(RUN_LIMIT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("the shell baseline did not end within {RUN_LIMIT:?}"))
         .unwrap();
-    let wall = t.elapsed().as_secs_f64() * 1000.0;
+    let ended = now_nanos();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("step 3"),
         "the shell baseline failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        wall < RUN_LIMIT.as_secs_f64() * 1000.0,
-        "the script took {wall} ms"
-    );
-    (wall, began)
+    timeline(events, &key, began, ended).await
 }
 
 /// Follow the builder's container events that carry `label`, keyed by the label `key`.
 async fn collect(docker: Docker, label: &str, key: &str, since: String, events: Events) {
     let filters = HashMap::from([
         ("type", vec!["container"]),
-        ("event", vec!["create", "start", "destroy"]),
+        ("event", vec!["create", "start", "die", "destroy"]),
         ("label", vec![label]),
     ]);
     let options = EventsOptionsBuilder::default()
@@ -468,4 +567,13 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

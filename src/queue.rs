@@ -52,6 +52,9 @@ pub struct Queue {
     pub shutdown: CancellationToken,
     /// Worker tasks, so that shutdown can wait for them to kill their steps.
     pub tasks: TaskTracker,
+    /// The build engine's connection, made once: negotiating and pinging per run cost tens of
+    /// milliseconds before every first step.
+    builder: tokio::sync::Mutex<Option<bollard::Docker>>,
 }
 
 impl Queue {
@@ -65,6 +68,7 @@ impl Queue {
             repo_locks: Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
+            builder: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -113,6 +117,22 @@ impl Queue {
         {
             let _ = s.send(event);
         }
+    }
+
+    /// The build engine, connecting on first use (and again after `forget_builder`).
+    pub async fn builder(&self) -> anyhow::Result<bollard::Docker> {
+        let mut slot = self.builder.lock().await;
+        if let Some(d) = slot.as_ref() {
+            return Ok(d.clone());
+        }
+        let d = crate::engine::connect(&self.config.builder.docker, None).await?;
+        *slot = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Drop the cached connection, so that the next step reconnects (the engine restarted).
+    pub async fn forget_builder(&self) {
+        *self.builder.lock().await = None;
     }
 
     /// The lock for one repository's mirror.

@@ -418,7 +418,7 @@ async fn run_steps(
             Ok(ctx) => match &step.action {
                 Action::Container { image, commands } => {
                     if docker.is_none() {
-                        docker = Some(crate::engine::connect(&q.config.builder.docker, None).await);
+                        docker = Some(q.builder().await);
                     }
                     match docker.as_ref() {
                         Some(Ok(d)) => runner::run_container(d, image, commands, &ctx).await,
@@ -431,7 +431,7 @@ async fn run_steps(
                 Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
                 Action::Build(spec) => {
                     if docker.is_none() {
-                        docker = Some(crate::engine::connect(&q.config.builder.docker, None).await);
+                        docker = Some(q.builder().await);
                     }
                     let result = match docker.as_ref() {
                         Some(Ok(d)) => build_step(q, run, pipeline, step, spec, &ctx, d).await,
