@@ -172,6 +172,10 @@ const MIGRATIONS: &[&str] = &[
         verified_at   INTEGER NOT NULL,
         PRIMARY KEY (app, host)
     );",
+    // 5: indexes the intake path needs: superseding looks up a branch's active runs, and a
+    // duplicate delivery looks up its runs. Without them both scan every run ever made.
+    "CREATE INDEX runs_active ON runs(repo, git_ref) WHERE status IN ('queued', 'running');
+    CREATE INDEX runs_by_delivery ON runs(delivery);",
 ];
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;
