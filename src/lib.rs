@@ -6,6 +6,7 @@
 //! - [`forge`]: webhook signature schemes and payloads of each forge, normalized into one push event.
 //! - [`store`]: the embedded SQLite database: one writer thread with group commit, readers beside it.
 //! - [`api`]: the HTTP surface: webhooks, the JSON API, health.
+//! - [`web`]: the operator's page at `GET /`: one static HTML file that reads the JSON API.
 //! - [`pipeline`]: `.hoist.yml`: the model, validation, triggers, placeholders.
 //! - [`queue`]: hands queued runs to workers; cancellation and live logs of running runs.
 //! - [`worker`]: executes one run: fetch, plan, checkout, steps.
@@ -33,4 +34,5 @@ pub mod poll;
 pub mod queue;
 pub mod runner;
 pub mod store;
+pub mod web;
 pub mod worker;

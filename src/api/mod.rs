@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/hooks/{forge}", post(receive_hook))
         .nest("/api/v1", api)
+        .route("/", get(crate::web::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
