@@ -14,13 +14,20 @@ impl Client {
         self.request(reqwest::Method::GET, path)
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
         let token = self
             .token
             .as_deref()
             .context("no API token: pass --token or set HOIST_TOKEN (create one with `hoist token create NAME`)")?;
         Ok(reqwest::Client::new()
-            .request(method, format!("{}{path}", self.server.trim_end_matches('/')))
+            .request(
+                method,
+                format!("{}{path}", self.server.trim_end_matches('/')),
+            )
             .bearer_auth(token))
     }
 }
@@ -132,8 +139,14 @@ pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode>
 }
 
 pub async fn releases(c: Client, app: String) -> anyhow::Result<ExitCode> {
-    let releases: Vec<Value> = send(c.get(&format!("/api/v1/apps/{app}/releases"))?, &c.server).await?.json().await?;
-    println!("{:>7}  {:<8}  {:>5}  {:<71}  CREATED", "RELEASE", "COMMIT", "RUN", "IMAGE");
+    let releases: Vec<Value> = send(c.get(&format!("/api/v1/apps/{app}/releases"))?, &c.server)
+        .await?
+        .json()
+        .await?;
+    println!(
+        "{:>7}  {:<8}  {:>5}  {:<71}  CREATED",
+        "RELEASE", "COMMIT", "RUN", "IMAGE"
+    );
     for r in releases {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
         println!(
@@ -154,20 +167,34 @@ pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result
         Some(n) => serde_json::json!({ "to": n }),
         None => serde_json::json!({}),
     };
-    let started: Value = send(c.request(reqwest::Method::POST, &format!("/api/v1/apps/{app}/rollback"))?.json(&body), &c.server)
-        .await?
-        .json()
-        .await?;
-    let id = started["deployment"].as_i64().context("the agent did not name the deployment")?;
+    let started: Value = send(
+        c.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/apps/{app}/rollback"),
+        )?
+        .json(&body),
+        &c.server,
+    )
+    .await?
+    .json()
+    .await?;
+    let id = started["deployment"]
+        .as_i64()
+        .context("the agent did not name the deployment")?;
     eprintln!("deployment {id} started");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
     let d = loop {
-        let d: Value = send(c.get(&format!("/api/v1/deployments/{id}"))?, &c.server).await?.json().await?;
+        let d: Value = send(c.get(&format!("/api/v1/deployments/{id}"))?, &c.server)
+            .await?
+            .json()
+            .await?;
         if d["status"] != "running" {
             break d;
         }
         if std::time::Instant::now() > deadline {
-            bail!("deployment {id} is still running after 30 minutes; follow it with GET /api/v1/deployments/{id}");
+            bail!(
+                "deployment {id} is still running after 30 minutes; follow it with GET /api/v1/deployments/{id}"
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
@@ -184,20 +211,37 @@ pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result
     println!(
         "deployment {id} to release {}: {status}{}",
         d["to_release"],
-        d["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+        d["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
     );
-    Ok(if status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if status == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
     match app {
         Some(app) => {
-            let rows: Vec<Value> = send(c.get(&format!("/api/v1/apps/{app}/hosts"))?, &c.server).await?.json().await?;
-            println!("{:<10} {:>7}  {:<10} {:<8} HEALTH", "HOST", "RELEASE", "CONTAINER", "DIGEST");
+            let rows: Vec<Value> = send(c.get(&format!("/api/v1/apps/{app}/hosts"))?, &c.server)
+                .await?
+                .json()
+                .await?;
+            println!(
+                "{:<10} {:>7}  {:<10} {:<8} HEALTH",
+                "HOST", "RELEASE", "CONTAINER", "DIGEST"
+            );
             for r in rows {
                 let expected = r["digest_expected"].as_str().unwrap_or("");
                 let back = r["digest_read_back"].as_str().unwrap_or("");
-                let digest = if !expected.is_empty() && expected == back { "verified" } else { "MISMATCH" };
+                let digest = if !expected.is_empty() && expected == back {
+                    "verified"
+                } else {
+                    "MISMATCH"
+                };
                 println!(
                     "{:<10} {:>7}  {:<10} {:<8} {}",
                     r["host"].as_str().unwrap_or(""),
@@ -209,10 +253,26 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
             }
         }
         None => {
-            let rows: Vec<Value> = send(c.get("/api/v1/hosts")?, &c.server).await?.json().await?;
+            let rows: Vec<Value> = send(c.get("/api/v1/hosts")?, &c.server)
+                .await?
+                .json()
+                .await?;
             for r in rows {
-                let state = if r["reachable"] == true { "reachable" } else { "UNREACHABLE" };
-                println!("{:<10} {:<14} {:<11} {}", r["host"].as_str().unwrap_or(""), r["address"].as_str().unwrap_or(""), state, r.get("engine").or(r.get("error")).map(|v| v.to_string()).unwrap_or_default());
+                let state = if r["reachable"] == true {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                };
+                println!(
+                    "{:<10} {:<14} {:<11} {}",
+                    r["host"].as_str().unwrap_or(""),
+                    r["address"].as_str().unwrap_or(""),
+                    state,
+                    r.get("engine")
+                        .or(r.get("error"))
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                );
             }
         }
     }

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use crate::checkout::{Mirror, Workspaces};
 use crate::deploy::rollout::{Deployer, Plan, StartError};
-use crate::image;
 use crate::forge::RefKind;
+use crate::image;
 use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::{LogEvent, Queue};
 use crate::runner::{self, Outcome, StepContext};
@@ -258,7 +258,8 @@ async fn build_step(
     let vars = vars_of(run, &pipeline.app);
     let mut references = Vec::new();
     for t in &spec.tags {
-        let tag = pipeline::sanitize_tag(&vars.render(t).map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?;
+        let tag = pipeline::sanitize_tag(&vars.render(t).map_err(anyhow::Error::msg)?)
+            .map_err(anyhow::Error::msg)?;
         let reference = format!("{}:{tag}", spec.repository);
         if !references.contains(&reference) {
             references.push(reference);
@@ -269,11 +270,21 @@ async fn build_step(
         .iter()
         .map(|(k, v)| Ok((k.clone(), vars.render(v).map_err(anyhow::Error::msg)?)))
         .collect::<anyhow::Result<_>>()?;
-    let source = q.config.repo(&run.repo).map(|r| crate::checkout::redact_url(&r.url)).unwrap_or_default();
+    let source = q
+        .config
+        .repo(&run.repo)
+        .map(|r| crate::checkout::redact_url(&r.url))
+        .unwrap_or_default();
     let labels = BTreeMap::from([
-        ("org.opencontainers.image.revision".to_string(), run.commit.clone()),
+        (
+            "org.opencontainers.image.revision".to_string(),
+            run.commit.clone(),
+        ),
         ("org.opencontainers.image.source".to_string(), source),
-        ("org.opencontainers.image.created".to_string(), crate::store::rfc3339(crate::store::now_millis())),
+        (
+            "org.opencontainers.image.created".to_string(),
+            crate::store::rfc3339(crate::store::now_millis()),
+        ),
         ("hoist.run".to_string(), run.id.to_string()),
         ("hoist.app".to_string(), pipeline.app.clone()),
     ]);
@@ -292,13 +303,20 @@ async fn build_step(
         let engine_digest = image::push(docker, reference, registry, &ctx.log).await?;
         let v = image::verify(reference, registry, &engine_digest, &image_id).await?;
         let _ = ctx.log.send(
-            format!("verified {reference}: manifest {} (sha256 of the registry's bytes), config {}\n", v.manifest_digest, v.config_digest)
-                .into_bytes(),
+            format!(
+                "verified {reference}: manifest {} (sha256 of the registry's bytes), config {}\n",
+                v.manifest_digest, v.config_digest
+            )
+            .into_bytes(),
         );
         if let Some(first) = &verified
             && first.manifest_digest != v.manifest_digest
         {
-            anyhow::bail!("the tags of one image have different digests in the registry: {} and {}", first.manifest_digest, v.manifest_digest);
+            anyhow::bail!(
+                "the tags of one image have different digests in the registry: {} and {}",
+                first.manifest_digest,
+                v.manifest_digest
+            );
         }
         verified = Some(v);
     }
@@ -325,7 +343,11 @@ async fn build_step(
     let _ = ctx.log.send(
         format!(
             "release {} of {}: commit {} → image {} → {}\n",
-            release.number, release.app, release.commit, release.config_digest, release.image()
+            release.number,
+            release.app,
+            release.commit,
+            release.config_digest,
+            release.image()
         )
         .into_bytes(),
     );
@@ -361,7 +383,10 @@ async fn deploy_step(
         match deployer.start(plan.clone()).await {
             Ok(s) => break s,
             Err(StartError::Busy { app, deployment }) if std::time::Instant::now() < deadline => {
-                let _ = ctx.log.send(format!("waiting: app {app} is being deployed by deployment {deployment}\n").into_bytes());
+                let _ = ctx.log.send(
+                    format!("waiting: app {app} is being deployed by deployment {deployment}\n")
+                        .into_bytes(),
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = ctx.cancel.cancelled() => return Err("cancelled while waiting for another deployment".into()),
@@ -378,7 +403,10 @@ async fn deploy_step(
             "deployment {} {}{}: {}",
             verdict.deployment,
             verdict.status.replace('_', " "),
-            verdict.failing_host.map(|h| format!(" (failing host {h})")).unwrap_or_default(),
+            verdict
+                .failing_host
+                .map(|h| format!(" (failing host {h})"))
+                .unwrap_or_default(),
             verdict.reason.unwrap_or_default()
         ))
     }
@@ -444,14 +472,17 @@ async fn run_steps(
                             Outcome::Success
                         }
                         Err(_) if ctx.cancel.is_cancelled() => Outcome::Cancelled,
-                        Err(e) => Outcome::Error { reason: format!("{e:#}") },
+                        Err(e) => Outcome::Error {
+                            reason: format!("{e:#}"),
+                        },
                     }
                 }
                 Action::Deploy(spec) => match built.get(&spec.image) {
                     None => Outcome::Error {
                         reason: format!("step {} built no release in this run", spec.image),
                     },
-                    Some(release) => match deploy_step(q, run, pipeline, spec, release, &ctx).await {
+                    Some(release) => match deploy_step(q, run, pipeline, spec, release, &ctx).await
+                    {
                         Ok(()) => Outcome::Success,
                         Err(reason) => Outcome::Error { reason },
                     },

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, Authorized, Page};
 
 pub async fn list_apps(_: Authorized, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.store.apps().await.map_err(ApiError::internal)?)))
+    Ok(Json(json!(
+        s.store.apps().await.map_err(ApiError::internal)?
+    )))
 }
 
 pub async fn list_releases(
@@ -25,7 +27,9 @@ pub async fn list_releases(
     if releases.is_empty() && page.before.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("app {app} has no releases; a run whose pipeline has `app: {app}` and a build step makes one"),
+            format!(
+                "app {app} has no releases; a run whose pipeline has `app: {app}` and a build step makes one"
+            ),
         ));
     }
     Ok(Json(json!(releases)))
@@ -49,15 +53,21 @@ pub async fn rollback(
     let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e}; send {{\"to\": RELEASE}} or no body")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{e}; send {{\"to\": RELEASE}} or no body"),
+            )
+        })?
     };
     let plan = crate::deploy::rollback_plan(&s.queue, &app, req.to, &auth.token)
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
     let deployer = crate::deploy::deployer(&s.queue);
     let started = deployer.start(plan).await.map_err(|e| match e {
-        crate::deploy::rollout::StartError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        crate::deploy::rollout::StartError::Busy { .. } => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
         other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
     })?;
     let id = started.id();
@@ -65,7 +75,11 @@ pub async fn rollback(
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let logger = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
-                tracing::info!(deployment = id, "{}", String::from_utf8_lossy(&line).trim_end());
+                tracing::info!(
+                    deployment = id,
+                    "{}",
+                    String::from_utf8_lossy(&line).trim_end()
+                );
             }
         });
         deployer.run(started, &tx).await;
@@ -75,7 +89,11 @@ pub async fn rollback(
     Ok((StatusCode::ACCEPTED, Json(json!({ "deployment": id }))))
 }
 
-pub async fn get_deployment(_: Authorized, State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+pub async fn get_deployment(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
     let (d, hosts, events) = s
         .store
         .deployment(id)
@@ -90,8 +108,16 @@ pub async fn get_deployment(_: Authorized, State(s): State<AppState>, Path(id): 
 
 /// `GET /api/v1/apps/{app}/hosts`: per host, the release it should run, the digest expected,
 /// the digest read back now, the container's state and one health check now.
-pub async fn app_hosts(_: Authorized, State(s): State<AppState>, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(crate::deploy::app_hosts_now(&s.queue, &app).await.map_err(ApiError::internal)?)))
+pub async fn app_hosts(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(app): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(
+        crate::deploy::app_hosts_now(&s.queue, &app)
+            .await
+            .map_err(ApiError::internal)?
+    )))
 }
 
 /// `GET /api/v1/hosts`: every configured host: reachable, engine version, what runs there.
@@ -105,5 +131,10 @@ pub async fn list_deployments(
     Path(app): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.store.deployments(app, page.limit()).await.map_err(ApiError::internal)?)))
+    Ok(Json(json!(
+        s.store
+            .deployments(app, page.limit())
+            .await
+            .map_err(ApiError::internal)?
+    )))
 }

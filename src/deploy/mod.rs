@@ -26,28 +26,42 @@ pub fn deployer(q: &Arc<Queue>) -> Deployer {
 /// The plan of a manual rollback of `app` to release `to`, by default the newest good
 /// release older than the current one. Its container settings and health checks are the
 /// ones that release was deployed with; hooks run in a checkout of its commit.
-pub async fn rollback_plan(q: &Arc<Queue>, app: &str, to: Option<i64>, who: &str) -> anyhow::Result<Plan> {
+pub async fn rollback_plan(
+    q: &Arc<Queue>,
+    app: &str,
+    to: Option<i64>,
+    who: &str,
+) -> anyhow::Result<Plan> {
     let good = q.store.good_releases(app.to_string()).await?;
     let current = good.first().copied();
     let target = match to {
         Some(n) => n,
         None => {
-            let cur = current.with_context(|| format!("app {app} has never been deployed; there is nothing to roll back"))?;
+            let cur = current.with_context(|| {
+                format!("app {app} has never been deployed; there is nothing to roll back")
+            })?;
             let mut older: Vec<i64> = good.iter().copied().filter(|&r| r < cur).collect();
             older.sort_unstable();
-            older
-                .pop()
-                .with_context(|| format!("app {app} has no good release older than release {cur}; name one with --to"))?
+            older.pop().with_context(|| {
+                format!(
+                    "app {app} has no good release older than release {cur}; name one with --to"
+                )
+            })?
         }
     };
     let release = q
         .store
         .release(app.to_string(), target)
         .await?
-        .with_context(|| format!("app {app} has no release {target}; `hoist releases {app}` lists them"))?;
+        .with_context(|| {
+            format!("app {app} has no release {target}; `hoist releases {app}` lists them")
+        })?;
     let spec: DeploySpec = match release.deploy.clone() {
-        Some(v) => serde_json::from_value(v).context("the release's recorded deploy spec cannot be read")?,
-        None => bail!("release {target} of {app} was built by a pipeline without a deploy step; it cannot be deployed"),
+        Some(v) => serde_json::from_value(v)
+            .context("the release's recorded deploy spec cannot be read")?,
+        None => bail!(
+            "release {target} of {app} was built by a pipeline without a deploy step; it cannot be deployed"
+        ),
     };
     let hooks_dir = hooks_checkout(q, &release).await;
     Ok(Plan {
@@ -67,9 +81,19 @@ pub async fn rollback_plan(q: &Arc<Queue>, app: &str, to: Option<i64>, who: &str
 }
 
 /// A checkout of the release's commit for its hooks (best effort: without one, hooks are skipped and the journal says so).
-async fn hooks_checkout(q: &Arc<Queue>, release: &crate::store::Release) -> Option<std::path::PathBuf> {
-    let (mirror, _) = crate::worker::fetch_pipeline(q, &release.repo, "refs/heads/main", &release.commit).await.ok()?;
-    let dir = q.config.data_dir.join("hooks").join(format!("{}-r{}", release.app, release.number));
+async fn hooks_checkout(
+    q: &Arc<Queue>,
+    release: &crate::store::Release,
+) -> Option<std::path::PathBuf> {
+    let (mirror, _) =
+        crate::worker::fetch_pipeline(q, &release.repo, "refs/heads/main", &release.commit)
+            .await
+            .ok()?;
+    let dir = q
+        .config
+        .data_dir
+        .join("hooks")
+        .join(format!("{}-r{}", release.app, release.number));
     let commit = release.commit.clone();
     tokio::task::spawn_blocking(move || {
         let _ = std::fs::remove_dir_all(&dir);
@@ -100,7 +124,10 @@ pub async fn app_hosts_now(q: &Arc<Queue>, app: &str) -> anyhow::Result<Vec<AppH
             Some(n) => q.store.release(app.to_string(), n).await?,
             None => None,
         };
-        let spec: Option<DeploySpec> = release.as_ref().and_then(|r| r.deploy.clone()).and_then(|v| serde_json::from_value(v).ok());
+        let spec: Option<DeploySpec> = release
+            .as_ref()
+            .and_then(|r| r.deploy.clone())
+            .and_then(|v| serde_json::from_value(v).ok());
         let mut row = AppHostNow {
             host: h.host.clone(),
             release: h.release,
@@ -112,11 +139,24 @@ pub async fn app_hosts_now(q: &Arc<Queue>, app: &str) -> anyhow::Result<Vec<AppH
         if let (Some(conf), Some(spec), Some(rel)) = (q.config.hosts.get(&h.host), spec, release) {
             match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
                 Ok(docker) => {
-                    if let Ok(rb) = host::read_back(&docker, &spec.container.name, &rel.repository).await {
+                    if let Ok(rb) =
+                        host::read_back(&docker, &spec.container.name, &rel.repository).await
+                    {
                         row.digest_read_back = rb.digest;
-                        row.container = Some(if rb.running { "running".into() } else { "stopped".into() });
+                        row.container = Some(if rb.running {
+                            "running".into()
+                        } else {
+                            "stopped".into()
+                        });
                     }
-                    row.health = match health::check_once(&docker, &spec.container.name, &conf.address, &spec.health).await {
+                    row.health = match health::check_once(
+                        &docker,
+                        &spec.container.name,
+                        &conf.address,
+                        &spec.health,
+                    )
+                    .await
+                    {
                         Ok(()) => "healthy".into(),
                         Err(why) => format!("unhealthy: {why}"),
                     };
@@ -135,10 +175,16 @@ pub async fn describe_hosts(config: &Config) -> Vec<serde_json::Value> {
     for (name, conf) in &config.hosts {
         let v = match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
             Ok(docker) => match host::describe(&docker).await {
-                Ok(info) => serde_json::json!({ "host": name, "address": conf.address, "reachable": true, "engine": info }),
-                Err(e) => serde_json::json!({ "host": name, "address": conf.address, "reachable": true, "error": format!("{e:#}") }),
+                Ok(info) => {
+                    serde_json::json!({ "host": name, "address": conf.address, "reachable": true, "engine": info })
+                }
+                Err(e) => {
+                    serde_json::json!({ "host": name, "address": conf.address, "reachable": true, "error": format!("{e:#}") })
+                }
             },
-            Err(e) => serde_json::json!({ "host": name, "address": conf.address, "reachable": false, "error": format!("{e:#}") }),
+            Err(e) => {
+                serde_json::json!({ "host": name, "address": conf.address, "reachable": false, "error": format!("{e:#}") })
+            }
         };
         out.push(v);
     }

@@ -88,7 +88,9 @@ impl Started {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Another deployment holds the app.
-    #[error("app {app} is being deployed by deployment {deployment}; wait for it (GET /api/v1/deployments/{deployment})")]
+    #[error(
+        "app {app} is being deployed by deployment {deployment}; wait for it (GET /api/v1/deployments/{deployment})"
+    )]
     Busy { app: String, deployment: i64 },
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
@@ -103,7 +105,9 @@ impl Deployer {
         let mut hosts = Vec::new();
         for h in &plan.spec.hosts {
             if !self.config.hosts.contains_key(h) {
-                return Err(anyhow!("deploy host {h:?} has no [host.{h}] entry in hoist.toml").into());
+                return Err(
+                    anyhow!("deploy host {h:?} has no [host.{h}] entry in hoist.toml").into(),
+                );
             }
             if !repo.is_some_and(|r| r.hosts.contains(h)) {
                 return Err(anyhow!(
@@ -124,7 +128,9 @@ impl Deployer {
                 let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref())
                     .await
                     .with_context(|| format!("host {h} is unreachable; nothing was changed"))?;
-                let current = host::current(&docker, &name).await.with_context(|| format!("host {h}"))?;
+                let current = host::current(&docker, &name)
+                    .await
+                    .with_context(|| format!("host {h}"))?;
                 anyhow::Ok((h, docker, current.and_then(|c| c.release)))
             }
         });
@@ -134,7 +140,11 @@ impl Deployer {
             before.insert(h, release);
         }
         let per_batch = plan.spec.rollout.max_parallel.max(1) as usize;
-        let batches = hosts.iter().enumerate().map(|(i, h)| (h.clone(), (i / per_batch) as i64 + 1)).collect();
+        let batches = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), (i / per_batch) as i64 + 1))
+            .collect();
         let from = self
             .store
             .app_hosts(app.clone())
@@ -181,14 +191,22 @@ impl Deployer {
         // Renew the lease while we act; losing it stops us (a stale holder must not act).
         let lost = CancellationToken::new();
         let renewer = {
-            let (store, lease, lost, stop) = (self.store.clone(), lease.clone(), lost.clone(), self.shutdown.clone());
+            let (store, lease, lost, stop) = (
+                self.store.clone(),
+                lease.clone(),
+                lost.clone(),
+                self.shutdown.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(LEASE_TTL / 3) => {}
                         _ = stop.cancelled() => return,
                     }
-                    if let Err(e) = store.renew_lease(lease.clone(), LEASE_TTL.as_millis() as i64).await {
+                    if let Err(e) = store
+                        .renew_lease(lease.clone(), LEASE_TTL.as_millis() as i64)
+                        .await
+                    {
                         tracing::error!("{e:#}");
                         lost.cancel();
                         return;
@@ -218,8 +236,13 @@ impl Deployer {
         let forward = self.forward(s, &say, lost).await;
         let (failing_host, reason) = match forward {
             Ok(()) => {
-                let v = self.finish(s, deployment_status::SUCCEEDED, None, None).await;
-                say(format!("deployment {d}: succeeded; every host verified on release {} ({})", b.number, b.manifest_digest));
+                let v = self
+                    .finish(s, deployment_status::SUCCEEDED, None, None)
+                    .await;
+                say(format!(
+                    "deployment {d}: succeeded; every host verified on release {} ({})",
+                    b.number, b.manifest_digest
+                ));
                 self.prune(s, &say).await;
                 return v;
             }
@@ -227,7 +250,10 @@ impl Deployer {
         };
         say(format!(
             "deployment {d}: failed{}: {reason}",
-            failing_host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default()
+            failing_host
+                .as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default()
         ));
         if self.shutdown.is_cancelled() || lost.is_cancelled() {
             // Resolved by whoever holds the lease next (the restarted agent's recovery).
@@ -239,29 +265,56 @@ impl Deployer {
             };
         }
         if !s.plan.spec.rollout.auto_rollback {
-            say(format!("deployment {d}: auto_rollback is off; hosts are left as they are"));
-            return self.finish(s, deployment_status::FAILED, Some(reason), failing_host).await;
+            say(format!(
+                "deployment {d}: auto_rollback is off; hosts are left as they are"
+            ));
+            return self
+                .finish(s, deployment_status::FAILED, Some(reason), failing_host)
+                .await;
         }
         match self.revert(s, &say).await {
             Ok(()) => {
-                say(format!("deployment {d}: rolled back; every touched host verified on its previous release"));
-                self.finish(s, deployment_status::ROLLED_BACK, Some(reason), failing_host).await
+                say(format!(
+                    "deployment {d}: rolled back; every touched host verified on its previous release"
+                ));
+                self.finish(
+                    s,
+                    deployment_status::ROLLED_BACK,
+                    Some(reason),
+                    failing_host,
+                )
+                .await
             }
             Err(e) => {
                 let why = format!("{reason}; and the rollback failed too: {e:#}");
                 say(format!("deployment {d}: {why}"));
-                self.finish(s, deployment_status::FAILED, Some(why), failing_host).await
+                self.finish(s, deployment_status::FAILED, Some(why), failing_host)
+                    .await
             }
         }
     }
 
-    async fn finish(&self, s: &Started, status: &'static str, reason: Option<String>, failing_host: Option<String>) -> Verdict {
+    async fn finish(
+        &self,
+        s: &Started,
+        status: &'static str,
+        reason: Option<String>,
+        failing_host: Option<String>,
+    ) -> Verdict {
         if let Err(e) = self
             .store
-            .finish_deployment(s.lease.clone(), status, reason.clone(), failing_host.clone())
+            .finish_deployment(
+                s.lease.clone(),
+                status,
+                reason.clone(),
+                failing_host.clone(),
+            )
             .await
         {
-            tracing::error!("cannot record the end of deployment {}: {e:#}", s.lease.deployment);
+            tracing::error!(
+                "cannot record the end of deployment {}: {e:#}",
+                s.lease.deployment
+            );
         }
         Verdict {
             deployment: s.lease.deployment,
@@ -279,7 +332,12 @@ impl Deployer {
     }
 
     /// The forward path; Err carries the failing host (if one) and the reason.
-    async fn forward(&self, s: &Started, say: &impl Fn(String), lost: &CancellationToken) -> Result<(), (Option<String>, String)> {
+    async fn forward(
+        &self,
+        s: &Started,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), (Option<String>, String)> {
         let b = &s.plan.to;
         let step = |host: Option<&str>, step: &str, detail: String, u: HostUpdate| {
             let (store, lease) = (self.store.clone(), s.lease.clone());
@@ -302,11 +360,16 @@ impl Deployer {
         for (h, r) in futures_util::future::join_all(pulls).await {
             match r {
                 Ok(id) => {
-                    step(Some(&h), "pulled", format!("{} (image {id})", b.image()), HostUpdate {
-                        state: Some("pulled"),
-                        expected: Some(b.manifest_digest.clone()),
-                        ..Default::default()
-                    })
+                    step(
+                        Some(&h),
+                        "pulled",
+                        format!("{} (image {id})", b.image()),
+                        HostUpdate {
+                            state: Some("pulled"),
+                            expected: Some(b.manifest_digest.clone()),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
                     say(format!("  {h}: pulled {} and verified", b.manifest_digest));
                 }
@@ -326,13 +389,29 @@ impl Deployer {
         // 3. Bake: every host keeps being checked.
         let bake = s.plan.spec.rollout.bake;
         if !bake.is_zero() {
-            say(format!("  bake: checking every host for {}", humantime::format_duration(bake)));
-            step(None, "bake", format!("for {}", humantime::format_duration(bake)), HostUpdate::default()).await?;
+            say(format!(
+                "  bake: checking every host for {}",
+                humantime::format_duration(bake)
+            ));
+            step(
+                None,
+                "bake",
+                format!("for {}", humantime::format_duration(bake)),
+                HostUpdate::default(),
+            )
+            .await?;
             let end = Instant::now() + bake;
             while Instant::now() < end {
                 for h in &s.hosts {
                     let addr = &self.config.hosts[h].address;
-                    if let Err(why) = health::check_once(&s.engines[h], &s.plan.spec.container.name, addr, &s.plan.spec.health).await {
+                    if let Err(why) = health::check_once(
+                        &s.engines[h],
+                        &s.plan.spec.container.name,
+                        addr,
+                        &s.plan.spec.health,
+                    )
+                    .await
+                    {
                         return Err((Some(h.clone()), format!("unhealthy during bake: {why}")));
                     }
                 }
@@ -351,12 +430,20 @@ impl Deployer {
                 v.release = Some(b.number as u64);
                 v
             };
-            self.hook(s, "after_deploy", argv, &vars, say).await.map_err(|e| (None, e))?;
+            self.hook(s, "after_deploy", argv, &vars, say)
+                .await
+                .map_err(|e| (None, e))?;
         }
         Ok(())
     }
 
-    async fn switch_host(&self, s: &Started, h: &str, say: &impl Fn(String), lost: &CancellationToken) -> Result<(), (Option<String>, String)> {
+    async fn switch_host(
+        &self,
+        s: &Started,
+        h: &str,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), (Option<String>, String)> {
         let b = &s.plan.to;
         let fail = |why: String| (Some(h.to_string()), why);
         let docker = &s.engines[h];
@@ -365,22 +452,38 @@ impl Deployer {
         let journal = |st: &'static str, detail: String, mut u: HostUpdate| {
             u.state = Some(st);
             let (store, lease, host) = (self.store.clone(), s.lease.clone(), h.to_string());
-            async move { store.host_step(lease, host, st.to_string(), Some(detail), u).await.map_err(|e| (None, format!("{e:#}"))) }
+            async move {
+                store
+                    .host_step(lease, host, st.to_string(), Some(detail), u)
+                    .await
+                    .map_err(|e| (None, format!("{e:#}")))
+            }
         };
         if self.shutdown.is_cancelled() || lost.is_cancelled() {
             return Err((None, "the agent is stopping".into()));
         }
         let before = s.before.get(h).copied().flatten();
-        journal("switching", format!("from release {}", before.map_or("none".into(), |r| r.to_string())), HostUpdate {
-            from_release: Some(before),
-            ..Default::default()
-        })
+        journal(
+            "switching",
+            format!(
+                "from release {}",
+                before.map_or("none".into(), |r| r.to_string())
+            ),
+            HostUpdate {
+                from_release: Some(before),
+                ..Default::default()
+            },
+        )
         .await?;
         if let Some(argv) = &s.plan.spec.hooks.before_host {
-            self.hook(s, "before_host", argv, &vars, say).await.map_err(fail)?;
+            self.hook(s, "before_host", argv, &vars, say)
+                .await
+                .map_err(fail)?;
         }
         let container = render_container(&s.plan.spec.container, &vars).map_err(fail)?;
-        host::keep_current(docker, &container.name).await.map_err(|e| fail(format!("cannot stop the running container: {e:#}")))?;
+        host::keep_current(docker, &container.name)
+            .await
+            .map_err(|e| fail(format!("cannot stop the running container: {e:#}")))?;
         let target = host::Target {
             app: &b.app,
             release: b.number,
@@ -389,40 +492,72 @@ impl Deployer {
             digest: &b.manifest_digest,
             container: &container,
         };
-        host::start(docker, &target).await.map_err(|e| fail(format!("cannot start release {}: {e:#}", b.number)))?;
-        journal("started", format!("{} as {}", b.image(), container.name), HostUpdate::default()).await?;
-        let report = health::wait_healthy(docker, &container.name, address, &s.plan.spec.health, lost)
+        host::start(docker, &target)
             .await
-            .map_err(|why| fail(format!("unhealthy: {why}")))?;
-        journal("healthy", format!("{} checks in {:?}", report.checks, report.took), HostUpdate {
-            health: Some("healthy".into()),
-            ..Default::default()
-        })
+            .map_err(|e| fail(format!("cannot start release {}: {e:#}", b.number)))?;
+        journal(
+            "started",
+            format!("{} as {}", b.image(), container.name),
+            HostUpdate::default(),
+        )
+        .await?;
+        let report =
+            health::wait_healthy(docker, &container.name, address, &s.plan.spec.health, lost)
+                .await
+                .map_err(|why| fail(format!("unhealthy: {why}")))?;
+        journal(
+            "healthy",
+            format!("{} checks in {:?}", report.checks, report.took),
+            HostUpdate {
+                health: Some("healthy".into()),
+                ..Default::default()
+            },
+        )
         .await?;
         if let Some(argv) = &s.plan.spec.hooks.after_host {
-            self.hook(s, "after_host", argv, &vars, say).await.map_err(fail)?;
+            self.hook(s, "after_host", argv, &vars, say)
+                .await
+                .map_err(fail)?;
         }
-        let rb = host::read_back(docker, &container.name, &b.repository).await.map_err(|e| fail(format!("read-back failed: {e:#}")))?;
+        let rb = host::read_back(docker, &container.name, &b.repository)
+            .await
+            .map_err(|e| fail(format!("read-back failed: {e:#}")))?;
         let got = rb.digest.clone().unwrap_or_default();
         if got != b.manifest_digest || !rb.running {
             return Err(fail(format!(
                 "read-back mismatch: the host runs {} (running: {}) but release {} is {}",
-                if got.is_empty() { "an image without a registry digest" } else { &got },
+                if got.is_empty() {
+                    "an image without a registry digest"
+                } else {
+                    &got
+                },
                 rb.running,
                 b.number,
                 b.manifest_digest
             )));
         }
-        journal("verified", format!("runs {got}"), HostUpdate {
-            read_back: Some(got.clone()),
-            ..Default::default()
-        })
+        journal(
+            "verified",
+            format!("runs {got}"),
+            HostUpdate {
+                read_back: Some(got.clone()),
+                ..Default::default()
+            },
+        )
         .await?;
         self.store
-            .set_app_host(s.lease.clone(), h.to_string(), Some(b.number), Some(got.clone()))
+            .set_app_host(
+                s.lease.clone(),
+                h.to_string(),
+                Some(b.number),
+                Some(got.clone()),
+            )
             .await
             .map_err(|e| (None, format!("{e:#}")))?;
-        say(format!("  {h}: release {} healthy and verified ({got})", b.number));
+        say(format!(
+            "  {h}: release {} healthy and verified ({got})",
+            b.number
+        ));
         Ok(())
     }
 
@@ -435,46 +570,96 @@ impl Deployer {
             .context("the deployment vanished from the store")?;
         let touched: Vec<_> = journal
             .into_iter()
-            .filter(|h| ["switching", "started", "healthy", "verified", "reverting", "failed"].contains(&h.state.as_str()))
+            .filter(|h| {
+                [
+                    "switching",
+                    "started",
+                    "healthy",
+                    "verified",
+                    "reverting",
+                    "failed",
+                ]
+                .contains(&h.state.as_str())
+            })
             .collect();
         let mut errors = Vec::new();
-        let reverts = touched.iter().map(|h| self.revert_host(s, &h.host, h.from_release, say));
-        for (h, r) in touched.iter().zip(futures_util::future::join_all(reverts).await) {
+        let reverts = touched
+            .iter()
+            .map(|h| self.revert_host(s, &h.host, h.from_release, say));
+        for (h, r) in touched
+            .iter()
+            .zip(futures_util::future::join_all(reverts).await)
+        {
             if let Err(e) = r {
                 errors.push(format!("{}: {e:#}", h.host));
                 let _ = self
                     .store
-                    .host_step(s.lease.clone(), h.host.clone(), "revert failed".into(), Some(format!("{e:#}")), HostUpdate {
-                        state: Some("failed"),
-                        reason: Some(format!("{e:#}")),
-                        ..Default::default()
-                    })
+                    .host_step(
+                        s.lease.clone(),
+                        h.host.clone(),
+                        "revert failed".into(),
+                        Some(format!("{e:#}")),
+                        HostUpdate {
+                            state: Some("failed"),
+                            reason: Some(format!("{e:#}")),
+                            ..Default::default()
+                        },
+                    )
                     .await;
             }
         }
-        if errors.is_empty() { Ok(()) } else { bail!(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!(errors.join("; "))
+        }
     }
 
-    async fn revert_host(&self, s: &Started, h: &str, to: Option<i64>, say: &impl Fn(String)) -> anyhow::Result<()> {
+    async fn revert_host(
+        &self,
+        s: &Started,
+        h: &str,
+        to: Option<i64>,
+        say: &impl Fn(String),
+    ) -> anyhow::Result<()> {
         let docker = s.engines.get(h).context("no connection to the host")?;
         let address = &self.config.hosts[h].address;
         let b = &s.plan.to;
         let name = &s.plan.spec.container.name;
         self.store
-            .host_step(s.lease.clone(), h.to_string(), "reverting".into(), Some(format!("to release {}", to.map_or("none".into(), |r| r.to_string()))), HostUpdate {
-                state: Some("reverting"),
-                ..Default::default()
-            })
+            .host_step(
+                s.lease.clone(),
+                h.to_string(),
+                "reverting".into(),
+                Some(format!(
+                    "to release {}",
+                    to.map_or("none".into(), |r| r.to_string())
+                )),
+                HostUpdate {
+                    state: Some("reverting"),
+                    ..Default::default()
+                },
+            )
             .await?;
         // A's release record: its image and the container settings it was deployed with.
         let a = match to {
-            Some(n) => Some(self.store.release(b.app.clone(), n).await?.with_context(|| format!("release {n} of {} is not in the store", b.app))?),
+            Some(n) => Some(
+                self.store
+                    .release(b.app.clone(), n)
+                    .await?
+                    .with_context(|| format!("release {n} of {} is not in the store", b.app))?,
+            ),
             None => None,
         };
-        let a_spec: Option<DeploySpec> = a.as_ref().and_then(|r| r.deploy.clone()).and_then(|v| serde_json::from_value(v).ok());
+        let a_spec: Option<DeploySpec> = a
+            .as_ref()
+            .and_then(|r| r.deploy.clone())
+            .and_then(|v| serde_json::from_value(v).ok());
         let vars = self.vars_for(s, h, to.unwrap_or(0));
         if let Some(argv) = &s.plan.spec.hooks.before_host {
-            self.hook(s, "before_host", argv, &vars, say).await.map_err(|e| anyhow!(e))?;
+            self.hook(s, "before_host", argv, &vars, say)
+                .await
+                .map_err(|e| anyhow!(e))?;
         }
         // Remove whatever serves as NAME unless it already is A (B, or a half-started B).
         if let Some(cur) = host::current(docker, name).await?
@@ -484,18 +669,31 @@ impl Deployer {
         }
         let Some(a) = a else {
             // The host ran nothing of this app before: reverting means running nothing.
-            self.store.set_app_host(s.lease.clone(), h.to_string(), None, None).await?;
             self.store
-                .host_step(s.lease.clone(), h.to_string(), "reverted".into(), Some("no earlier release; the container was removed".into()), HostUpdate {
-                    state: Some("reverted"),
-                    ..Default::default()
-                })
+                .set_app_host(s.lease.clone(), h.to_string(), None, None)
                 .await?;
-            say(format!("  {h}: reverted (no earlier release: nothing runs)"));
+            self.store
+                .host_step(
+                    s.lease.clone(),
+                    h.to_string(),
+                    "reverted".into(),
+                    Some("no earlier release; the container was removed".into()),
+                    HostUpdate {
+                        state: Some("reverted"),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            say(format!(
+                "  {h}: reverted (no earlier release: nothing runs)"
+            ));
             return Ok(());
         };
-        let a_spec = a_spec.with_context(|| format!("release {} has no recorded deploy spec", a.number))?;
-        let serving = host::current(docker, name).await?.is_some_and(|c| c.running && c.release == Some(a.number));
+        let a_spec =
+            a_spec.with_context(|| format!("release {} has no recorded deploy spec", a.number))?;
+        let serving = host::current(docker, name)
+            .await?
+            .is_some_and(|c| c.running && c.release == Some(a.number));
         if !serving && !host::restore_kept(docker, name, a.number).await? {
             // A's kept container is gone (pruned, or never kept): start A afresh by digest.
             host::pull(docker, &a.image(), &a.manifest_digest).await?;
@@ -513,39 +711,88 @@ impl Deployer {
             )
             .await?;
         }
-        health::wait_healthy(docker, name, address, &a_spec.health, &CancellationToken::new())
-            .await
-            .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
+        health::wait_healthy(
+            docker,
+            name,
+            address,
+            &a_spec.health,
+            &CancellationToken::new(),
+        )
+        .await
+        .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
         if let Some(argv) = &s.plan.spec.hooks.after_host {
-            self.hook(s, "after_host", argv, &vars, say).await.map_err(|e| anyhow!(e))?;
+            self.hook(s, "after_host", argv, &vars, say)
+                .await
+                .map_err(|e| anyhow!(e))?;
         }
         let rb = host::read_back(docker, name, &a.repository).await?;
         let got = rb.digest.unwrap_or_default();
         if got != a.manifest_digest || !rb.running {
-            bail!("read-back after the rollback: the host runs {got:?} (running: {}), expected {}", rb.running, a.manifest_digest);
+            bail!(
+                "read-back after the rollback: the host runs {got:?} (running: {}), expected {}",
+                rb.running,
+                a.manifest_digest
+            );
         }
-        self.store.set_app_host(s.lease.clone(), h.to_string(), Some(a.number), Some(got.clone())).await?;
         self.store
-            .host_step(s.lease.clone(), h.to_string(), "reverted".into(), Some(format!("runs release {} ({got})", a.number)), HostUpdate {
-                state: Some("reverted"),
-                read_back: Some(got.clone()),
-                ..Default::default()
-            })
+            .set_app_host(
+                s.lease.clone(),
+                h.to_string(),
+                Some(a.number),
+                Some(got.clone()),
+            )
             .await?;
-        say(format!("  {h}: back on release {} and verified ({got})", a.number));
+        self.store
+            .host_step(
+                s.lease.clone(),
+                h.to_string(),
+                "reverted".into(),
+                Some(format!("runs release {} ({got})", a.number)),
+                HostUpdate {
+                    state: Some("reverted"),
+                    read_back: Some(got.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        say(format!(
+            "  {h}: back on release {} and verified ({got})",
+            a.number
+        ));
         Ok(())
     }
 
     /// Run a hook's argv directly (never through a shell) in the hooks directory.
-    async fn hook(&self, s: &Started, which: &str, argv: &[String], vars: &Vars, say: &impl Fn(String)) -> Result<(), String> {
+    async fn hook(
+        &self,
+        s: &Started,
+        which: &str,
+        argv: &[String],
+        vars: &Vars,
+        say: &impl Fn(String),
+    ) -> Result<(), String> {
         let Some(dir) = &s.plan.hooks_dir else {
             say(format!("  {which}: skipped (no checkout to run it in)"));
             return Ok(());
         };
-        let argv: Vec<String> = argv.iter().map(|a| vars.render(a)).collect::<Result<_, _>>().map_err(|e| format!("{which}: {e}"))?;
-        let Some((prog, args)) = argv.split_first() else { return Ok(()) };
-        let mut cmd = tokio::process::Command::new(if prog.contains('/') && !prog.starts_with('/') { dir.join(prog) } else { PathBuf::from(prog) });
-        cmd.args(args).current_dir(dir).envs(vars.env()).kill_on_drop(true);
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| vars.render(a))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{which}: {e}"))?;
+        let Some((prog, args)) = argv.split_first() else {
+            return Ok(());
+        };
+        let mut cmd =
+            tokio::process::Command::new(if prog.contains('/') && !prog.starts_with('/') {
+                dir.join(prog)
+            } else {
+                PathBuf::from(prog)
+            });
+        cmd.args(args)
+            .current_dir(dir)
+            .envs(vars.env())
+            .kill_on_drop(true);
         if let Some(conf) = vars.host.as_ref().and_then(|h| self.config.hosts.get(h)) {
             cmd.env("HOIST_HOST_ADDRESS", &conf.address);
         }
@@ -553,7 +800,8 @@ impl Deployer {
             .await
             .map_err(|_| format!("{which} hook {argv:?} did not finish within 120s"))?
             .map_err(|e| format!("{which} hook {argv:?} could not start: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         for line in text.lines() {
             say(format!("  {which}: {line}"));
         }
@@ -566,13 +814,19 @@ impl Deployer {
     /// Retention: keep B and the last `keep` good releases on every host; never a rollback target.
     async fn prune(&self, s: &Started, say: &impl Fn(String)) {
         let keep_n = s.plan.spec.rollout.keep as usize;
-        let good = self.store.good_releases(s.plan.to.app.clone()).await.unwrap_or_default();
+        let good = self
+            .store
+            .good_releases(s.plan.to.app.clone())
+            .await
+            .unwrap_or_default();
         let mut keep: BTreeSet<i64> = good.into_iter().take(keep_n + 1).collect();
         keep.insert(s.plan.to.number);
         keep.extend(s.before.values().flatten());
         for h in &s.hosts {
             match host::prune(&s.engines[h], &s.plan.spec.container.name, &keep).await {
-                Ok(removed) if !removed.is_empty() => say(format!("  {h}: pruned {}", removed.join(", "))),
+                Ok(removed) if !removed.is_empty() => {
+                    say(format!("  {h}: pruned {}", removed.join(", ")))
+                }
                 Ok(_) => {}
                 Err(e) => say(format!("  {h}: could not prune old releases: {e:#}")),
             }
@@ -584,11 +838,23 @@ impl Deployer {
     pub async fn recover(&self, log: &LogSink) -> anyhow::Result<Vec<Verdict>> {
         let mut out = Vec::new();
         for d in self.store.running_deployments().await? {
-            let lease = self.store.take_over_lease(d.app.clone(), d.id, LEASE_TTL.as_millis() as i64).await?;
-            let release = self.store.release(d.app.clone(), d.to_release).await?.context("release missing")?;
-            let spec: DeploySpec = serde_json::from_value(release.deploy.clone().unwrap_or_default())
-                .with_context(|| format!("release {} has no deploy spec", release.number))?;
-            let (_, hosts, _) = self.store.deployment(d.id).await?.context("deployment missing")?;
+            let lease = self
+                .store
+                .take_over_lease(d.app.clone(), d.id, LEASE_TTL.as_millis() as i64)
+                .await?;
+            let release = self
+                .store
+                .release(d.app.clone(), d.to_release)
+                .await?
+                .context("release missing")?;
+            let spec: DeploySpec =
+                serde_json::from_value(release.deploy.clone().unwrap_or_default())
+                    .with_context(|| format!("release {} has no deploy spec", release.number))?;
+            let (_, hosts, _) = self
+                .store
+                .deployment(d.id)
+                .await?
+                .context("deployment missing")?;
             let mut engines = BTreeMap::new();
             for h in &hosts {
                 if let Some(conf) = self.config.hosts.get(&h.host) {
@@ -600,7 +866,10 @@ impl Deployer {
                     }
                 }
             }
-            let before = hosts.iter().map(|h| (h.host.clone(), h.from_release)).collect();
+            let before = hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.from_release))
+                .collect();
             let started = Started {
                 lease,
                 plan: Plan {
@@ -626,16 +895,40 @@ impl Deployer {
             };
             let completed = hosts.iter().all(|h| h.state == "verified");
             let verdict = if completed && self.verify_all(&started).await.is_ok() {
-                say(format!("deployment {}: had completed before the restart; verified again", d.id));
-                self.finish(&started, deployment_status::SUCCEEDED, Some("completed before an agent restart; verified again at start".into()), None).await
+                say(format!(
+                    "deployment {}: had completed before the restart; verified again",
+                    d.id
+                ));
+                self.finish(
+                    &started,
+                    deployment_status::SUCCEEDED,
+                    Some("completed before an agent restart; verified again at start".into()),
+                    None,
+                )
+                .await
             } else {
                 let reason = "interrupted by an agent restart".to_string();
                 match self.revert(&started, &say).await {
-                    Ok(()) => self.finish(&started, deployment_status::ROLLED_BACK, Some(reason), None).await,
-                    Err(e) => self.finish(&started, deployment_status::FAILED, Some(format!("{reason}; the rollback failed: {e:#}")), None).await,
+                    Ok(()) => {
+                        self.finish(&started, deployment_status::ROLLED_BACK, Some(reason), None)
+                            .await
+                    }
+                    Err(e) => {
+                        self.finish(
+                            &started,
+                            deployment_status::FAILED,
+                            Some(format!("{reason}; the rollback failed: {e:#}")),
+                            None,
+                        )
+                        .await
+                    }
                 }
             };
-            tracing::warn!(deployment = d.id, status = verdict.status, "interrupted deployment resolved");
+            tracing::warn!(
+                deployment = d.id,
+                status = verdict.status,
+                "interrupted deployment resolved"
+            );
             out.push(verdict);
         }
         Ok(out)
@@ -644,7 +937,8 @@ impl Deployer {
     async fn verify_all(&self, s: &Started) -> anyhow::Result<()> {
         for h in &s.hosts {
             let docker = s.engines.get(h).context("host unreachable")?;
-            let rb = host::read_back(docker, &s.plan.spec.container.name, &s.plan.to.repository).await?;
+            let rb =
+                host::read_back(docker, &s.plan.spec.container.name, &s.plan.to.repository).await?;
             if rb.digest.as_deref() != Some(s.plan.to.manifest_digest.as_str()) || !rb.running {
                 bail!("{h} does not run {}", s.plan.to.manifest_digest);
             }
@@ -659,7 +953,11 @@ pub fn render_container(c: &ContainerSpec, vars: &Vars) -> Result<ContainerSpec,
     Ok(ContainerSpec {
         name: c.name.clone(),
         ports: c.ports.iter().map(r).collect::<Result<_, _>>()?,
-        env: c.env.iter().map(|(k, v)| Ok((k.clone(), r(v)?))).collect::<Result<_, String>>()?,
+        env: c
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), r(v)?)))
+            .collect::<Result<_, String>>()?,
         args: c.args.iter().map(r).collect::<Result<_, _>>()?,
         volumes: c.volumes.iter().map(r).collect::<Result<_, _>>()?,
     })

@@ -125,7 +125,14 @@ fn check_lease(c: &Connection, lease: &Lease) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn event(c: &Connection, deployment: i64, host: Option<&str>, step: &str, detail: Option<&str>, now: i64) -> anyhow::Result<()> {
+fn event(
+    c: &Connection,
+    deployment: i64,
+    host: Option<&str>,
+    step: &str,
+    detail: Option<&str>,
+    now: i64,
+) -> anyhow::Result<()> {
     c.prepare_cached(
         "INSERT INTO deployment_events (deployment, seq, host, step, detail, at)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_events WHERE deployment = ?1), ?2, ?3, ?4, ?5)",
@@ -134,8 +141,7 @@ fn event(c: &Connection, deployment: i64, host: Option<&str>, step: &str, detail
     Ok(())
 }
 
-const DEPLOYMENT_COLUMNS: &str =
-    "id, app, kind, from_release, to_release, run, requested_by, status, reason, failing_host, created_at, finished_at";
+const DEPLOYMENT_COLUMNS: &str = "id, app, kind, from_release, to_release, run, requested_by, status, reason, failing_host, created_at, finished_at";
 
 fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -157,7 +163,11 @@ fn deployment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
 impl Store {
     /// Take the app's lease and record a new deployment with its hosts, in one transaction.
     /// `Ok(Err(Held))` when another deployment holds an unexpired lease.
-    pub async fn begin_deployment(&self, d: NewDeployment, ttl_ms: i64) -> anyhow::Result<Result<Lease, Held>> {
+    pub async fn begin_deployment(
+        &self,
+        d: NewDeployment,
+        ttl_ms: i64,
+    ) -> anyhow::Result<Result<Lease, Held>> {
         let now = now_millis();
         self.write(move |c| {
             let held: Option<(i64, i64, i64)> = c
@@ -202,7 +212,12 @@ impl Store {
     }
 
     /// Take over the lease of an interrupted deployment (at start-up recovery), with a new token.
-    pub async fn take_over_lease(&self, app: String, deployment: i64, ttl_ms: i64) -> anyhow::Result<Lease> {
+    pub async fn take_over_lease(
+        &self,
+        app: String,
+        deployment: i64,
+        ttl_ms: i64,
+    ) -> anyhow::Result<Lease> {
         let now = now_millis();
         self.write(move |c| {
             let token: i64 = c
@@ -226,14 +241,24 @@ impl Store {
         let now = now_millis();
         self.write(move |c| {
             check_lease(c, &lease)?;
-            c.execute("UPDATE leases SET expires_at = ?2 WHERE app = ?1", params![lease.app, now + ttl_ms])?;
+            c.execute(
+                "UPDATE leases SET expires_at = ?2 WHERE app = ?1",
+                params![lease.app, now + ttl_ms],
+            )?;
             Ok(())
         })
         .await
     }
 
     /// Journal a step of one host (fenced by the lease).
-    pub async fn host_step(&self, lease: Lease, host: String, step: String, detail: Option<String>, u: HostUpdate) -> anyhow::Result<()> {
+    pub async fn host_step(
+        &self,
+        lease: Lease,
+        host: String,
+        step: String,
+        detail: Option<String>,
+        u: HostUpdate,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         self.write(move |c| {
             check_lease(c, &lease)?;
@@ -259,7 +284,12 @@ impl Store {
     }
 
     /// Journal a deployment-wide step (fenced by the lease).
-    pub async fn deployment_event(&self, lease: Lease, step: String, detail: Option<String>) -> anyhow::Result<()> {
+    pub async fn deployment_event(
+        &self,
+        lease: Lease,
+        step: String,
+        detail: Option<String>,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         self.write(move |c| {
             check_lease(c, &lease)?;
@@ -269,7 +299,13 @@ impl Store {
     }
 
     /// Record that `host` was verified running `release` (digest read back) for the app.
-    pub async fn set_app_host(&self, lease: Lease, host: String, release: Option<i64>, digest: Option<String>) -> anyhow::Result<()> {
+    pub async fn set_app_host(
+        &self,
+        lease: Lease,
+        host: String,
+        release: Option<i64>,
+        digest: Option<String>,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         self.write(move |c| {
             check_lease(c, &lease)?;
@@ -285,7 +321,13 @@ impl Store {
     }
 
     /// End the deployment with its verdict and give the lease back.
-    pub async fn finish_deployment(&self, lease: Lease, status: &'static str, reason: Option<String>, failing_host: Option<String>) -> anyhow::Result<()> {
+    pub async fn finish_deployment(
+        &self,
+        lease: Lease,
+        status: &'static str,
+        reason: Option<String>,
+        failing_host: Option<String>,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         self.write(move |c| {
             check_lease(c, &lease)?;
@@ -300,7 +342,10 @@ impl Store {
         .await
     }
 
-    pub async fn deployment(&self, id: i64) -> anyhow::Result<Option<(Deployment, Vec<DeploymentHost>, Vec<DeploymentEvent>)>> {
+    pub async fn deployment(
+        &self,
+        id: i64,
+    ) -> anyhow::Result<Option<(Deployment, Vec<DeploymentHost>, Vec<DeploymentEvent>)>> {
         self.read(move |c| {
             let Some(d) = c
                 .query_row(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"), [id], deployment_from_row)
@@ -361,7 +406,9 @@ impl Store {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'running' ORDER BY id"
             ))?;
-            Ok(stmt.query_map([], deployment_from_row)?.collect::<Result<_, _>>()?)
+            Ok(stmt
+                .query_map([], deployment_from_row)?
+                .collect::<Result<_, _>>()?)
         })
         .await
     }

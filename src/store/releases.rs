@@ -56,8 +56,7 @@ pub struct App {
     pub latest: i64,
 }
 
-const RELEASE_COLUMNS: &str =
-    "app, number, repo, commit_sha, run, step, repository, manifest_digest, config_digest, tags, deploy, created_at";
+const RELEASE_COLUMNS: &str = "app, number, repo, commit_sha, run, step, repository, manifest_digest, config_digest, tags, deploy, created_at";
 
 fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
     let tags: String = r.get(9)?;
@@ -117,7 +116,12 @@ impl Store {
     }
 
     /// An app's releases, newest first.
-    pub async fn releases(&self, app: String, limit: u32, before: Option<i64>) -> anyhow::Result<Vec<Release>> {
+    pub async fn releases(
+        &self,
+        app: String,
+        limit: u32,
+        before: Option<i64>,
+    ) -> anyhow::Result<Vec<Release>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RELEASE_COLUMNS} FROM releases WHERE app = ?1 AND number < ?2 ORDER BY number DESC LIMIT ?3"
@@ -143,8 +147,9 @@ impl Store {
     /// Every app with releases, by name.
     pub async fn apps(&self) -> anyhow::Result<Vec<App>> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT app, COUNT(*), MAX(number) FROM releases GROUP BY app ORDER BY app")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT app, COUNT(*), MAX(number) FROM releases GROUP BY app ORDER BY app",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok(App {
                     app: r.get(0)?,
