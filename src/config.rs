@@ -492,6 +492,15 @@ fn resolve(
 }
 
 fn check_docker_url(key: &str, url: &str) -> Result<(), String> {
+    // bollard hands `user@host:port` to ssh without its scheme, and ssh then takes
+    // `host:port` for a host name: the port has to come from the ssh config instead.
+    if let Some(rest) = url.strip_prefix("ssh://")
+        && (rest.contains(':') || rest.contains('/'))
+    {
+        return Err(format!(
+            "{key} = {url:?}: give ssh:// engines as ssh://user@host; put a port in the agent user's ~/.ssh/config (Host alias, HostName, Port) and write ssh://user@alias"
+        ));
+    }
     if ["unix://", "tcp://", "ssh://"]
         .iter()
         .any(|p| url.starts_with(p) && url.len() > p.len())

@@ -33,7 +33,11 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Docke
     };
     match tokio::time::timeout(CONNECT_DEADLINE, reach).await {
         Ok(Ok(docker)) => Ok(docker),
-        Ok(Err(e)) => bail!("cannot reach the Docker engine at {url}: {e}; is dockerd running?"),
+        Ok(Err(e)) => bail!(
+            "cannot reach the Docker engine at {url}: {}{}",
+            error_chain(&e),
+            hint(url)
+        ),
         Err(_) => bail!(
             "cannot reach the Docker engine at {url}: no answer within {}s; is dockerd running?",
             CONNECT_DEADLINE.as_secs()
@@ -41,10 +45,40 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Docke
     }
 }
 
+/// Every cause of a bollard error: its top level alone says things like "client error (Connect)".
+fn error_chain(e: &bollard::errors::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// What to check, by transport.
+fn hint(url: &str) -> &'static str {
+    if url.starts_with("ssh://") {
+        "; check that `ssh` reaches the host as that user with a key (not a password) and that `docker` runs there"
+    } else if url.starts_with("tcp://") {
+        "; check the address, that dockerd listens there, and the tls files against its CA"
+    } else {
+        "; is dockerd running?"
+    }
+}
+
 /// Builds the client for the URL's scheme without talking to the engine yet.
 fn open(url: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Docker> {
     let unreachable = |e: bollard::errors::Error| {
-        anyhow::anyhow!("cannot reach the Docker engine at {url}: {e}; is dockerd running?")
+        anyhow::anyhow!(
+            "cannot reach the Docker engine at {url}: {}{}",
+            error_chain(&e),
+            hint(url)
+        )
     };
     if let Some(path) = url.strip_prefix("unix://") {
         if tls.is_some() {
@@ -59,22 +93,40 @@ fn open(url: &str, tls: Option<&TlsConfig>) -> anyhow::Result<Docker> {
             .map_err(unreachable)
     } else if url.starts_with("tcp://") {
         match tls {
-            Some(tls) => Docker::connect_with_ssl(
-                url,
-                &tls.key,
-                &tls.cert,
-                &tls.ca,
-                REQUEST_TIMEOUT_SECS,
-                API_DEFAULT_VERSION,
-            )
-            .with_context(|| {
-                format!(
-                    "Docker engine {url}: cannot load the TLS files (ca {}, cert {}, key {})",
-                    tls.ca.display(),
-                    tls.cert.display(),
-                    tls.key.display()
+            Some(tls) => {
+                // bollard reads the client certificate and key only during the handshake and
+                // sends none when that fails; read them here so a wrong path is named.
+                for (what, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+                    let pem = std::fs::read_to_string(path).with_context(|| {
+                        format!(
+                            "Docker engine {url}: cannot read the tls {what} file {}",
+                            path.display()
+                        )
+                    })?;
+                    if !pem.contains("-----BEGIN ") {
+                        bail!(
+                            "Docker engine {url}: the tls {what} file {} is not PEM",
+                            path.display()
+                        );
+                    }
+                }
+                Docker::connect_with_ssl(
+                    url,
+                    &tls.key,
+                    &tls.cert,
+                    &tls.ca,
+                    REQUEST_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
                 )
-            }),
+                .with_context(|| {
+                    format!(
+                        "Docker engine {url}: cannot load the TLS files (ca {}, cert {}, key {})",
+                        tls.ca.display(),
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })
+            }
             None => Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
                 .map_err(unreachable),
         }

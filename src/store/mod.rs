@@ -363,16 +363,15 @@ fn accept_one(c: &Connection, intake: &Intake, now: i64) -> anyhow::Result<Accep
     let e = &intake.event;
     let existing: Option<i64> = c
         .prepare_cached(
-            "SELECT id FROM deliveries
+            // MIN, not ORDER BY … LIMIT 1: the OR of two unique indexes would sort in a temp b-tree.
+            "SELECT MIN(id) FROM deliveries
              WHERE (forge = ?1 AND delivery_id = ?2 AND git_ref = ?3)
-                OR (repo = ?4 AND git_ref = ?3 AND after_sha = ?5)
-             ORDER BY id LIMIT 1",
+                OR (repo = ?4 AND git_ref = ?3 AND after_sha = ?5)",
         )?
         .query_row(
             params![e.forge.as_str(), e.delivery_id, e.git_ref, e.repo, e.after],
             |r| r.get(0),
-        )
-        .optional()?;
+        )?;
     if let Some(id) = existing {
         return Ok(Accepted {
             id,

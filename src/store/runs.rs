@@ -248,7 +248,8 @@ impl Store {
                 "UPDATE runs SET status = 'running', attempts = attempts + 1, started_at = ?2, reason = NULL WHERE id = ?1",
             )?
             .execute(params![id, now])?;
-            Ok(c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [id], run_from_row)
+            Ok(c.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
+                .query_row([id], run_from_row)
                 .optional()?)
         })
         .await
