@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Agent, GitRepo, SECRET, TOKEN, builder, post, signed_headers};
-use hoist::forge::Forge;
+use common::{Agent, GitRepo, TOKEN, api, builder, push_github, run_log, wait_for};
 use serde_json::{Value, json};
 
 static HOSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -99,63 +98,9 @@ fn agent(dir: &Path, repo: &GitRepo) -> Agent {
 }
 
 async fn push(agent: &Agent, commit: &str) -> i64 {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/github/go-scm-push.json"
-    );
-    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["repository"]["full_name"] = "acme/web".into();
-    v["ref"] = "refs/heads/main".into();
-    v["after"] = commit.into();
-    v["head_commit"]["message"] = "deploy".into();
-    let body = serde_json::to_vec(&v).unwrap();
-    let headers = signed_headers(Forge::Github, &format!("d-{commit}"), SECRET, &body);
-    let r = post(
-        &reqwest::Client::new(),
-        &format!("{}/hooks/github", agent.url),
-        &headers,
-        body,
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["runs"][0]
+    push_github(agent, "acme/web", "main", commit, "deploy").await["runs"][0]
         .as_i64()
         .unwrap()
-}
-
-async fn api(agent: &Agent, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1{path}", agent.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_for(
-    agent: &Agent,
-    path: &str,
-    what: &str,
-    secs: u64,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = api(agent, path).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not become {what} within {secs} s: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn run_end(agent: &Agent, run: i64) -> Value {
@@ -163,16 +108,6 @@ async fn run_end(agent: &Agent, run: i64) -> Value {
         !["queued", "running"].contains(&r["status"].as_str().unwrap_or(""))
     })
     .await
-}
-
-async fn log(agent: &Agent, run: i64) -> String {
-    let chunks = api(agent, &format!("/runs/{run}/logs")).await;
-    chunks
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["data"].as_str().unwrap())
-        .collect()
 }
 
 /// The latest deployment of the app.
@@ -324,7 +259,7 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
         run["status"],
         "success",
         "{run:#}\n{}",
-        log(&agent, r1).await
+        run_log(&agent, r1).await
     );
     let releases = api(&agent, "/apps/web/releases").await;
     let rel1 = releases[0].clone();
@@ -380,7 +315,7 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
         run["status"],
         "success",
         "{run:#}\n{}",
-        log(&agent, r2).await
+        run_log(&agent, r2).await
     );
     let (ok, failed, errors) = load.finish().await;
     assert!(ok > 50, "too little load went through: {ok}");

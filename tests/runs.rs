@@ -6,8 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Agent, GitRepo, SECRET, TOKEN, builder, post, signed_headers};
-use hoist::forge::Forge;
+use common::{Agent, GitRepo, TOKEN, api, builder, push_github, run_log, wait_for};
 use serde_json::Value;
 
 const DB_URL: &str = "postgres://app:s3cr3t-pa55word@db/app";
@@ -30,30 +29,8 @@ fn agent(dir: &Path, repo: &GitRepo, poll: &str) -> Agent {
 
 /// Send the signed push a forge would send for `commit` on `branch`; returns the queued run ids.
 async fn push(agent: &Agent, branch: &str, commit: &str, message: &str) -> Vec<i64> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/github/go-scm-push.json"
-    );
-    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["repository"]["full_name"] = "acme/app".into();
-    v["ref"] = format!("refs/heads/{branch}").into();
-    v["after"] = commit.into();
-    v["head_commit"]["id"] = commit.into();
-    v["head_commit"]["message"] = message.into();
-    let body = serde_json::to_vec(&v).unwrap();
-    let headers = signed_headers(Forge::Github, &format!("d-{commit}"), SECRET, &body);
-    let r = post(
-        &reqwest::Client::new(),
-        &format!("{}/hooks/github", agent.url),
-        &headers,
-        body,
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 202);
-    let v: Value = r.json().await.unwrap();
-    v["runs"]
+    let answer = push_github(agent, "acme/app", branch, commit, message).await;
+    answer["runs"]
         .as_array()
         .unwrap()
         .iter()
@@ -61,32 +38,9 @@ async fn push(agent: &Agent, branch: &str, commit: &str, message: &str) -> Vec<i
         .collect()
 }
 
-async fn api(agent: &Agent, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1{path}", agent.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Wait (bounded) until run `id` satisfies `done`; returns the run with its steps.
 async fn wait_run(agent: &Agent, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = api(agent, &format!("/runs/{id}")).await;
-        if done(&run) {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run {id} did not become {what} within 60 s: {run:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(agent, &format!("/runs/{id}"), what, 60, done).await
 }
 
 async fn wait_end(agent: &Agent, id: i64) -> Value {
@@ -94,16 +48,6 @@ async fn wait_end(agent: &Agent, id: i64) -> Value {
         !["queued", "running"].contains(&r["status"].as_str().unwrap_or(""))
     })
     .await
-}
-
-async fn log_text(agent: &Agent, id: i64) -> String {
-    let chunks = api(agent, &format!("/runs/{id}/logs")).await;
-    chunks
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["data"].as_str().unwrap())
-        .collect()
 }
 
 const PASSING: &str = "app: app\nsteps:\n  - name: test\n    image: lab/busybox:1\n    commands:\n      - cat hello.txt\n      - echo \"branch=$HOIST_BRANCH commit=$HOIST_COMMIT_SHORT\"\n  - name: on-agent\n    shell: [\"test -f hello.txt\", \"echo agent-side ok\"]\n";
@@ -130,7 +74,7 @@ async fn a_passing_pipeline_runs_its_steps_on_the_pushed_commit() {
     assert_eq!(run["commit"], commit.as_str());
     assert_eq!(run["steps"][0]["status"], "success");
     assert_eq!(run["steps"][1]["status"], "success");
-    let log = log_text(&agent, runs[0]).await;
+    let log = run_log(&agent, runs[0]).await;
     assert!(log.contains("hello from the commit"), "{log}");
     assert!(!log.contains("a later commit"), "{log}");
     assert!(
@@ -191,7 +135,7 @@ async fn a_failing_step_fails_the_run_with_its_exit_code_and_stops_there() {
     assert_eq!(steps[1]["status"], "failed");
     assert_eq!(steps[1]["exit_code"], 3);
     assert_eq!(steps[2]["status"], "skipped");
-    let log = log_text(&agent, runs[0]).await;
+    let log = run_log(&agent, runs[0]).await;
     assert!(
         log.contains("before") && !log.contains("never-printed") && !log.contains("never-run"),
         "{log}"
@@ -272,7 +216,7 @@ async fn secrets_are_masked_and_push_data_is_never_shell_text() {
     let runs = push(&agent, &branch, &commit, "masking").await;
     let run = wait_end(&agent, runs[0]).await;
     assert_eq!(run["status"], "success", "{run:#}");
-    let log = log_text(&agent, runs[0]).await;
+    let log = run_log(&agent, runs[0]).await;
     assert!(log.contains("db=***"), "{log}");
     assert!(!log.contains("s3cr3t-pa55word"), "the secret leaked: {log}");
     assert!(log.contains(&format!("branch={branch}")), "{log}");
@@ -342,7 +286,7 @@ async fn kill_9_mid_run_then_restart_requeues_and_finishes() {
     let run = wait_end(&second, id).await;
     assert_eq!(run["status"], "success", "{run:#}");
     assert_eq!(run["attempts"], 2);
-    assert!(log_text(&second, id).await.contains("finished"));
+    assert!(run_log(&second, id).await.contains("finished"));
     // The killed agent's container was removed, and the second attempt's too.
     let out = std::process::Command::new("docker")
         .args([

@@ -268,3 +268,73 @@ pub fn git_out(dir: &Path, args: &[&str]) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// GET an API path (after `/api/v1`) with the test token; the JSON answer.
+pub async fn api(agent: &Agent, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1{path}", agent.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Poll an API path (bounded by `secs`) until `done` holds for its answer; returns it.
+pub async fn wait_for(
+    agent: &Agent,
+    path: &str,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = api(agent, path).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not become {what} within {secs} s: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A run's whole stored log as text.
+pub async fn run_log(agent: &Agent, run: i64) -> String {
+    let chunks = api(agent, &format!("/runs/{run}/logs")).await;
+    chunks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data"].as_str().unwrap())
+        .collect()
+}
+
+/// Send the signed GitHub push a forge would send for `commit` on `branch` of `repo`;
+/// asserts 202 and returns the answer (`{"delivery": …, "runs": […]}`).
+pub async fn push_github(
+    agent: &Agent,
+    repo: &str,
+    branch: &str,
+    commit: &str,
+    message: &str,
+) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&github_push(repo, &format!("refs/heads/{branch}"), commit))
+            .unwrap();
+    v["head_commit"]["message"] = message.into();
+    let body = serde_json::to_vec(&v).unwrap();
+    let headers = signed_headers(Forge::Github, &format!("d-{commit}"), SECRET, &body);
+    let url = format!("{}/hooks/github", agent.url);
+    let r = post(&reqwest::Client::new(), &url, &headers, body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
