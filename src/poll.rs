@@ -97,9 +97,7 @@ pub async fn poll_repo(q: &Arc<Queue>, repo: &str) -> anyhow::Result<Vec<i64>> {
                     cancel_superseded: conf.cancel_superseded,
                 })
                 .await?;
-            for id in created.superseded_running {
-                q.cancel_running(id, format!("superseded by run {}", created.id));
-            }
+            q.supersede(&created.superseded_running, created.id);
             tracing::info!(
                 repo,
                 git_ref,

@@ -90,6 +90,15 @@ impl Queue {
         }
     }
 
+    /// A newer run of the same branch was queued: cancel the running runs it supersedes, and
+    /// look at the queue.
+    pub fn supersede(&self, running: &[i64], by: i64) {
+        for old in running {
+            self.cancel_running(*old, format!("superseded by run {by}"));
+        }
+        self.wake();
+    }
+
     /// Why a run was cancelled, if it was.
     pub fn cancel_reason(&self, run: i64) -> Option<String> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());

@@ -272,13 +272,8 @@ async fn receive(
                 tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
             }
             for a in &accepted {
-                for (old, new) in a
-                    .superseded_running
-                    .iter()
-                    .zip(std::iter::repeat(a.runs.first()))
-                {
-                    let by = new.map_or_else(|| "a newer push".to_string(), |n| format!("run {n}"));
-                    s.queue.cancel_running(*old, format!("superseded by {by}"));
+                if let Some(&run) = a.runs.first() {
+                    s.queue.supersede(&a.superseded_running, run);
                 }
             }
             s.queue.wake();

@@ -166,11 +166,7 @@ pub async fn start_run(
         })
         .await
         .map_err(ApiError::internal)?;
-    for old in created.superseded_running {
-        s.queue
-            .cancel_running(old, format!("superseded by run {}", created.id));
-    }
-    s.queue.wake();
+    s.queue.supersede(&created.superseded_running, created.id);
     Ok((StatusCode::ACCEPTED, Json(json!({ "run": created.id }))).into_response())
 }
 
@@ -240,11 +236,7 @@ pub async fn replay_delivery(
         })
         .await
         .map_err(ApiError::internal)?;
-    for old in created.superseded_running {
-        s.queue
-            .cancel_running(old, format!("superseded by run {}", created.id));
-    }
-    s.queue.wake();
+    s.queue.supersede(&created.superseded_running, created.id);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "delivery": id, "runs": [created.id] })),
