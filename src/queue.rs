@@ -128,7 +128,8 @@ impl Queue {
         }
     }
 
-    /// The build engine, connecting on first use (and again after `forget_builder`).
+    /// The build engine, connecting on first use. bollard opens a new connection per request on
+    /// the same handle, so an engine restart needs no reconnect here.
     pub async fn builder(&self) -> anyhow::Result<bollard::Docker> {
         let mut slot = self.builder.lock().await;
         if let Some(d) = slot.as_ref() {
@@ -137,11 +138,6 @@ impl Queue {
         let d = crate::engine::connect(&self.config.builder.docker, None).await?;
         *slot = Some(d.clone());
         Ok(d)
-    }
-
-    /// Drop the cached connection, so that the next step reconnects (the engine restarted).
-    pub async fn forget_builder(&self) {
-        *self.builder.lock().await = None;
     }
 
     /// The lock for one repository's mirror.

@@ -86,6 +86,8 @@ async fn hooks_checkout(
     release: &crate::store::Release,
 ) -> Option<std::path::PathBuf> {
     let (mirror, _) =
+        // The release was built from this commit, so the mirror has it and no fetch happens;
+        // the ref only matters to a mirror that lost it (then a branch head is asked for).
         crate::worker::fetch_pipeline(q, &release.repo, "refs/heads/main", &release.commit)
             .await
             .ok()?;
