@@ -236,12 +236,7 @@ pub fn receive(
     secret_for: impl Fn(&str) -> Option<Vec<u8>>,
 ) -> Result<Received, ForgeError> {
     let decoded = decode_body(forge, headers, body)?;
-    let payload: Value = serde_json::from_slice(&decoded.json).map_err(|e| {
-        Malformed(format!(
-            "the body is not valid JSON ({e}); hoist expects the forge's push payload as \
-             application/json, or form-encoded with a `payload` field"
-        ))
-    })?;
+    let payload = parse_payload(&decoded.json)?;
     if !payload.is_object() {
         return Err(Malformed(
             "the body is JSON but not an object; hoist expects the forge's push payload".into(),
@@ -301,6 +296,288 @@ pub fn push_headers(forge: Forge, delivery_id: &str) -> Vec<(&'static str, Strin
         (forge.event_header(), forge.push_event().to_string()),
         (delivery, delivery_id.to_string()),
     ]
+}
+
+/// Parses the payload into a `Value` that holds only the fields hoist reads (see [`PAYLOAD`]):
+/// the rest is checked exactly as a full parse checks it (UTF-8, escapes, number range, nesting
+/// depth) but never allocated. On any error the body is parsed again in full, so the message is
+/// the one a full parse gives.
+fn parse_payload(json: &[u8]) -> Result<Value, ForgeError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let pruned = serde::de::DeserializeSeed::deserialize(&PAYLOAD, &mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    if let Ok(payload) = pruned {
+        return Ok(payload);
+    }
+    serde_json::from_slice(json).map_err(|e| {
+        Malformed(format!(
+            "the body is not valid JSON ({e}); hoist expects the forge's push payload as \
+             application/json, or form-encoded with a `payload` field"
+        ))
+    })
+}
+
+/// Which parts of a payload [`receive`] reads. Where the JSON has another type than the shape
+/// expects, the value is kept whole, so type errors name what was sent.
+enum Shape {
+    /// Kept whole.
+    Leaf,
+    /// An object keeping only these fields.
+    Object(&'static [(&'static str, Shape)]),
+    /// An array of elements of this shape.
+    Array(&'static Shape),
+}
+
+const AUTHOR: Shape = Shape::Object(&[
+    ("raw", Shape::Leaf),
+    ("name", Shape::Leaf),
+    ("user", Shape::Object(&[("display_name", Shape::Leaf)])),
+]);
+
+const COMMIT: Shape = Shape::Object(&[
+    ("id", Shape::Leaf),
+    ("message", Shape::Leaf),
+    ("author", AUTHOR),
+]);
+
+const CHANGE: Shape = Shape::Object(&[
+    (
+        "new",
+        Shape::Object(&[
+            ("type", Shape::Leaf),
+            ("name", Shape::Leaf),
+            (
+                "target",
+                Shape::Object(&[
+                    ("hash", Shape::Leaf),
+                    ("message", Shape::Leaf),
+                    ("author", AUTHOR),
+                ]),
+            ),
+        ]),
+    ),
+    (
+        "old",
+        Shape::Object(&[
+            ("type", Shape::Leaf),
+            ("target", Shape::Object(&[("hash", Shape::Leaf)])),
+        ]),
+    ),
+    ("created", Shape::Leaf),
+    ("forced", Shape::Leaf),
+]);
+
+/// Every field any forge's push, ping, create or delete payload is read for.
+const PAYLOAD: Shape = Shape::Object(&[
+    ("ref", Shape::Leaf),
+    ("ref_type", Shape::Leaf),
+    ("before", Shape::Leaf),
+    ("after", Shape::Leaf),
+    ("created", Shape::Leaf),
+    ("deleted", Shape::Leaf),
+    ("forced", Shape::Leaf),
+    ("checkout_sha", Shape::Leaf),
+    ("user_username", Shape::Leaf),
+    ("user_name", Shape::Leaf),
+    ("repository", Shape::Object(&[("full_name", Shape::Leaf)])),
+    (
+        "project",
+        Shape::Object(&[("path_with_namespace", Shape::Leaf)]),
+    ),
+    ("head_commit", COMMIT),
+    ("commits", Shape::Array(&COMMIT)),
+    (
+        "pusher",
+        Shape::Object(&[
+            ("login", Shape::Leaf),
+            ("username", Shape::Leaf),
+            ("name", Shape::Leaf),
+        ]),
+    ),
+    (
+        "actor",
+        Shape::Object(&[
+            ("username", Shape::Leaf),
+            ("nickname", Shape::Leaf),
+            ("display_name", Shape::Leaf),
+        ]),
+    ),
+    ("push", Shape::Object(&[("changes", Shape::Array(&CHANGE))])),
+]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for &'static Shape {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self {
+            Shape::Leaf => serde::Deserialize::deserialize(d),
+            _ => d.deserialize_any(self),
+        }
+    }
+}
+
+/// Builds the same `Value` as a full parse for anything but an object or array of the expected
+/// kind, which it prunes.
+impl<'de> serde::de::Visitor<'de> for &'static Shape {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        match self {
+            Shape::Array(item) => {
+                while let Some(v) = seq.next_element_seed(*item)? {
+                    items.push(v);
+                }
+            }
+            _ => {
+                while let Some(v) = seq.next_element()? {
+                    items.push(v);
+                }
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        let Shape::Object(fields) = self else {
+            while let Some(key) = map.next_key::<String>()? {
+                out.insert(key, map.next_value()?);
+            }
+            return Ok(Value::Object(out));
+        };
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match fields.iter().find(|(name, _)| *name == &*key.0) {
+                Some((_, shape)) => {
+                    let value = map.next_value_seed(shape)?;
+                    out.insert(key.0.into_owned(), value);
+                }
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A value hoist doesn't read: parsed and checked like any other (unlike `IgnoredAny`, which
+/// lets invalid UTF-8, lone surrogates and out-of-range numbers through), but never stored.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_none<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
 }
 
 /// A request body split into the JSON to read and the bytes the signature covers.
