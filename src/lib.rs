@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `hoist` command line; thin, one function per command.
+//! - [`client`], [`local`]: client commands talking to an agent; `hoist run` on a local checkout.
 //! - [`config`]: `hoist.toml`, parsed strictly; secrets resolved at start.
 //! - [`forge`]: webhook signature schemes and payloads of each forge, normalized into one push event.
 //! - [`store`]: the embedded SQLite database: one writer thread with group commit, readers beside it.
@@ -13,6 +14,8 @@
 //! - [`checkout`]: git: per-repo mirrors, exact-commit fetch, workspaces, remote heads.
 //! - [`runner`]: executes one step, in a container on the builder or as a shell process.
 //! - [`engine`]: connections to Docker engines.
+//! - [`image`]: build, push, and verify by digest with an independent registry client.
+//! - [`deploy`]: rollouts and rollbacks across hosts: one journaled engine, host operations, health.
 //! - [`poll`]: finds pushes whose webhook never came.
 //! - [`agent`]: `hoist serve` wiring: state, server, workers, graceful shutdown.
 //!
