@@ -17,6 +17,10 @@
 //! a time limit per operation and for the whole benchmark; the lab's builder (unix socket) and
 //! registry (10.203.0.1:5000) only. Needs the lab: `scripts/lab up`.
 
+mod support;
+
+use support::{env_or, loadavg, rss_kib};
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
@@ -74,7 +78,7 @@ fn main() {
     let began = Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let docker = rt.block_on(preflight());
-    let rss_before = rss_kib("VmRSS");
+    let rss_before = rss_kib("self", "VmRSS");
 
     let dir = tempfile::tempdir().unwrap();
     let context = dir.path().join("context");
@@ -139,7 +143,7 @@ fn main() {
         }
         (hoist_runs, cli_runs)
     }));
-    let peak_rss = rss_kib("VmHWM");
+    let peak_rss = rss_kib("self", "VmHWM");
     let removed = rt.block_on(cleanup(&docker, &built.lock().unwrap()));
     let (hoist_runs, cli_runs) = match outcome {
         Ok(runs) => runs,
@@ -455,30 +459,4 @@ fn p50(v: &[f64]) -> f64 {
 
 fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -4,6 +4,10 @@
 //! Run: `scripts/bench-intake` (or `cargo bench --bench intake`). Bounded: a fixed count of
 //! requests per phase, all to 127.0.0.1, with a time limit per phase.
 
+mod support;
+
+use support::{env_or, rss_kib};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -48,7 +52,7 @@ fn main() {
         .strip_prefix("hoist listening on ")
         .expect("listening line")
         .to_string();
-    let idle_rss = rss_kib(pid, "VmRSS");
+    let idle_rss = rss_kib(&pid.to_string(), "VmRSS");
 
     let template = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -98,7 +102,7 @@ fn main() {
         deliveries.into_iter().map(Some).collect(),
         202,
     ));
-    let peak_rss = rss_kib(pid, "VmHWM");
+    let peak_rss = rss_kib(&pid.to_string(), "VmHWM");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -202,21 +206,4 @@ async fn load(
         p99_ms: pct(0.99),
         errors,
     }
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -14,6 +14,10 @@
 //! BENCH_REPS (5), one run at a time, a time limit per run and for the whole benchmark;
 //! 127.0.0.1 and the lab's builder only. Needs the lab: `scripts/lab up`.
 
+mod support;
+
+use support::{env_or, loadavg, rss_kib};
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -156,7 +160,7 @@ fn main() {
     let agent = launch(dir.path(), &repo, &builder_url);
     let pid = agent.child.id();
     std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = rss_kib(pid, "VmRSS");
+    let idle_rss = rss_kib(&pid.to_string(), "VmRSS");
     let client = reqwest::Client::new();
     // Each push is a new commit whose step names carry `k`.
     let new_commit = |k: &str| repo.commit("main", k, &[(".hoist.yml", &pipeline(&tag, k))]);
@@ -210,8 +214,8 @@ fn main() {
         }
     }
 
-    let after_rss = rss_kib(pid, "VmRSS");
-    let peak_rss = rss_kib(pid, "VmHWM");
+    let after_rss = rss_kib(&pid.to_string(), "VmRSS");
+    let peak_rss = rss_kib(&pid.to_string(), "VmHWM");
     drop(agent);
     let load_after = loadavg();
 
@@ -550,30 +554,4 @@ fn p50(v: &[f64]) -> f64 {
 
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
