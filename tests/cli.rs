@@ -6,8 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, GitRepo, SECRET, TOKEN, builder, post, signed_headers};
-use hoist::forge::Forge;
+use common::{Agent, GitRepo, TOKEN, api, builder, push_github};
 use serde_json::{Value, json};
 
 fn hoist(args: &[&str]) -> std::process::Output {
@@ -161,36 +160,12 @@ async fn runs_logs_follow_manual_run_and_replay() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("one") && text.contains("two"), "{text}");
-    let detail: Value = client
-        .get(format!("{}/api/v1/runs/{run}", agent.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail = api(&agent, &format!("/runs/{run}")).await;
     assert_eq!(detail["commit"], commit.as_str());
     assert_eq!(detail["trigger"], "manual");
 
     // A delivery, then its replay: a second run of the same commit.
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/webhooks/github/go-scm-push.json"
-    );
-    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["repository"]["full_name"] = "acme/app".into();
-    v["ref"] = "refs/heads/main".into();
-    v["after"] = commit.as_str().into();
-    let body = serde_json::to_vec(&v).unwrap();
-    let h = signed_headers(Forge::Github, "replay-me", SECRET, &body);
-    let answer: Value = post(&client, &format!("{}/hooks/github", agent.url), &h, body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = push_github(&agent, "acme/app", "main", &commit, "follow me").await;
     let delivery = answer["delivery"].as_i64().unwrap();
     let replay: Value = client
         .post(format!("{}/api/v1/deliveries/{delivery}/replay", agent.url))

@@ -97,6 +97,19 @@ fn agent(dir: &Path, repo: &GitRepo) -> Agent {
     Agent::launch(dir, &config)
 }
 
+/// Clean hosts, the demo app in a new repository, an agent, and its release 1 rolled out.
+async fn first_release(dir: &Path) -> (Agent, GitRepo, Value) {
+    clean_hosts();
+    let repo = app_repo(dir);
+    std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
+    let c1 = repo.commit("main", "v1", &[]);
+    let agent = agent(dir, &repo);
+    let run = run_end(&agent, push(&agent, &c1).await).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
+    (agent, repo, rel1)
+}
+
 async fn push(agent: &Agent, commit: &str) -> i64 {
     push_github(agent, "acme/web", "main", commit, "deploy").await["runs"][0]
         .as_i64()
@@ -431,17 +444,8 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_exits_at_once_is_rolled_back_fast() {
     let _turn = HOSTS.lock().await;
-    clean_hosts();
     let dir = tempfile::tempdir().unwrap();
-    let repo = app_repo(dir.path());
-    std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
-    let c1 = repo.commit("main", "v1", &[]);
-    let agent = agent(dir.path(), &repo);
-    assert_eq!(
-        run_end(&agent, push(&agent, &c1).await).await["status"],
-        "success"
-    );
-    let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
+    let (agent, repo, rel1) = first_release(dir.path()).await;
 
     // The process does not stay in the foreground: the container exits at once.
     let dockerfile = std::fs::read_to_string(repo.work.join("Dockerfile"))
@@ -466,17 +470,8 @@ async fn a_container_that_exits_at_once_is_rolled_back_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     let _turn = HOSTS.lock().await;
-    clean_hosts();
     let dir = tempfile::tempdir().unwrap();
-    let repo = app_repo(dir.path());
-    std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
-    let c1 = repo.commit("main", "v1", &[]);
-    let mut agent = agent(dir.path(), &repo);
-    assert_eq!(
-        run_end(&agent, push(&agent, &c1).await).await["status"],
-        "success"
-    );
-    let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
+    let (mut agent, repo, rel1) = first_release(dir.path()).await;
 
     // h3's dockerd dies while h1 is being switched: h3 fails, h1 and h2 go back to release 1.
     let c2 = repo.commit("main", "v2", &[("www/index.html", "hoist demo app v2")]);
