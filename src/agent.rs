@@ -34,7 +34,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     recover(&store, &config).await?;
     let queue = Queue::new(store.clone(), config.clone(), shutdown.clone());
     // Deployments a crash left running are resolved before any run may deploy (they hold the
-    // app's lease while they converge), but without delaying the server.
+    // app's lease while they converge), but without delaying the server. Shutdown cuts it
+    // off: what it left unresolved is still `running` in the journal, and the next start
+    // resolves it again.
     let recovery = {
         let deployer = crate::deploy::deployer(&queue);
         tokio::spawn(async move {
@@ -51,7 +53,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = logger.await;
         })
     };
-    let dispatcher = tokio::spawn(queue.clone().dispatch());
+    let dispatcher = tokio::spawn(queue.clone().dispatch(crate::run::execute));
     let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
 
     let state = AppState {
@@ -70,7 +72,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("the HTTP server failed")?;
 
-    // Workers see the shutdown, kill their steps and leave their runs to be re-queued.
+    // Runs see the shutdown, kill their steps and leave themselves to be re-queued;
+    // deployment jobs stop acting and are resolved by the next start's recovery.
     shutdown.cancel();
     let _ = dispatcher.await;
     recovery.abort();

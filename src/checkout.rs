@@ -8,20 +8,25 @@
 //! [`Mirror::checkout`] then copies the commit from the mirror into a run's workspace without
 //! touching the network, and checks that HEAD really is the commit that was asked for.
 //!
-//! Everything here is blocking (libgit2 is); async callers wrap calls in `spawn_blocking`.
-//! Two fetches into the same mirror at once can collide on ref lock files: callers serialize
-//! work per repository.
+//! [`Mirrors`] is the async face the agent uses: it knows where each repository's mirror lives,
+//! holds one lock per repository (two fetches into the same mirror at once can collide on ref
+//! lock files), and runs the blocking libgit2 calls on the blocking pool. [`Mirror`] and
+//! [`Workspaces`] are blocking (libgit2 is).
 //!
 //! Invariant: a password in a configured URL never reaches a log or an error message: URLs
 //! are shown through [`redact_url`], libgit2's error texts are scrubbed of it.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow, bail};
 use git2::build::CheckoutBuilder;
+
+use crate::config::RepoConfig;
 use git2::{
     AutotagOption, Cred, CredentialType, Direction, ErrorCode, FetchOptions, ObjectType, Oid,
     ProxyOptions, Reference, RemoteCallbacks, Repository,
@@ -47,6 +52,98 @@ fn parse_commit(commit: &str) -> anyhow::Result<Oid> {
         bail!("{commit:?} is not a commit id (40 lowercase hex digits)");
     }
     Ok(Oid::from_str(commit)?)
+}
+
+/// Every configured repository's mirror under `data_dir/repos`, one lock per repository.
+pub struct Mirrors {
+    /// `data_dir/repos`: one bare repository per configured repository.
+    root: PathBuf,
+    /// One lock per repository: git operations on one mirror never overlap. A std Mutex: held
+    /// only to look a lock up, never across `.await`. One entry per configured repository at
+    /// most (callers pass configured names), so the map is bounded by the config.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Mirrors {
+    pub fn new(data_dir: &Path) -> Mirrors {
+        Mirrors {
+            root: data_dir.join("repos"),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where a repository's mirror lives.
+    pub fn path(&self, repo: &str) -> PathBuf {
+        self.root.join(format!("{}.git", repo.replace('/', "__")))
+    }
+
+    fn lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(repo.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Run `f` on the repository's mirror, under its lock, on the blocking pool.
+    async fn with_mirror<T: Send + 'static>(
+        &self,
+        repo: &RepoConfig,
+        f: impl FnOnce(Mirror) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let lock = self.lock(&repo.name);
+        let _guard = lock.lock().await;
+        let (path, url) = (self.path(&repo.name), repo.url.clone());
+        tokio::task::spawn_blocking(move || f(Mirror::open(&path, &url)?))
+            .await
+            .context("a git task panicked")?
+    }
+
+    /// Fetch `commit` (pushed to `git_ref`) into the mirror and read its pipeline file (None:
+    /// the commit has none). A commit the mirror already holds costs no network.
+    pub async fn fetch_pipeline(
+        &self,
+        repo: &RepoConfig,
+        git_ref: &str,
+        commit: &str,
+    ) -> anyhow::Result<(Mirror, Option<String>)> {
+        let (git_ref, commit) = (git_ref.to_string(), commit.to_string());
+        self.with_mirror(repo, move |mirror| {
+            mirror.fetch(&commit, &git_ref)?;
+            let text = mirror.read_file(&commit, crate::pipeline::FILE_NAME)?;
+            Ok((mirror, text))
+        })
+        .await
+    }
+
+    /// The remote's refs and the commits they point at (`git ls-remote`).
+    pub async fn heads(&self, repo: &RepoConfig) -> anyhow::Result<Vec<(String, String)>> {
+        self.with_mirror(repo, |mirror| mirror.ls_remote()).await
+    }
+
+    /// Fetch `commit` (pushed to `git_ref`) if the mirror lacks it, and check it out into `dest`,
+    /// replacing whatever was there.
+    pub async fn checkout(
+        &self,
+        repo: &RepoConfig,
+        git_ref: &str,
+        commit: &str,
+        dest: PathBuf,
+    ) -> anyhow::Result<PathBuf> {
+        let (git_ref, commit) = (git_ref.to_string(), commit.to_string());
+        self.with_mirror(repo, move |mirror| {
+            mirror.fetch(&commit, &git_ref)?;
+            remove_if_present(&dest)?;
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            mirror.checkout(&commit, &dest)?;
+            Ok(dest)
+        })
+        .await
+    }
 }
 
 /// A bare mirror of one configured repository under data_dir, so every run fetches only what is new.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::client::Client;
 use crate::config::Config;
 
 #[derive(Parser)]
@@ -106,17 +107,6 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-}
-
-/// How client commands reach a running agent.
-#[derive(clap::Args)]
-pub struct Client {
-    /// The agent's URL.
-    #[arg(long, env = "HOIST_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// An API token (from `hoist token create`).
-    #[arg(long, env = "HOIST_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -7,7 +7,16 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::cli::Client;
+/// How client commands reach a running agent.
+#[derive(clap::Args)]
+pub struct Client {
+    /// The agent's URL.
+    #[arg(long, env = "HOIST_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// An API token (from `hoist token create`).
+    #[arg(long, env = "HOIST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
 
 impl Client {
     fn get(&self, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {

@@ -9,14 +9,15 @@
 //! - [`api`]: the HTTP surface: webhooks, the JSON API, health.
 //! - [`web`]: the operator's page at `GET /`: one static HTML file that reads the JSON API.
 //! - [`pipeline`]: `.hoist.yml`: the model, validation, triggers, placeholders.
-//! - [`queue`]: hands queued runs to workers; cancellation and live logs of running runs.
-//! - [`worker`]: executes one run: fetch, plan, checkout, steps.
-//! - [`checkout`]: git: per-repo mirrors, exact-commit fetch, workspaces, remote heads.
+//! - [`queue`]: the one way work comes in (`accept`, `enqueue`); hands queued runs to [`run`]; cancellation.
+//! - [`run`]: executes one run: fetch, match triggers, plan, checkout, steps.
+//! - [`logs`]: a step's log pump into the store, and live-log channels for followers.
+//! - [`checkout`]: git: per-repo mirrors and their locks, exact-commit fetch, workspaces, remote heads.
 //! - [`runner`]: executes one step, in a container on the builder or as a shell process.
 //! - [`engine`]: connections to Docker engines.
 //! - [`image`]: build, push, and verify by digest with an independent registry client.
 //! - [`deploy`]: rollouts and rollbacks across hosts: one journaled engine, host operations, health.
-//! - [`poll`]: finds pushes whose webhook never came.
+//! - [`poll`]: finds pushes whose webhook never came, and enqueues them.
 //! - [`agent`]: `hoist serve` wiring: state, server, workers, graceful shutdown.
 //!
 //! See ARCHITECTURE.md for the path of a push and the invariants.
@@ -32,10 +33,11 @@ pub mod engine;
 pub mod forge;
 pub mod image;
 pub mod local;
+pub mod logs;
 pub mod pipeline;
 pub mod poll;
 pub mod queue;
+pub mod run;
 pub mod runner;
 pub mod store;
 pub mod web;
-pub mod worker;

@@ -1,33 +1,31 @@
-//! The run queue: hands queued runs to workers, at most `[runner] max_parallel` at once.
+//! The run queue: the one way work comes in ([`Queue::accept`] for pushes, [`Queue::enqueue`]
+//! for manual runs, replays and the poller), and the dispatcher that hands queued runs to the
+//! work function it is given, at most `[runner] max_parallel` at once.
 //!
 //! The store is the queue; this module only decides when to look at it. It is woken when a
-//! run is created or a worker ends, and looks every few seconds anyway, so a missed wake-up
-//! costs a little latency, never a run. It also holds what only exists while a run is
-//! running: its cancellation token and the live-log subscribers.
+//! run is created or a run ends, and looks every few seconds anyway, so a missed wake-up costs
+//! a little latency, never a run. It also holds what exists only while a run is running: its
+//! cancellation token and its live-log channel, and the agent's shared handles a run needs
+//! (mirrors, the build engine's connection).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::checkout::Mirrors;
 use crate::config::Config;
-use crate::store::{LogChunk, Store};
+use crate::logs::LiveLogs;
+use crate::store::{Accepted, Created, Intake, NewRun, Run, Status, Store};
 
 /// How often the dispatcher looks at the queue without being woken.
 const IDLE_LOOK: Duration = Duration::from_secs(2);
 
-/// Something a live-log subscriber receives.
-#[derive(Debug, Clone)]
-pub enum LogEvent {
-    Chunk(LogChunk),
-    /// The run ended with this status; no more chunks follow.
-    End(String),
-}
-
-/// A running run's handle: cancelling it stops the worker at its next step boundary and kills
+/// A running run's handle: cancelling it stops the run at its next step boundary and kills
 /// the step's container or process group.
 struct Running {
     token: CancellationToken,
@@ -36,21 +34,21 @@ struct Running {
 }
 
 pub struct Queue {
-    /// The queue itself, and where workers record everything.
+    /// The queue itself, and where runs record everything.
     pub store: Store,
     /// The agent's configuration.
     pub config: Arc<Config>,
-    /// Wakes the dispatcher: a run was queued or a worker finished.
+    /// Git: every repository's mirror and its lock.
+    pub mirrors: Mirrors,
+    /// Live-log channels of running runs.
+    pub logs: Arc<LiveLogs>,
+    /// Wakes the dispatcher: a run was queued or a run ended.
     wake: Notify,
     /// Runs being executed now. A std Mutex: held only for map operations, never across `.await`.
     running: Mutex<HashMap<i64, Running>>,
-    /// Live-log channels of running runs.
-    logs: Mutex<HashMap<i64, broadcast::Sender<LogEvent>>>,
-    /// One lock per repository: git operations on one mirror never overlap.
-    repo_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set when the agent stops.
     pub shutdown: CancellationToken,
-    /// Worker tasks, so that shutdown can wait for them to kill their steps.
+    /// Runs and deployment jobs (manual rollbacks), so that shutdown can wait for them.
     pub tasks: TaskTracker,
     /// The build engine's connection, made once: negotiating and pinging per run cost tens of
     /// milliseconds before every first step.
@@ -60,21 +58,38 @@ pub struct Queue {
 impl Queue {
     pub fn new(store: Store, config: Arc<Config>, shutdown: CancellationToken) -> Arc<Queue> {
         Arc::new(Queue {
+            mirrors: Mirrors::new(&config.data_dir),
             store,
             config,
+            logs: Arc::default(),
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
-            logs: Mutex::new(HashMap::new()),
-            repo_locks: Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
             builder: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// A run was queued: look at the queue now.
-    pub fn wake(&self) {
+    /// Store a delivery's pushes (each with its run, in one transaction), then cancel the
+    /// running runs they supersede and look at the queue.
+    pub async fn accept(&self, intakes: Vec<Intake>) -> anyhow::Result<Vec<Accepted>> {
+        let accepted = self.store.accept(intakes).await?;
+        for a in &accepted {
+            if let Some(&run) = a.runs.first() {
+                self.supersede(&a.superseded_running, run);
+            }
+        }
         self.wake.notify_one();
+        Ok(accepted)
+    }
+
+    /// Queue a run that no delivery brought (manual, replay, poll), cancel the running runs it
+    /// supersedes, and look at the queue.
+    pub async fn enqueue(&self, run: NewRun) -> anyhow::Result<Created> {
+        let created = self.store.create_run(run).await?;
+        self.supersede(&created.superseded_running, created.id);
+        self.wake.notify_one();
+        Ok(created)
     }
 
     /// Cancel a running run. Returns false when this agent is not running it.
@@ -90,13 +105,10 @@ impl Queue {
         }
     }
 
-    /// A newer run of the same branch was queued: cancel the running runs it supersedes, and
-    /// look at the queue.
-    pub fn supersede(&self, running: &[i64], by: i64) {
+    fn supersede(&self, running: &[i64], by: i64) {
         for old in running {
             self.cancel_running(*old, format!("superseded by run {by}"));
         }
-        self.wake();
     }
 
     /// Why a run was cancelled, if it was.
@@ -105,27 +117,6 @@ impl Queue {
         running
             .get(&run)
             .and_then(|r| r.reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
-    }
-
-    /// Follow a run's log live. None when the run is not running here (read the store instead).
-    pub fn subscribe(&self, run: i64) -> Option<broadcast::Receiver<LogEvent>> {
-        self.logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&run)
-            .map(|s| s.subscribe())
-    }
-
-    /// Send an event to a run's live subscribers (none listening is fine).
-    pub fn publish(&self, run: i64, event: LogEvent) {
-        if let Some(s) = self
-            .logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&run)
-        {
-            let _ = s.send(event);
-        }
     }
 
     /// The build engine, connecting on first use. bollard opens a new connection per request on
@@ -140,22 +131,17 @@ impl Queue {
         Ok(d)
     }
 
-    /// The lock for one repository's mirror.
-    pub fn repo_lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.repo_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(repo.to_string())
-            .or_default()
-            .clone()
-    }
-
     fn running_count(&self) -> usize {
         self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Claim queued runs while there is room, each into its own worker task; until shutdown.
-    pub async fn dispatch(self: Arc<Self>) {
+    /// Claim queued runs while there is room, each into its own task running `work` (which
+    /// returns the run's final status); until shutdown.
+    pub async fn dispatch<W, F>(self: Arc<Self>, work: W)
+    where
+        W: Fn(Arc<Queue>, Run, CancellationToken) -> F,
+        F: Future<Output = Status> + Send + 'static,
+    {
         let max = self.config.runner.max_parallel as usize;
         loop {
             while self.running_count() < max && !self.shutdown.is_cancelled() {
@@ -179,21 +165,17 @@ impl Queue {
                             reason: Arc::default(),
                         },
                     );
-                let (tx, _) = broadcast::channel(1024);
-                self.logs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, tx);
+                self.logs.open(id);
+                let done = work(self.clone(), run, token);
                 let q = self.clone();
                 self.tasks.spawn(async move {
-                    let status = crate::worker::execute(q.clone(), run, token).await;
-                    q.publish(id, LogEvent::End(status));
-                    q.logs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    let status = done.await;
+                    q.logs.close(id, status);
                     q.running
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&id);
-                    q.wake();
+                    q.wake.notify_one();
                 });
             }
             tokio::select! {

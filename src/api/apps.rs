@@ -43,7 +43,13 @@ pub struct RollbackRequest {
 
 /// `POST /api/v1/apps/{app}/rollback` `{"to": RELEASE}` (optional): a deployment back to an
 /// earlier release with the settings it was deployed with. 202 `{"deployment": ID}` once the
-/// lease is held and every host answered; the rest happens in the background.
+/// lease is held and every host answered; the rest is a job the agent tracks (shutdown waits
+/// for it; a restart's recovery resolves it from the journal).
+///
+/// The request blocks for the plan (store reads and a checkout of the release's hooks from the
+/// local mirror) and for `Deployer::start` (one connect and one container read per host,
+/// bounded by the engine's connect timeout), so that a busy app (409) or an unreachable host
+/// (502) is answered, with nothing changed, rather than discovered later.
 pub async fn rollback(
     auth: Authorized,
     State(s): State<AppState>,
@@ -71,7 +77,7 @@ pub async fn rollback(
         other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
     })?;
     let id = started.id();
-    tokio::spawn(async move {
+    s.queue.tasks.spawn(async move {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let logger = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {

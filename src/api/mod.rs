@@ -57,32 +57,52 @@ pub struct Metrics {
     pub deliveries_rejected: AtomicU64,
 }
 
-/// The one HTTP error type: a status and a message for the client.
+/// The one HTTP error type, in dropshot's shape: a status, the message the client reads, and
+/// (for failures of ours) the message the log gets, which the client never sees.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
+    /// For the client: what went wrong and what to do.
     pub message: String,
+    /// For the agent's log: the cause, with its chain. None for the client's own mistakes.
+    pub internal: Option<String>,
 }
 
 impl ApiError {
+    /// The client's mistake (or a state it can act on): the message says what to do.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
+            internal: None,
         }
     }
-    /// A failure of ours: the details go to the log, the client gets a stable sentence.
+
+    /// A write that failed in the store: nothing was accepted, so the client may retry.
+    pub fn not_stored(err: anyhow::Error) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "hoist could not store this request; nothing was accepted, retry shortly (the agent log says why)".into(),
+            internal: Some(format!("{err:#}")),
+        }
+    }
+
+    /// A read or other work of ours that failed: the cause goes to the log.
     pub fn internal(err: anyhow::Error) -> ApiError {
-        tracing::error!(error = format!("{err:#}"), "request failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hoist could not store this request; nothing was accepted, retry shortly (the agent log says why)",
-        )
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "hoist could not answer this request; retry shortly (the agent log says why)"
+                .into(),
+            internal: Some(format!("{err:#}")),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(cause) = &self.internal {
+            tracing::error!(status = %self.status, error = cause, "request failed");
+        }
         (self.status, Json(json!({ "error": self.message }))).into_response()
     }
 }
@@ -261,7 +281,11 @@ async fn receive(
                     event,
                 })
                 .collect();
-            let accepted = s.store.accept(intakes).await.map_err(ApiError::internal)?;
+            let accepted = s
+                .queue
+                .accept(intakes)
+                .await
+                .map_err(ApiError::not_stored)?;
             for (a, (repo, git_ref, commit)) in accepted.iter().zip(&summary) {
                 let counter = if a.duplicate {
                     &s.metrics.deliveries_duplicate
@@ -271,12 +295,6 @@ async fn receive(
                 counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
             }
-            for a in &accepted {
-                if let Some(&run) = a.runs.first() {
-                    s.queue.supersede(&a.superseded_running, run);
-                }
-            }
-            s.queue.wake();
             let ids: Vec<i64> = accepted.iter().map(|a| a.id).collect();
             let runs: Vec<i64> = accepted.iter().flat_map(|a| a.runs.clone()).collect();
             let mut answer = json!({ "delivery": ids.first(), "runs": runs });

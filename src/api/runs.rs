@@ -14,14 +14,15 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiError, AppState, Authorized, Page};
 use crate::checkout::is_commit_id;
+use crate::config::RepoConfig;
 use crate::forge::RefKind;
-use crate::queue::LogEvent;
-use crate::store::{Cancel, LogChunk, NewRun, status, trigger};
+use crate::logs::LogEvent;
+use crate::store::{Cancel, LogChunk, NewRun, Status, Trigger};
 
 #[derive(Deserialize)]
 pub struct RunFilter {
     repo: Option<String>,
-    status: Option<String>,
+    status: Option<Status>,
     limit: Option<u32>,
     before: Option<i64>,
 }
@@ -29,8 +30,14 @@ pub struct RunFilter {
 pub async fn list_runs(
     _: Authorized,
     State(s): State<AppState>,
-    Query(f): Query<RunFilter>,
+    query: Result<Query<RunFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(f) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{e}; status is one of queued, running, success, failed, cancelled, timed_out, interrupted, skipped"),
+        )
+    })?;
     let page = Page {
         limit: f.limit,
         before: f.before,
@@ -76,10 +83,10 @@ pub async fn cancel_run(
         .store
         .cancel_run(id, reason.clone())
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::not_stored)?
     {
         Cancel::NotFound => Err(no_run(id)),
-        Cancel::Dequeued => Ok(Json(json!({ "run": id, "status": status::CANCELLED }))),
+        Cancel::Dequeued => Ok(Json(json!({ "run": id, "status": Status::Cancelled }))),
         Cancel::Running => {
             s.queue.cancel_running(id, reason);
             Ok(Json(json!({ "run": id, "status": "cancelling" })))
@@ -148,43 +155,37 @@ pub async fn start_run(
                 format!("commit {c:?} must be 40 hex digits"),
             ));
         }
-        None => remote_head(&s, &repo, &body.git_ref).await?,
+        None => remote_head(&s, &conf, &body.git_ref).await?,
     };
     let created = s
-        .store
-        .create_run(NewRun {
+        .queue
+        .enqueue(NewRun {
             repo,
             git_ref: body.git_ref,
             kind,
             name: short,
             commit,
             delivery: None,
-            trigger: trigger::MANUAL,
+            trigger: Trigger::Manual,
             message: None,
             author: None,
             cancel_superseded: conf.cancel_superseded,
         })
         .await
-        .map_err(ApiError::internal)?;
-    s.queue.supersede(&created.superseded_running, created.id);
+        .map_err(ApiError::not_stored)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "run": created.id }))).into_response())
 }
 
-async fn remote_head(s: &AppState, repo: &str, git_ref: &str) -> Result<String, ApiError> {
-    let path = crate::worker::mirror_path(&s.config.data_dir, repo);
-    let url = s
-        .config
-        .repo(repo)
-        .map(|r| r.url.clone())
-        .unwrap_or_default();
-    let lock = s.queue.repo_lock(repo);
-    let _guard = lock.lock().await;
-    let heads = tokio::task::spawn_blocking(move || {
-        crate::checkout::Mirror::open(&path, &url)?.ls_remote()
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.into()))?
-    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+/// The commit `git_ref` points at on the remote. Blocks the request for one `ls-remote`
+/// (bounded by the git connect and read timeouts set in `cli::main`).
+async fn remote_head(s: &AppState, repo: &RepoConfig, git_ref: &str) -> Result<String, ApiError> {
+    let heads = s
+        .queue
+        .mirrors
+        .heads(repo)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+    let repo = &repo.name;
     heads
         .into_iter()
         .find(|(r, _)| r == git_ref)
@@ -221,22 +222,21 @@ pub async fn replay_delivery(
         )
     })?;
     let created = s
-        .store
-        .create_run(NewRun {
+        .queue
+        .enqueue(NewRun {
             repo: d.repo.clone(),
             git_ref: d.git_ref.clone(),
             kind: d.kind,
             name: d.name.clone(),
             commit: d.commit.clone(),
             delivery: Some(d.id),
-            trigger: trigger::REPLAY,
+            trigger: Trigger::Replay,
             message: d.message.clone(),
             author: d.author.clone(),
             cancel_superseded: conf.cancel_superseded,
         })
         .await
-        .map_err(ApiError::internal)?;
-    s.queue.supersede(&created.superseded_running, created.id);
+        .map_err(ApiError::not_stored)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "delivery": id, "runs": [created.id] })),
@@ -288,7 +288,7 @@ fn log_event(c: &LogChunk) -> Event {
 /// Feed one SSE client: stored chunks first, then live ones, then the end.
 async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sender<Event>) {
     // Subscribe before reading the store, so nothing falls between the two.
-    let mut live = s.queue.subscribe(run);
+    let mut live = s.queue.logs.subscribe(run);
     loop {
         let stored = match s.store.logs(run, last).await {
             Ok(c) => c,
@@ -303,7 +303,7 @@ async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sen
         let Some(rx) = live.as_mut() else {
             // Not running here: it ended (or has not started); send the end once it has ended.
             match s.store.run(run).await {
-                Ok(Some((r, _))) if status::is_terminal(&r.status) => {
+                Ok(Some((r, _))) if r.status.is_terminal() => {
                     let _ = tx
                         .send(
                             Event::default()
@@ -316,7 +316,7 @@ async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sen
                 Ok(Some(_)) => {
                     // Queued: wait for it to start.
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    live = s.queue.subscribe(run);
+                    live = s.queue.logs.subscribe(run);
                     continue;
                 }
                 _ => return,
@@ -343,7 +343,7 @@ async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sen
             // Wait until the worker has recorded the end, then drain and finish.
             for _ in 0..100 {
                 if let Ok(Some((r, _))) = s.store.run(run).await
-                    && status::is_terminal(&r.status)
+                    && r.status.is_terminal()
                 {
                     break;
                 }

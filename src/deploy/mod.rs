@@ -80,32 +80,33 @@ pub async fn rollback_plan(
     })
 }
 
-/// A checkout of the release's commit for its hooks (best effort: without one, hooks are skipped and the journal says so).
+/// A checkout of the release's commit for its hooks (best effort: without one, hooks are
+/// skipped and the journal says so). The release was built from this commit, so the mirror
+/// has it and no fetch happens; a mirror that lost it fetches the ref the release's run built.
 async fn hooks_checkout(
     q: &Arc<Queue>,
     release: &crate::store::Release,
 ) -> Option<std::path::PathBuf> {
-    let (mirror, _) =
-        // The release was built from this commit, so the mirror has it and no fetch happens;
-        // the ref only matters to a mirror that lost it (then a branch head is asked for).
-        crate::worker::fetch_pipeline(q, &release.repo, "refs/heads/main", &release.commit)
-            .await
-            .ok()?;
+    let repo = q.config.repo(&release.repo)?;
+    let git_ref = match q.store.run(release.run).await {
+        Ok(Some((run, _))) => run.git_ref,
+        _ => return None,
+    };
     let dir = q
         .config
         .data_dir
         .join("hooks")
         .join(format!("{}-r{}", release.app, release.number));
-    let commit = release.commit.clone();
-    tokio::task::spawn_blocking(move || {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.parent()?).ok()?;
-        mirror.checkout(&commit, &dir).ok()?;
-        Some(dir)
-    })
-    .await
-    .ok()
-    .flatten()
+    q.mirrors
+        .checkout(repo, &git_ref, &release.commit, dir)
+        .await
+        .map_err(|e| {
+            tracing::warn!(
+                release = release.number,
+                "cannot check out the release's hooks: {e:#}"
+            )
+        })
+        .ok()
 }
 
 /// One host as `GET /api/v1/apps/{app}/hosts` shows it.

@@ -20,6 +20,55 @@ use tokio::sync::oneshot;
 
 use crate::forge::{Forge, PushEvent, RefKind};
 
+/// A closed set of states stored as text: `as_str` is the column's (and the API's) spelling,
+/// and reading text the enum does not know is an error, never a silent default.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> anyhow::Result<$name> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(anyhow::anyhow!(concat!("unknown ", stringify!($name), " {:?}"), other)),
+                }
+            }
+        }
+
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<$name> {
+                v.as_str()?
+                    .parse()
+                    .map_err(|e: anyhow::Error| rusqlite::types::FromSqlError::Other(e.into()))
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
 mod deployments;
 mod releases;
 mod runs;
@@ -421,7 +470,7 @@ fn accept_one(c: &Connection, intake: &Intake, now: i64) -> anyhow::Result<Accep
             name: e.name.clone(),
             commit: e.after.clone(),
             delivery: Some(id),
-            trigger: trigger::PUSH,
+            trigger: Trigger::Push,
             message: e.message.clone(),
             author: e.author.clone(),
             cancel_superseded: intake.cancel_superseded,
@@ -655,7 +704,7 @@ mod tests {
             (2, false, vec![2])
         );
         let (first, _) = store.run(1).await.unwrap().unwrap();
-        assert_eq!(first.status, "cancelled");
+        assert_eq!(first.status, Status::Cancelled);
         assert!(first.reason.unwrap().starts_with("superseded"));
         let list = store.deliveries(50, None).await.unwrap();
         assert_eq!(list.iter().map(|d| d.id).collect::<Vec<_>>(), vec![2, 1]);

@@ -10,30 +10,46 @@ use serde::Serialize;
 use super::{Store, now_millis, rfc3339};
 use crate::forge::RefKind;
 
-/// Run and step states. Stored as these strings.
-pub mod status {
-    pub const QUEUED: &str = "queued";
-    pub const RUNNING: &str = "running";
-    pub const SUCCESS: &str = "success";
-    pub const FAILED: &str = "failed";
-    pub const CANCELLED: &str = "cancelled";
-    pub const TIMED_OUT: &str = "timed_out";
-    pub const INTERRUPTED: &str = "interrupted";
-    /// The commit has no pipeline, or the pipeline does not run for this ref.
-    pub const SKIPPED: &str = "skipped";
-
-    /// A run or step in one of these states never changes again.
-    pub fn is_terminal(s: &str) -> bool {
-        ![QUEUED, RUNNING].contains(&s)
+super::text_enum! {
+    /// The state of a run or of one of its steps; stored and served as the quoted strings.
+    pub enum Status {
+        Queued = "queued",
+        Running = "running",
+        Success = "success",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        TimedOut = "timed_out",
+        Interrupted = "interrupted",
+        /// The commit has no pipeline, or the pipeline does not run for this ref.
+        Skipped = "skipped",
     }
 }
 
-/// Where a run came from.
-pub mod trigger {
-    pub const PUSH: &str = "push";
-    pub const MANUAL: &str = "manual";
-    pub const REPLAY: &str = "replay";
-    pub const POLL: &str = "poll";
+impl Status {
+    /// A run or step in one of these states never changes again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+super::text_enum! {
+    /// Where a run came from.
+    pub enum Trigger {
+        Push = "push",
+        Manual = "manual",
+        Replay = "replay",
+        Poll = "poll",
+    }
+}
+
+super::text_enum! {
+    /// What a step does: which executor runs it.
+    pub enum StepKind {
+        Container = "container",
+        Shell = "shell",
+        Build = "build",
+        Deploy = "deploy",
+    }
 }
 
 /// What a new run is for.
@@ -45,7 +61,7 @@ pub struct NewRun {
     pub name: String,
     pub commit: String,
     pub delivery: Option<i64>,
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub message: Option<String>,
     pub author: Option<String>,
     /// Cancel older queued or running runs of the same repo and branch.
@@ -69,8 +85,8 @@ pub struct Run {
     pub name: String,
     pub commit: String,
     pub delivery: Option<i64>,
-    pub trigger: String,
-    pub status: String,
+    pub trigger: Trigger,
+    pub status: Status,
     pub reason: Option<String>,
     pub attempts: i64,
     pub app: Option<String>,
@@ -85,8 +101,8 @@ pub struct Run {
 pub struct Step {
     pub index: i64,
     pub name: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: StepKind,
+    pub status: Status,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub started_at: Option<String>,
@@ -114,7 +130,7 @@ pub enum Cancel {
     /// It is running: its worker must stop it.
     Running,
     /// It had already ended with this status.
-    Ended(String),
+    Ended(Status),
     NotFound,
 }
 
@@ -134,13 +150,13 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
         let mut older = c.prepare_cached(
             "SELECT id, status FROM runs WHERE repo = ?1 AND git_ref = ?2 AND status IN ('queued', 'running')",
         )?;
-        let older: Vec<(i64, String)> = older
+        let older: Vec<(i64, Status)> = older
             .query_map(params![r.repo, r.git_ref], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })?
             .collect::<Result<_, _>>()?;
         for (id, st) in older {
-            if st == status::QUEUED {
+            if st == Status::Queued {
                 c.prepare_cached(
                     "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1",
                 )?
@@ -260,7 +276,7 @@ impl Store {
         &self,
         run: i64,
         app: String,
-        steps: Vec<(String, String)>,
+        steps: Vec<(String, StepKind)>,
     ) -> anyhow::Result<()> {
         self.write(move |c| {
             c.execute("UPDATE runs SET app = ?2 WHERE id = ?1", params![run, app])?;
@@ -292,7 +308,7 @@ impl Store {
         &self,
         run: i64,
         index: i64,
-        st: &'static str,
+        st: Status,
         exit_code: Option<i64>,
         reason: Option<String>,
     ) -> anyhow::Result<()> {
@@ -313,7 +329,7 @@ impl Store {
     pub async fn finish_run(
         &self,
         run: i64,
-        st: &'static str,
+        st: Status,
         reason: Option<String>,
     ) -> anyhow::Result<()> {
         let now = now_millis();
@@ -322,8 +338,8 @@ impl Store {
                 "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
                 params![run, st, reason, now],
             )?;
-            let leftover = if st == status::SUCCESS {
-                status::SKIPPED
+            let leftover = if st == Status::Success {
+                Status::Skipped
             } else {
                 st
             };
@@ -342,20 +358,20 @@ impl Store {
     pub async fn cancel_run(&self, run: i64, reason: String) -> anyhow::Result<Cancel> {
         let now = now_millis();
         self.write(move |c| {
-            let st: Option<String> = c
+            let st: Option<Status> = c
                 .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
                 .optional()?;
-            Ok(match st.as_deref() {
+            Ok(match st {
                 None => Cancel::NotFound,
-                Some(status::QUEUED) => {
+                Some(Status::Queued) => {
                     c.execute(
                         "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1",
                         params![run, reason, now],
                     )?;
                     Cancel::Dequeued
                 }
-                Some(status::RUNNING) => Cancel::Running,
-                Some(other) => Cancel::Ended(other.to_string()),
+                Some(Status::Running) => Cancel::Running,
+                Some(other) => Cancel::Ended(other),
             })
         })
         .await
@@ -452,7 +468,7 @@ impl Store {
     pub async fn runs(
         &self,
         repo: Option<String>,
-        st: Option<String>,
+        st: Option<Status>,
         limit: u32,
         before: Option<i64>,
     ) -> anyhow::Result<Vec<Run>> {

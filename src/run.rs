@@ -1,44 +1,40 @@
-//! A worker executes one claimed run: fetch the exact commit, read its `.hoist.yml`, decide
-//! whether it runs for this ref, check it out into a fresh workspace, and run its steps in
-//! order, recording each step's state and its masked log as it goes.
+//! One run, end to end: fetch the exact commit, read its `.hoist.yml`, decide whether it runs
+//! for this ref (the one place triggers are matched), check it out into a fresh workspace, and
+//! run its steps in order, recording each step's state and its masked log as it goes.
+//!
+//! The queue's dispatcher calls [`execute`] for each claimed run; this module depends on the
+//! queue, never the other way round.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::sync::mpsc;
+use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
 
-use std::collections::BTreeMap;
-
-use crate::checkout::{Mirror, Workspaces};
-use crate::deploy::rollout::{Deployer, Plan, StartError};
+use crate::checkout::Workspaces;
+use crate::deploy::rollout::{Plan, StartError};
 use crate::forge::RefKind;
 use crate::image;
 use crate::pipeline::{self, Action, Pipeline, Vars};
-use crate::queue::{LogEvent, Queue};
+use crate::queue::Queue;
 use crate::runner::{self, Outcome, StepContext};
-use crate::store::{NewRelease, Release, Run, deployment_status, status};
+use crate::store::{NewRelease, Release, Run, Status, StepKind, deployment_status};
 
 /// Failed workspaces kept for debugging.
 const KEEP_FAILED_WORKSPACES: usize = 5;
-/// Most bytes gathered into one stored log chunk.
-const LOG_CHUNK: usize = 64 * 1024;
 /// Longest a deploy step waits for another deployment of its app to finish.
 const DEPLOY_WAIT: Duration = Duration::from_secs(600);
-/// Longest a log line waits before it is stored and streamed.
-const LOG_FLUSH: Duration = Duration::from_millis(50);
 
 /// How a run ended: its status and the reason a person reads.
 struct Verdict {
-    status: &'static str,
+    status: Status,
     reason: Option<String>,
 }
 
 impl Verdict {
-    fn new(status: &'static str, reason: impl Into<String>) -> Verdict {
+    fn new(status: Status, reason: impl Into<String>) -> Verdict {
         Verdict {
             status,
             reason: Some(reason.into()),
@@ -47,7 +43,7 @@ impl Verdict {
 }
 
 /// Execute `run` to its end and record it; returns the final status.
-pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> String {
+pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> Status {
     let id = run.id;
     tracing::info!(
         run = id,
@@ -58,7 +54,7 @@ pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> Stri
     );
     let verdict = match execute_run(&q, &run, &cancel).await {
         Ok(v) => v,
-        Err(e) => Verdict::new(status::FAILED, format!("{e:#}")),
+        Err(e) => Verdict::new(Status::Failed, format!("{e:#}")),
     };
     if q.shutdown.is_cancelled() {
         // The agent is stopping: leave the run `running`, so that the next start re-queues it.
@@ -66,11 +62,11 @@ pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> Stri
             run = id,
             "run interrupted by shutdown; it is re-queued at the next start"
         );
-        return status::INTERRUPTED.to_string();
+        return Status::Interrupted;
     }
-    let verdict = if cancel.is_cancelled() && verdict.status != status::SUCCESS {
+    let verdict = if cancel.is_cancelled() && verdict.status != Status::Success {
         Verdict::new(
-            status::CANCELLED,
+            Status::Cancelled,
             q.cancel_reason(id).unwrap_or_else(|| "cancelled".into()),
         )
     } else {
@@ -85,42 +81,11 @@ pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> Stri
     }
     tracing::info!(
         run = id,
-        status = verdict.status,
+        status = %verdict.status,
         reason = verdict.reason.as_deref().unwrap_or(""),
         "run ended"
     );
-    verdict.status.to_string()
-}
-
-/// Where a repository's mirror lives under `data_dir`.
-pub fn mirror_path(data_dir: &Path, repo: &str) -> PathBuf {
-    data_dir
-        .join("repos")
-        .join(format!("{}.git", repo.replace('/', "__")))
-}
-
-/// Fetch `commit` into the repo's mirror and read its pipeline file (None: the commit has none).
-pub async fn fetch_pipeline(
-    q: &Queue,
-    repo: &str,
-    git_ref: &str,
-    commit: &str,
-) -> anyhow::Result<(Mirror, Option<String>)> {
-    let conf = q
-        .config
-        .repo(repo)
-        .with_context(|| format!("repository {repo} is no longer in hoist.toml"))?;
-    let lock = q.repo_lock(repo);
-    let _guard = lock.lock().await;
-    let path = mirror_path(&q.config.data_dir, repo);
-    let (url, git_ref, commit) = (conf.url.clone(), git_ref.to_string(), commit.to_string());
-    tokio::task::spawn_blocking(move || {
-        let mirror = Mirror::open(&path, &url)?;
-        mirror.fetch(&commit, &git_ref)?;
-        let text = mirror.read_file(&commit, pipeline::FILE_NAME)?;
-        Ok((mirror, text))
-    })
-    .await?
+    verdict.status
 }
 
 async fn execute_run(
@@ -128,7 +93,14 @@ async fn execute_run(
     run: &Run,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Verdict> {
-    let (mirror, text) = fetch_pipeline(q, &run.repo, &run.git_ref, &run.commit).await?;
+    let repo = q
+        .config
+        .repo(&run.repo)
+        .with_context(|| format!("repository {} is no longer in hoist.toml", run.repo))?;
+    let (mirror, text) = q
+        .mirrors
+        .fetch_pipeline(repo, &run.git_ref, &run.commit)
+        .await?;
     let Some(text) = text else {
         if let Some(d) = run.delivery {
             q.store
@@ -140,7 +112,7 @@ async fn execute_run(
                 .await?;
         }
         return Ok(Verdict::new(
-            status::SKIPPED,
+            Status::Skipped,
             format!("no pipeline: the commit has no {}", pipeline::FILE_NAME),
         ));
     };
@@ -148,7 +120,7 @@ async fn execute_run(
         Ok(p) => p,
         Err(problems) => {
             return Ok(Verdict::new(
-                status::FAILED,
+                Status::Failed,
                 format!(
                     "the pipeline file is not valid:\n{}",
                     pipeline::format_problems(pipeline::FILE_NAME, &problems)
@@ -171,12 +143,12 @@ async fn execute_run(
                 .set_delivery_status(d, "not matched".into(), Some(why.clone()))
                 .await?;
         }
-        return Ok(Verdict::new(status::SKIPPED, why));
+        return Ok(Verdict::new(Status::Skipped, why));
     }
     let steps = pipeline
         .steps
         .iter()
-        .map(|s| (s.name.clone(), kind_of(&s.action).to_string()))
+        .map(|s| (s.name.clone(), kind_of(&s.action)))
         .collect();
     q.store
         .plan_run(run.id, pipeline.app.clone(), steps)
@@ -203,7 +175,7 @@ async fn execute_run(
     let verdict = run_steps(q, run, &pipeline, &workspace, cancel).await;
     let failed = verdict
         .as_ref()
-        .map_or(true, |v| v.status != status::SUCCESS);
+        .map_or(true, |v| v.status != Status::Success);
     let id = run.id;
     let cleanup = tokio::task::spawn_blocking(move || workspaces.finish(id, failed)).await?;
     if let Err(e) = cleanup {
@@ -212,12 +184,12 @@ async fn execute_run(
     verdict
 }
 
-fn kind_of(a: &Action) -> &'static str {
+fn kind_of(a: &Action) -> StepKind {
     match a {
-        Action::Container { .. } => "container",
-        Action::Shell { .. } => "shell",
-        Action::Build(_) => "build",
-        Action::Deploy(_) => "deploy",
+        Action::Container { .. } => StepKind::Container,
+        Action::Shell { .. } => StepKind::Shell,
+        Action::Build(_) => StepKind::Build,
+        Action::Deploy(_) => StepKind::Deploy,
     }
 }
 
@@ -256,71 +228,21 @@ async fn build_step(
     docker: &bollard::Docker,
 ) -> anyhow::Result<Release> {
     let vars = vars_of(run, &pipeline.app);
-    let mut references = Vec::new();
-    for t in &spec.tags {
-        let tag = pipeline::sanitize_tag(&vars.render(t).map_err(anyhow::Error::msg)?)
-            .map_err(anyhow::Error::msg)?;
-        let reference = format!("{}:{tag}", spec.repository);
-        if !references.contains(&reference) {
-            references.push(reference);
-        }
-    }
+    let references = image_references(spec, &vars)?;
     let args = spec
         .args
         .iter()
         .map(|(k, v)| Ok((k.clone(), vars.render(v).map_err(anyhow::Error::msg)?)))
         .collect::<anyhow::Result<_>>()?;
-    let source = q
-        .config
-        .repo(&run.repo)
-        .map(|r| crate::checkout::redact_url(&r.url))
-        .unwrap_or_default();
-    let labels = BTreeMap::from([
-        (
-            "org.opencontainers.image.revision".to_string(),
-            run.commit.clone(),
-        ),
-        ("org.opencontainers.image.source".to_string(), source),
-        (
-            "org.opencontainers.image.created".to_string(),
-            crate::store::rfc3339(crate::store::now_millis()),
-        ),
-        ("hoist.run".to_string(), run.id.to_string()),
-        ("hoist.app".to_string(), pipeline.app.clone()),
-    ]);
     let request = image::BuildRequest {
         context: ctx.workspace.join(&spec.context),
         dockerfile: spec.dockerfile.clone(),
         args,
-        labels,
+        labels: image_labels(q, run, &pipeline.app),
         tags: references.clone(),
     };
     let image_id = image::build(docker, &request, &ctx.log, &ctx.cancel).await?;
-    let mut verified: Option<image::Verified> = None;
-    for reference in &references {
-        let (host, _, _) = image::parse_reference(reference)?;
-        let registry = q.config.registries.iter().find(|r| r.host == host);
-        let engine_digest = image::push(docker, reference, registry, &ctx.log).await?;
-        let v = image::verify(reference, registry, &engine_digest, &image_id).await?;
-        let _ = ctx.log.send(
-            format!(
-                "verified {reference}: manifest {} (sha256 of the registry's bytes), config {}\n",
-                v.manifest_digest, v.config_digest
-            )
-            .into_bytes(),
-        );
-        if let Some(first) = &verified
-            && first.manifest_digest != v.manifest_digest
-        {
-            anyhow::bail!(
-                "the tags of one image have different digests in the registry: {} and {}",
-                first.manifest_digest,
-                v.manifest_digest
-            );
-        }
-        verified = Some(v);
-    }
-    let v = verified.context("the build step has no tags to push")?;
+    let verified = push_and_verify(q, docker, &references, &image_id, ctx).await?;
     let deploy = pipeline.steps.iter().find_map(|s| match &s.action {
         Action::Deploy(d) if d.image == step.name => serde_json::to_value(d).ok(),
         _ => None,
@@ -334,8 +256,8 @@ async fn build_step(
             run: run.id,
             step: step.name.clone(),
             repository: spec.repository.clone(),
-            manifest_digest: v.manifest_digest,
-            config_digest: v.config_digest,
+            manifest_digest: verified.manifest_digest,
+            config_digest: verified.config_digest,
             tags: references,
             deploy,
         })
@@ -354,6 +276,78 @@ async fn build_step(
     Ok(release)
 }
 
+/// `repository:tag` for each of the step's tags, placeholders filled and sanitized, without repeats.
+fn image_references(spec: &pipeline::BuildSpec, vars: &Vars) -> anyhow::Result<Vec<String>> {
+    let mut references = Vec::new();
+    for t in &spec.tags {
+        let tag = pipeline::sanitize_tag(&vars.render(t).map_err(anyhow::Error::msg)?)
+            .map_err(anyhow::Error::msg)?;
+        let reference = format!("{}:{tag}", spec.repository);
+        if !references.contains(&reference) {
+            references.push(reference);
+        }
+    }
+    Ok(references)
+}
+
+/// The OCI labels every image hoist builds carries: where it came from and which run made it.
+fn image_labels(q: &Queue, run: &Run, app: &str) -> BTreeMap<String, String> {
+    let source = q
+        .config
+        .repo(&run.repo)
+        .map(|r| crate::checkout::redact_url(&r.url))
+        .unwrap_or_default();
+    BTreeMap::from([
+        (
+            "org.opencontainers.image.revision".to_string(),
+            run.commit.clone(),
+        ),
+        ("org.opencontainers.image.source".to_string(), source),
+        (
+            "org.opencontainers.image.created".to_string(),
+            crate::store::rfc3339(crate::store::now_millis()),
+        ),
+        ("hoist.run".to_string(), run.id.to_string()),
+        ("hoist.app".to_string(), app.to_string()),
+    ])
+}
+
+/// Push every reference and verify each with the independent registry client; every tag of
+/// one image must name the same manifest.
+async fn push_and_verify(
+    q: &Queue,
+    docker: &bollard::Docker,
+    references: &[String],
+    image_id: &str,
+    ctx: &StepContext,
+) -> anyhow::Result<image::Verified> {
+    let mut verified: Option<image::Verified> = None;
+    for reference in references {
+        let (host, _, _) = image::parse_reference(reference)?;
+        let registry = q.config.registries.iter().find(|r| r.host == host);
+        let engine_digest = image::push(docker, reference, registry, &ctx.log).await?;
+        let v = image::verify(reference, registry, &engine_digest, image_id).await?;
+        let _ = ctx.log.send(
+            format!(
+                "verified {reference}: manifest {} (sha256 of the registry's bytes), config {}\n",
+                v.manifest_digest, v.config_digest
+            )
+            .into_bytes(),
+        );
+        if let Some(first) = &verified
+            && first.manifest_digest != v.manifest_digest
+        {
+            bail!(
+                "the tags of one image have different digests in the registry: {} and {}",
+                first.manifest_digest,
+                v.manifest_digest
+            );
+        }
+        verified = Some(v);
+    }
+    verified.context("the build step has no tags to push")
+}
+
 /// A deploy step: roll the release its build step made out across the hosts, waiting for
 /// another deployment of the app to finish first.
 async fn deploy_step(
@@ -363,12 +357,8 @@ async fn deploy_step(
     spec: &pipeline::DeploySpec,
     release: &Release,
     ctx: &StepContext,
-) -> Result<(), String> {
-    let deployer = Deployer {
-        store: q.store.clone(),
-        config: q.config.clone(),
-        shutdown: q.shutdown.clone(),
-    };
+) -> anyhow::Result<()> {
+    let deployer = crate::deploy::deployer(q);
     let plan = Plan {
         to: release.clone(),
         spec: spec.clone(),
@@ -389,27 +379,34 @@ async fn deploy_step(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = ctx.cancel.cancelled() => return Err("cancelled while waiting for another deployment".into()),
+                    _ = ctx.cancel.cancelled() => bail!("cancelled while waiting for another deployment"),
                 }
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     };
     let verdict = deployer.run(started, &ctx.log).await;
     if verdict.status == deployment_status::SUCCEEDED {
-        Ok(())
-    } else {
-        Err(format!(
-            "deployment {} {}{}: {}",
-            verdict.deployment,
-            verdict.status.replace('_', " "),
-            verdict
-                .failing_host
-                .map(|h| format!(" (failing host {h})"))
-                .unwrap_or_default(),
-            verdict.reason.unwrap_or_default()
-        ))
+        return Ok(());
     }
+    Err(anyhow!(
+        "deployment {} {}{}: {}",
+        verdict.deployment,
+        verdict.status.replace('_', " "),
+        verdict
+            .failing_host
+            .map(|h| format!(" (failing host {h})"))
+            .unwrap_or_default(),
+        verdict.reason.unwrap_or_default()
+    ))
+}
+
+/// What one run's steps share: the builder connection (made when a step first needs it) and
+/// the releases its build steps made, by step name.
+#[derive(Default)]
+struct RunState {
+    docker: Option<bollard::Docker>,
+    built: HashMap<String, Release>,
 }
 
 async fn run_steps(
@@ -420,74 +417,21 @@ async fn run_steps(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Verdict> {
     let vars = vars_of(run, &pipeline.app);
-    let mut docker = None;
-    let mut built: HashMap<String, Release> = HashMap::new();
+    let mut state = RunState::default();
     for (index, step) in pipeline.steps.iter().enumerate() {
         let index = index as i64;
         if cancel.is_cancelled() {
-            return Ok(Verdict::new(status::CANCELLED, "cancelled"));
+            return Ok(Verdict::new(Status::Cancelled, "cancelled"));
         }
         q.store.start_step(run.id, index).await?;
-        let (sink, pump) = log_pump(q.clone(), run.id, index);
+        let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index);
         let _ =
             sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
-
-        let outcome = match step_context(
-            q,
-            run,
-            pipeline,
-            step,
-            &vars,
-            workspace,
-            cancel,
-            sink.clone(),
-        ) {
-            Err(reason) => Outcome::Error { reason },
-            Ok(ctx) => match &step.action {
-                Action::Container { image, commands } => {
-                    if docker.is_none() {
-                        docker = Some(q.builder().await);
-                    }
-                    match docker.as_ref() {
-                        Some(Ok(d)) => runner::run_container(d, image, commands, &ctx).await,
-                        Some(Err(e)) => Outcome::Error {
-                            reason: format!("{e:#}"),
-                        },
-                        None => unreachable!("connected just above"),
-                    }
-                }
-                Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
-                Action::Build(spec) => {
-                    if docker.is_none() {
-                        docker = Some(q.builder().await);
-                    }
-                    let result = match docker.as_ref() {
-                        Some(Ok(d)) => build_step(q, run, pipeline, step, spec, &ctx, d).await,
-                        Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
-                        None => unreachable!("connected just above"),
-                    };
-                    match result {
-                        Ok(release) => {
-                            built.insert(step.name.clone(), release);
-                            Outcome::Success
-                        }
-                        Err(_) if ctx.cancel.is_cancelled() => Outcome::Cancelled,
-                        Err(e) => Outcome::Error {
-                            reason: format!("{e:#}"),
-                        },
-                    }
-                }
-                Action::Deploy(spec) => match built.get(&spec.image) {
-                    None => Outcome::Error {
-                        reason: format!("step {} built no release in this run", spec.image),
-                    },
-                    Some(release) => match deploy_step(q, run, pipeline, spec, release, &ctx).await
-                    {
-                        Ok(()) => Outcome::Success,
-                        Err(reason) => Outcome::Error { reason },
-                    },
-                },
+        let outcome = match step_context(q, run, pipeline, step, &vars, workspace, cancel, &sink) {
+            Err(e) => Outcome::Error {
+                reason: format!("{e:#}"),
             },
+            Ok(ctx) => run_step(q, run, pipeline, step, &ctx, &mut state).await,
         };
         if !outcome.is_success() {
             let _ = sink.send(format!("── step {} {}\n", step.name, outcome.reason()).into_bytes());
@@ -496,15 +440,15 @@ async fn run_steps(
         let _ = pump.await;
 
         let (st, exit_code) = match &outcome {
-            Outcome::Success => (status::SUCCESS, None),
-            Outcome::Failed { exit_code, .. } => (status::FAILED, Some(*exit_code)),
-            Outcome::TimedOut { .. } => (status::TIMED_OUT, None),
-            Outcome::Cancelled => (status::CANCELLED, None),
-            Outcome::Error { .. } => (status::FAILED, None),
+            Outcome::Success => (Status::Success, None),
+            Outcome::Failed { exit_code, .. } => (Status::Failed, Some(*exit_code)),
+            Outcome::TimedOut { .. } => (Status::TimedOut, None),
+            Outcome::Cancelled => (Status::Cancelled, None),
+            Outcome::Error { .. } => (Status::Failed, None),
         };
         let reason = (!outcome.is_success()).then(|| outcome.reason());
         q.store
-            .finish_step(run.id, index, st, exit_code, reason.clone())
+            .finish_step(run.id, index, st, exit_code, reason)
             .await?;
         if !outcome.is_success() {
             let why = match &outcome {
@@ -517,9 +461,65 @@ async fn run_steps(
         }
     }
     Ok(Verdict {
-        status: status::SUCCESS,
+        status: Status::Success,
         reason: None,
     })
+}
+
+/// One step, by the executor its kind names.
+async fn run_step(
+    q: &Arc<Queue>,
+    run: &Run,
+    pipeline: &Pipeline,
+    step: &pipeline::Step,
+    ctx: &StepContext,
+    state: &mut RunState,
+) -> Outcome {
+    let error = |e: anyhow::Error| Outcome::Error {
+        reason: format!("{e:#}"),
+    };
+    match &step.action {
+        Action::Shell { commands } => runner::run_shell(commands, ctx).await,
+        Action::Container { image, commands } => match state.builder(q).await {
+            Ok(d) => runner::run_container(&d, image, commands, ctx).await,
+            Err(e) => error(e),
+        },
+        Action::Build(spec) => {
+            let built = match state.builder(q).await {
+                Ok(d) => build_step(q, run, pipeline, step, spec, ctx, &d).await,
+                Err(e) => Err(e),
+            };
+            match built {
+                Ok(release) => {
+                    state.built.insert(step.name.clone(), release);
+                    Outcome::Success
+                }
+                Err(_) if ctx.cancel.is_cancelled() => Outcome::Cancelled,
+                Err(e) => error(e),
+            }
+        }
+        Action::Deploy(spec) => match state.built.get(&spec.image) {
+            None => Outcome::Error {
+                reason: format!("step {} built no release in this run", spec.image),
+            },
+            Some(release) => match deploy_step(q, run, pipeline, spec, release, ctx).await {
+                Ok(()) => Outcome::Success,
+                Err(e) => error(e),
+            },
+        },
+    }
+}
+
+impl RunState {
+    /// The build engine; a failure to connect is each step's own error, tried again by the next.
+    async fn builder(&mut self, q: &Queue) -> anyhow::Result<bollard::Docker> {
+        if let Some(d) = &self.docker {
+            return Ok(d.clone());
+        }
+        let d = q.builder().await?;
+        self.docker = Some(d.clone());
+        Ok(d)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -531,17 +531,17 @@ fn step_context(
     vars: &Vars,
     workspace: &Path,
     cancel: &CancellationToken,
-    log: runner::LogSink,
-) -> Result<StepContext, String> {
+    log: &runner::LogSink,
+) -> anyhow::Result<StepContext> {
     let mut env = vars.env();
     for (k, v) in pipeline.env.iter().chain(step.env.iter()) {
-        let v = vars.render(v).map_err(|e| format!("env {k}: {e}"))?;
+        let v = vars.render(v).map_err(|e| anyhow!("env {k}: {e}"))?;
         env.retain(|(name, _)| name != k);
         env.push((k.clone(), v));
     }
     let mut secrets = Vec::new();
     for name in &step.secrets {
-        let value = q.config.secrets.get(name).ok_or_else(|| {
+        let value = q.config.secrets.get(name).with_context(|| {
             format!("secret {name} is not in [secrets] of hoist.toml; add it there")
         })?;
         secrets.push((name.clone(), value.expose().to_string()));
@@ -556,56 +556,7 @@ fn step_context(
         secrets,
         timeout: step.timeout,
         cancel: cancel.clone(),
-        log,
+        log: log.clone(),
         labels,
     })
-}
-
-/// A sink for a step's output, and the task that stores it in chunks and streams it live.
-fn log_pump(q: Arc<Queue>, run: i64, step: i64) -> (runner::LogSink, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let task = tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            let more = if buf.is_empty() {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout(LOG_FLUSH, rx.recv()).await {
-                    Ok(m) => m,
-                    Err(_) => {
-                        flush(&q, run, step, &mut buf).await;
-                        continue;
-                    }
-                }
-            };
-            match more {
-                Some(bytes) => {
-                    buf.extend_from_slice(&bytes);
-                    if buf.len() >= LOG_CHUNK {
-                        flush(&q, run, step, &mut buf).await;
-                    }
-                }
-                None => {
-                    flush(&q, run, step, &mut buf).await;
-                    return;
-                }
-            }
-        }
-    });
-    (tx, task)
-}
-
-async fn flush(q: &Queue, run: i64, step: i64, buf: &mut Vec<u8>) {
-    if buf.is_empty() {
-        return;
-    }
-    let data = std::mem::take(buf);
-    match q.store.append_logs(vec![(run, step, data)]).await {
-        Ok(chunks) => {
-            for (_, chunk) in chunks {
-                q.publish(run, LogEvent::Chunk(chunk));
-            }
-        }
-        Err(e) => tracing::error!(run, "cannot store log output: {e:#}"),
-    }
 }
