@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use std::collections::BTreeMap;
 
 use crate::checkout::{Mirror, Workspaces};
-use crate::deploy::rollout::{Deployer, Plan, StartError};
+use crate::deploy::deployment::{Deployer, Plan, StartError};
 use crate::forge::RefKind;
 use crate::image;
 use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::{LogEvent, Queue};
 use crate::runner::{self, Outcome, StepContext};
-use crate::store::{NewRelease, Release, Run, deployment_status, status};
+use crate::store::{DeploymentKind, DeploymentStatus, NewRelease, Release, Run, status};
 
 /// Failed workspaces kept for debugging.
 const KEEP_FAILED_WORKSPACES: usize = 5;
@@ -322,7 +322,7 @@ async fn build_step(
     }
     let v = verified.context("the build step has no tags to push")?;
     let deploy = pipeline.steps.iter().find_map(|s| match &s.action {
-        Action::Deploy(d) if d.image == step.name => serde_json::to_value(d).ok(),
+        Action::Deploy(d) if d.image == step.name => Some(d.clone()),
         _ => None,
     });
     let release = q
@@ -372,7 +372,7 @@ async fn deploy_step(
     let plan = Plan {
         to: release.clone(),
         spec: spec.clone(),
-        kind: "rollout",
+        kind: DeploymentKind::Rollout,
         run: Some(run.id),
         requested_by: format!("run {}", run.id),
         hooks_dir: Some(ctx.workspace.clone()),
@@ -396,13 +396,13 @@ async fn deploy_step(
         }
     };
     let verdict = deployer.run(started, &ctx.log).await;
-    if verdict.status == deployment_status::SUCCEEDED {
+    if verdict.status == DeploymentStatus::Succeeded {
         Ok(())
     } else {
         Err(format!(
             "deployment {} {}{}: {}",
             verdict.deployment,
-            verdict.status.replace('_', " "),
+            verdict.status.as_str().replace('_', " "),
             verdict
                 .failing_host
                 .map(|h| format!(" (failing host {h})"))

@@ -1,35 +1,48 @@
 //! The one engine for rollouts and rollbacks: a deployment moves an app's hosts from release A
 //! to release B; a rollback is a deployment whose B is older.
 //!
-//! Every step is journaled in the store before and after it acts, each with its undo:
-//! - pull B by digest on every host in parallel, verified (touches nothing that serves);
+//! A saga: every step is journaled in the store, and every host action has its undo beside it
+//! (`switch`: `+ keep A` / `− restore A`, `+ start B` / `− remove B`, `+ record B` / `− record A`):
+//! - pull B by digest on every host in parallel, verified (touches nothing that serves, so it
+//!   has nothing to undo);
 //! - per host, in batches of `rollout.max_parallel`: `before_host` hook → keep A's container
 //!   (stop, rename `NAME-r<A>`) → start B as `NAME` → health → `after_host` hook → read back
-//!   the running image's digest and compare it to B's;
+//!   the running image's digest and compare it to B's → record it;
 //! - bake: every host keeps being checked; then `after_deploy`.
 //!
 //! A is stopped before B starts because both publish the same host ports; the drain hook is
 //! what keeps traffic away from the host meanwhile (see `agent/hooks/`).
 //!
-//! Any failure with `auto_rollback` reverts every touched host to what it ran before (its own
-//! A, recorded in the journal): remove B, restart A's kept container (or start A afresh from
-//! its release record if it was pruned), health-check it, and read it back. "Rolled back"
-//! means every touched host was read back running A's digest.
+//! Any failure with `auto_rollback` reverts every host whose journal state says it may have
+//! stopped serving A ([`HostState::touched`]) to what it ran before (its own A, recorded in the
+//! journal), taking the switch's undos newest first: remove B, serve A again (its kept
+//! container, or A afresh from its release record if that was pruned), then prove A the way B
+//! was proved: health, `after_host`, read back, record. "Rolled back" means every touched host
+//! was read back running A's digest. A restarted agent resolves a deployment it left running
+//! the same way, from the journal ([`Deployer::recover`]).
+
+mod hooks;
+mod switch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, host};
 use crate::config::Config;
-use crate::pipeline::{ContainerSpec, DeploySpec, Vars};
+use crate::pipeline::{DeploySpec, Vars};
 use crate::runner::LogSink;
-use crate::store::{HostUpdate, Lease, NewDeployment, Release, Store, deployment_status};
+use crate::store::{
+    Deployment, DeploymentHost, DeploymentKind, DeploymentStatus, HostState, HostUpdate, Lease,
+    NewDeployment, Release, Store,
+};
+
+pub use switch::render_container;
 
 /// How long a lease lives without renewal; renewed every third of it.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -40,8 +53,7 @@ pub struct Plan {
     pub to: Release,
     /// B's deploy spec (for a rollback, the target release's recorded spec: its old settings).
     pub spec: DeploySpec,
-    /// "rollout" or "rollback".
-    pub kind: &'static str,
+    pub kind: DeploymentKind,
     pub run: Option<i64>,
     pub requested_by: String,
     /// Where hooks run (a checkout of B's commit); None skips hooks, saying so in the journal.
@@ -63,7 +75,7 @@ pub struct Deployer {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub deployment: i64,
-    pub status: &'static str,
+    pub status: DeploymentStatus,
     pub reason: Option<String>,
     pub failing_host: Option<String>,
 }
@@ -96,49 +108,44 @@ pub enum StartError {
     Other(#[from] anyhow::Error),
 }
 
+/// Why the forward path stopped.
+#[derive(Debug)]
+struct Failure {
+    /// The host at fault; None when no one host is (a journal write, the agent stopping,
+    /// `after_deploy`).
+    host: Option<String>,
+    reason: String,
+}
+
+impl Failure {
+    fn on(host: &str, reason: String) -> Failure {
+        Failure {
+            host: Some(host.to_string()),
+            reason,
+        }
+    }
+
+    fn general(reason: impl Into<String>) -> Failure {
+        Failure {
+            host: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::general(format!("{e:#}"))
+    }
+}
+
 impl Deployer {
     /// Check the plan, connect every host, read what each runs, and take the app's lease.
     /// Nothing on any host has changed when this returns.
     pub async fn start(&self, plan: Plan) -> Result<Started, StartError> {
         let app = plan.to.app.clone();
-        let repo = self.config.repo(&plan.to.repo);
-        let mut hosts = Vec::new();
-        for h in &plan.spec.hosts {
-            if !self.config.hosts.contains_key(h) {
-                return Err(
-                    anyhow!("deploy host {h:?} has no [host.{h}] entry in hoist.toml").into(),
-                );
-            }
-            if !repo.is_some_and(|r| r.hosts.contains(h)) {
-                return Err(anyhow!(
-                    "repository {} may not deploy to host {h}; add it to hosts of its [[repo]] entry in hoist.toml",
-                    plan.to.repo
-                )
-                .into());
-            }
-            hosts.push(h.clone());
-        }
-        let name = plan.spec.container.name.clone();
-        let mut engines = BTreeMap::new();
-        let mut before = BTreeMap::new();
-        let connects = hosts.iter().map(|h| {
-            let conf = self.config.hosts[h].clone();
-            let (h, name) = (h.clone(), name.clone());
-            async move {
-                let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref())
-                    .await
-                    .with_context(|| format!("host {h} is unreachable; nothing was changed"))?;
-                let current = host::current(&docker, &name)
-                    .await
-                    .with_context(|| format!("host {h}"))?;
-                anyhow::Ok((h, docker, current.and_then(|c| c.release)))
-            }
-        });
-        for r in futures_util::future::join_all(connects).await {
-            let (h, docker, release) = r?;
-            engines.insert(h.clone(), docker);
-            before.insert(h, release);
-        }
+        let hosts = self.allowed_hosts(&plan)?;
+        let (engines, before) = self.connect(&hosts, &plan.spec.container.name).await?;
         let per_batch = plan.spec.rollout.max_parallel.max(1) as usize;
         let batches = hosts
             .iter()
@@ -152,30 +159,23 @@ impl Deployer {
             .iter()
             .filter_map(|h| h.release)
             .max();
-        let lease = match self
-            .store
-            .begin_deployment(
-                NewDeployment {
-                    app: app.clone(),
-                    kind: plan.kind,
-                    from_release: from,
-                    to_release: plan.to.number,
-                    run: plan.run,
-                    requested_by: plan.requested_by.clone(),
-                    hosts: batches,
-                },
-                LEASE_TTL.as_millis() as i64,
-            )
-            .await?
-        {
-            Ok(lease) => lease,
-            Err(held) => {
-                return Err(StartError::Busy {
-                    app,
-                    deployment: held.deployment,
-                });
-            }
+        let new = NewDeployment {
+            app: app.clone(),
+            kind: plan.kind,
+            from_release: from,
+            to_release: plan.to.number,
+            run: plan.run,
+            requested_by: plan.requested_by.clone(),
+            hosts: batches,
         };
+        let lease = self
+            .store
+            .begin_deployment(new, LEASE_TTL.as_millis() as i64)
+            .await?
+            .map_err(|held| StartError::Busy {
+                app,
+                deployment: held.deployment,
+            })?;
         Ok(Started {
             lease,
             plan,
@@ -185,44 +185,67 @@ impl Deployer {
         })
     }
 
+    /// The plan's hosts, each configured and allowed for the repository.
+    fn allowed_hosts(&self, plan: &Plan) -> anyhow::Result<Vec<String>> {
+        let repo = self.config.repo(&plan.to.repo);
+        for h in &plan.spec.hosts {
+            if !self.config.hosts.contains_key(h) {
+                bail!("deploy host {h:?} has no [host.{h}] entry in hoist.toml");
+            }
+            if !repo.is_some_and(|r| r.hosts.contains(h)) {
+                bail!(
+                    "repository {} may not deploy to host {h}; add it to hosts of its [[repo]] entry in hoist.toml",
+                    plan.to.repo
+                );
+            }
+        }
+        Ok(plan.spec.hosts.clone())
+    }
+
+    /// Connect every host in parallel and read the release each serves as `name`.
+    async fn connect(
+        &self,
+        hosts: &[String],
+        name: &str,
+    ) -> anyhow::Result<(BTreeMap<String, Docker>, BTreeMap<String, Option<i64>>)> {
+        let connects = hosts.iter().map(|h| {
+            let conf = self.config.hosts[h].clone();
+            async move {
+                let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref())
+                    .await
+                    .with_context(|| format!("host {h} is unreachable; nothing was changed"))?;
+                let current = host::current(&docker, name)
+                    .await
+                    .with_context(|| format!("host {h}"))?;
+                anyhow::Ok((h.clone(), docker, current.and_then(|c| c.release)))
+            }
+        });
+        let mut engines = BTreeMap::new();
+        let mut before = BTreeMap::new();
+        for r in futures_util::future::join_all(connects).await {
+            let (h, docker, release) = r?;
+            engines.insert(h.clone(), docker);
+            before.insert(h, release);
+        }
+        Ok((engines, before))
+    }
+
     /// Carry a started deployment to its verdict, logging progress to `log`.
     pub async fn run(&self, s: Started, log: &LogSink) -> Verdict {
-        let lease = s.lease.clone();
         // Renew the lease while we act; losing it stops us (a stale holder must not act).
         let lost = CancellationToken::new();
-        let renewer = {
-            let (store, lease, lost, stop) = (
-                self.store.clone(),
-                lease.clone(),
-                lost.clone(),
-                self.shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(LEASE_TTL / 3) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                    if let Err(e) = store
-                        .renew_lease(lease.clone(), LEASE_TTL.as_millis() as i64)
-                        .await
-                    {
-                        tracing::error!("{e:#}");
-                        lost.cancel();
-                        return;
-                    }
-                }
-            })
-        };
-        let verdict = self.drive(&s, log, &lost).await;
+        let renewer = tokio::spawn(renew_lease(
+            self.store.clone(),
+            s.lease.clone(),
+            lost.clone(),
+            self.shutdown.clone(),
+        ));
+        let verdict = self.drive(&s, &say_to(log), &lost).await;
         renewer.abort();
         verdict
     }
 
-    async fn drive(&self, s: &Started, log: &LogSink, lost: &CancellationToken) -> Verdict {
-        let say = |m: String| {
-            let _ = log.send(format!("{m}\n").into_bytes());
-        };
+    async fn drive(&self, s: &Started, say: &impl Fn(String), lost: &CancellationToken) -> Verdict {
         let d = s.lease.deployment;
         let b = &s.plan.to;
         say(format!(
@@ -233,25 +256,13 @@ impl Deployer {
             b.image(),
             s.hosts.join(", ")
         ));
-        let forward = self.forward(s, &say, lost).await;
-        let (failing_host, reason) = match forward {
-            Ok(()) => {
-                let v = self
-                    .finish(s, deployment_status::SUCCEEDED, None, None)
-                    .await;
-                say(format!(
-                    "deployment {d}: succeeded; every host verified on release {} ({})",
-                    b.number, b.manifest_digest
-                ));
-                self.prune(s, &say).await;
-                return v;
-            }
-            Err((host, reason)) => (host, reason),
+        let Failure { host, reason } = match self.forward(s, say, lost).await {
+            Ok(()) => return self.succeeded(s, say).await,
+            Err(f) => f,
         };
         say(format!(
             "deployment {d}: failed{}: {reason}",
-            failing_host
-                .as_deref()
+            host.as_deref()
                 .map(|h| format!(" on {h}"))
                 .unwrap_or_default()
         ));
@@ -259,9 +270,9 @@ impl Deployer {
             // Resolved by whoever holds the lease next (the restarted agent's recovery).
             return Verdict {
                 deployment: d,
-                status: deployment_status::RUNNING,
+                status: DeploymentStatus::Running,
                 reason: Some(reason),
-                failing_host,
+                failing_host: host,
             };
         }
         if !s.plan.spec.rollout.auto_rollback {
@@ -269,35 +280,44 @@ impl Deployer {
                 "deployment {d}: auto_rollback is off; hosts are left as they are"
             ));
             return self
-                .finish(s, deployment_status::FAILED, Some(reason), failing_host)
+                .finish(s, DeploymentStatus::Failed, Some(reason), host)
                 .await;
         }
-        match self.revert(s, &say).await {
+        match self.revert(s, say).await {
             Ok(()) => {
                 say(format!(
                     "deployment {d}: rolled back; every touched host verified on its previous release"
                 ));
-                self.finish(
-                    s,
-                    deployment_status::ROLLED_BACK,
-                    Some(reason),
-                    failing_host,
-                )
-                .await
+                self.finish(s, DeploymentStatus::RolledBack, Some(reason), host)
+                    .await
             }
             Err(e) => {
                 let why = format!("{reason}; and the rollback failed too: {e:#}");
                 say(format!("deployment {d}: {why}"));
-                self.finish(s, deployment_status::FAILED, Some(why), failing_host)
+                self.finish(s, DeploymentStatus::Failed, Some(why), host)
                     .await
             }
         }
     }
 
+    async fn succeeded(&self, s: &Started, say: &impl Fn(String)) -> Verdict {
+        let v = self
+            .finish(s, DeploymentStatus::Succeeded, None, None)
+            .await;
+        say(format!(
+            "deployment {}: succeeded; every host verified on release {} ({})",
+            s.id(),
+            s.plan.to.number,
+            s.plan.to.manifest_digest
+        ));
+        self.prune(s, say).await;
+        v
+    }
+
     async fn finish(
         &self,
         s: &Started,
-        status: &'static str,
+        status: DeploymentStatus,
         reason: Option<String>,
         failing_host: Option<String>,
     ) -> Verdict {
@@ -324,60 +344,14 @@ impl Deployer {
         }
     }
 
-    fn vars_for(&self, s: &Started, h: &str, release: i64) -> Vars {
-        let mut v = s.plan.vars.clone();
-        v.host = Some(h.to_string());
-        v.release = Some(release as u64);
-        v
-    }
-
-    /// The forward path; Err carries the failing host (if one) and the reason.
+    /// The forward path: pull, switch batch by batch, bake, `after_deploy`.
     async fn forward(
         &self,
         s: &Started,
         say: &impl Fn(String),
         lost: &CancellationToken,
-    ) -> Result<(), (Option<String>, String)> {
-        let b = &s.plan.to;
-        let step = |host: Option<&str>, step: &str, detail: String, u: HostUpdate| {
-            let (store, lease) = (self.store.clone(), s.lease.clone());
-            let (host, step) = (host.map(str::to_string), step.to_string());
-            async move {
-                match host {
-                    Some(h) => store.host_step(lease, h, step, Some(detail), u).await,
-                    None => store.deployment_event(lease, step, Some(detail)).await,
-                }
-                .map_err(|e| (None, format!("{e:#}")))
-            }
-        };
-
-        // 1. Pull B by digest everywhere, in parallel, before anything is stopped.
-        let pulls = s.hosts.iter().map(|h| {
-            let docker = s.engines[h].clone();
-            let (image, digest, h) = (b.image(), b.manifest_digest.clone(), h.clone());
-            async move { (h.clone(), host::pull(&docker, &image, &digest).await) }
-        });
-        for (h, r) in futures_util::future::join_all(pulls).await {
-            match r {
-                Ok(id) => {
-                    step(
-                        Some(&h),
-                        "pulled",
-                        format!("{} (image {id})", b.image()),
-                        HostUpdate {
-                            state: Some("pulled"),
-                            expected: Some(b.manifest_digest.clone()),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    say(format!("  {h}: pulled {} and verified", b.manifest_digest));
-                }
-                Err(e) => return Err((Some(h), format!("pull failed: {e:#}"))),
-            }
-        }
-
-        // 2. Switch host by host, batch by batch.
+    ) -> Result<(), Failure> {
+        self.pull_all(s, say).await?;
         let per_batch = s.plan.spec.rollout.max_parallel.max(1) as usize;
         for batch in s.hosts.chunks(per_batch) {
             let switches = batch.iter().map(|h| self.switch_host(s, h, say, lost));
@@ -385,227 +359,100 @@ impl Deployer {
                 r?;
             }
         }
-
-        // 3. Bake: every host keeps being checked.
-        let bake = s.plan.spec.rollout.bake;
-        if !bake.is_zero() {
-            say(format!(
-                "  bake: checking every host for {}",
-                humantime::format_duration(bake)
-            ));
-            step(
-                None,
-                "bake",
-                format!("for {}", humantime::format_duration(bake)),
-                HostUpdate::default(),
-            )
-            .await?;
-            let end = Instant::now() + bake;
-            while Instant::now() < end {
-                for h in &s.hosts {
-                    let addr = &self.config.hosts[h].address;
-                    if let Err(why) = health::check_once(
-                        &s.engines[h],
-                        &s.plan.spec.container.name,
-                        addr,
-                        &s.plan.spec.health,
-                    )
-                    .await
-                    {
-                        return Err((Some(h.clone()), format!("unhealthy during bake: {why}")));
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(s.plan.spec.health.interval) => {}
-                    _ = self.shutdown.cancelled() => return Err((None, "the agent is stopping".into())),
-                    _ = lost.cancelled() => return Err((None, "the lease was lost".into())),
-                }
-            }
-        }
-
-        // 4. after_deploy.
+        self.bake(s, say, lost).await?;
         if let Some(argv) = &s.plan.spec.hooks.after_deploy {
-            let vars = {
-                let mut v = s.plan.vars.clone();
-                v.release = Some(b.number as u64);
-                v
-            };
+            let mut vars = s.plan.vars.clone();
+            vars.release = Some(s.plan.to.number as u64);
             self.hook(s, "after_deploy", argv, &vars, say)
                 .await
-                .map_err(|e| (None, e))?;
+                .map_err(|e| Failure::general(format!("{e:#}")))?;
         }
         Ok(())
     }
 
-    async fn switch_host(
+    /// Pull B by digest everywhere, in parallel, before anything is stopped. Nothing that
+    /// serves is touched, so a pull has no undo: the image only waits for retention.
+    async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
+        let b = &s.plan.to;
+        let pulls = s.hosts.iter().map(|h| {
+            let docker = &s.engines[h];
+            async move { (h, host::pull(docker, &b.image(), &b.manifest_digest).await) }
+        });
+        for (h, r) in futures_util::future::join_all(pulls).await {
+            let id = r.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
+            let u = HostUpdate {
+                state: Some(HostState::Pulled),
+                expected: Some(b.manifest_digest.clone()),
+                ..Default::default()
+            };
+            self.store
+                .host_step(
+                    s.lease.clone(),
+                    h.clone(),
+                    "pulled".into(),
+                    Some(format!("{} (image {id})", b.image())),
+                    u,
+                )
+                .await?;
+            say(format!("  {h}: pulled {} and verified", b.manifest_digest));
+        }
+        Ok(())
+    }
+
+    /// Bake: every host keeps being checked for `rollout.bake`.
+    async fn bake(
         &self,
         s: &Started,
-        h: &str,
         say: &impl Fn(String),
         lost: &CancellationToken,
-    ) -> Result<(), (Option<String>, String)> {
-        let b = &s.plan.to;
-        let fail = |why: String| (Some(h.to_string()), why);
-        let docker = &s.engines[h];
-        let address = &self.config.hosts[h].address;
-        let vars = self.vars_for(s, h, b.number);
-        let journal = |st: &'static str, detail: String, mut u: HostUpdate| {
-            u.state = Some(st);
-            let (store, lease, host) = (self.store.clone(), s.lease.clone(), h.to_string());
-            async move {
-                store
-                    .host_step(lease, host, st.to_string(), Some(detail), u)
-                    .await
-                    .map_err(|e| (None, format!("{e:#}")))
-            }
-        };
-        if self.shutdown.is_cancelled() || lost.is_cancelled() {
-            return Err((None, "the agent is stopping".into()));
+    ) -> Result<(), Failure> {
+        let bake = s.plan.spec.rollout.bake;
+        if bake.is_zero() {
+            return Ok(());
         }
-        let before = s.before.get(h).copied().flatten();
-        journal(
-            "switching",
-            format!(
-                "from release {}",
-                before.map_or("none".into(), |r| r.to_string())
-            ),
-            HostUpdate {
-                from_release: Some(before),
-                ..Default::default()
-            },
-        )
-        .await?;
-        if let Some(argv) = &s.plan.spec.hooks.before_host {
-            self.hook(s, "before_host", argv, &vars, say)
-                .await
-                .map_err(fail)?;
-        }
-        let container = render_container(&s.plan.spec.container, &vars).map_err(fail)?;
-        host::keep_current(docker, &container.name)
-            .await
-            .map_err(|e| fail(format!("cannot stop the running container: {e:#}")))?;
-        let target = host::Target {
-            app: &b.app,
-            release: b.number,
-            commit: &b.commit,
-            image: &b.image(),
-            digest: &b.manifest_digest,
-            container: &container,
-        };
-        host::start(docker, &target)
-            .await
-            .map_err(|e| fail(format!("cannot start release {}: {e:#}", b.number)))?;
-        journal(
-            "started",
-            format!("{} as {}", b.image(), container.name),
-            HostUpdate::default(),
-        )
-        .await?;
-        let report =
-            health::wait_healthy(docker, &container.name, address, &s.plan.spec.health, lost)
-                .await
-                .map_err(|why| fail(format!("unhealthy: {why}")))?;
-        journal(
-            "healthy",
-            format!("{} checks in {:?}", report.checks, report.took),
-            HostUpdate {
-                health: Some("healthy".into()),
-                ..Default::default()
-            },
-        )
-        .await?;
-        if let Some(argv) = &s.plan.spec.hooks.after_host {
-            self.hook(s, "after_host", argv, &vars, say)
-                .await
-                .map_err(fail)?;
-        }
-        let rb = host::read_back(docker, &container.name, &b.repository)
-            .await
-            .map_err(|e| fail(format!("read-back failed: {e:#}")))?;
-        let got = rb.digest.clone().unwrap_or_default();
-        if got != b.manifest_digest || !rb.running {
-            return Err(fail(format!(
-                "read-back mismatch: the host runs {} (running: {}) but release {} is {}",
-                if got.is_empty() {
-                    "an image without a registry digest"
-                } else {
-                    &got
-                },
-                rb.running,
-                b.number,
-                b.manifest_digest
-            )));
-        }
-        journal(
-            "verified",
-            format!("runs {got}"),
-            HostUpdate {
-                read_back: Some(got.clone()),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let shown = humantime::format_duration(bake);
+        say(format!("  bake: checking every host for {shown}"));
         self.store
-            .set_app_host(
-                s.lease.clone(),
-                h.to_string(),
-                Some(b.number),
-                Some(got.clone()),
-            )
-            .await
-            .map_err(|e| (None, format!("{e:#}")))?;
-        say(format!(
-            "  {h}: release {} healthy and verified ({got})",
-            b.number
-        ));
+            .deployment_event(s.lease.clone(), "bake".into(), Some(format!("for {shown}")))
+            .await?;
+        let end = Instant::now() + bake;
+        while Instant::now() < end {
+            for h in &s.hosts {
+                let addr = &self.config.hosts[h].address;
+                let spec = &s.plan.spec;
+                health::check_once(&s.engines[h], &spec.container.name, addr, &spec.health)
+                    .await
+                    .map_err(|why| Failure::on(h, format!("unhealthy during bake: {why}")))?;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(s.plan.spec.health.interval) => {}
+                _ = self.shutdown.cancelled() => return Err(Failure::general("the agent is stopping")),
+                _ = lost.cancelled() => return Err(Failure::general("the lease was lost")),
+            }
+        }
         Ok(())
     }
 
-    /// Put every touched host back on what it ran before, and prove it by read-back.
+    /// Put every touched host back on what it ran before, and prove it by read-back. The
+    /// journal, not memory, says which hosts are touched: recovery after a crash walks it too.
     async fn revert(&self, s: &Started, say: &impl Fn(String)) -> anyhow::Result<()> {
         let (_, journal, _) = self
             .store
             .deployment(s.lease.deployment)
             .await?
             .context("the deployment vanished from the store")?;
-        let touched: Vec<_> = journal
-            .into_iter()
-            .filter(|h| {
-                [
-                    "switching",
-                    "started",
-                    "healthy",
-                    "verified",
-                    "reverting",
-                    "failed",
-                ]
-                .contains(&h.state.as_str())
-            })
-            .collect();
-        let mut errors = Vec::new();
+        let touched: Vec<_> = journal.into_iter().filter(|h| h.state.touched()).collect();
         let reverts = touched
             .iter()
             .map(|h| self.revert_host(s, &h.host, h.from_release, say));
+        let mut errors = Vec::new();
         for (h, r) in touched
             .iter()
             .zip(futures_util::future::join_all(reverts).await)
         {
             if let Err(e) = r {
                 errors.push(format!("{}: {e:#}", h.host));
-                let _ = self
-                    .store
-                    .host_step(
-                        s.lease.clone(),
-                        h.host.clone(),
-                        "revert failed".into(),
-                        Some(format!("{e:#}")),
-                        HostUpdate {
-                            state: Some("failed"),
-                            reason: Some(format!("{e:#}")),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
+                self.journal_revert_failed(s, &h.host, &e).await;
             }
         }
         if errors.is_empty() {
@@ -615,200 +462,23 @@ impl Deployer {
         }
     }
 
-    async fn revert_host(
-        &self,
-        s: &Started,
-        h: &str,
-        to: Option<i64>,
-        say: &impl Fn(String),
-    ) -> anyhow::Result<()> {
-        let docker = s.engines.get(h).context("no connection to the host")?;
-        let address = &self.config.hosts[h].address;
-        let b = &s.plan.to;
-        let name = &s.plan.spec.container.name;
-        self.store
+    /// Best effort: the revert's error already goes into the verdict.
+    async fn journal_revert_failed(&self, s: &Started, h: &str, e: &anyhow::Error) {
+        let u = HostUpdate {
+            state: Some(HostState::Failed),
+            reason: Some(format!("{e:#}")),
+            ..Default::default()
+        };
+        let _ = self
+            .store
             .host_step(
                 s.lease.clone(),
                 h.to_string(),
-                "reverting".into(),
-                Some(format!(
-                    "to release {}",
-                    to.map_or("none".into(), |r| r.to_string())
-                )),
-                HostUpdate {
-                    state: Some("reverting"),
-                    ..Default::default()
-                },
+                "revert failed".into(),
+                Some(format!("{e:#}")),
+                u,
             )
-            .await?;
-        // A's release record: its image and the container settings it was deployed with.
-        let a = match to {
-            Some(n) => Some(
-                self.store
-                    .release(b.app.clone(), n)
-                    .await?
-                    .with_context(|| format!("release {n} of {} is not in the store", b.app))?,
-            ),
-            None => None,
-        };
-        let a_spec: Option<DeploySpec> = a
-            .as_ref()
-            .and_then(|r| r.deploy.clone())
-            .and_then(|v| serde_json::from_value(v).ok());
-        let vars = self.vars_for(s, h, to.unwrap_or(0));
-        if let Some(argv) = &s.plan.spec.hooks.before_host {
-            self.hook(s, "before_host", argv, &vars, say)
-                .await
-                .map_err(|e| anyhow!(e))?;
-        }
-        // Remove whatever serves as NAME unless it already is A (B, or a half-started B).
-        if let Some(cur) = host::current(docker, name).await?
-            && (cur.release != to || !cur.running)
-        {
-            host::remove(docker, name).await?;
-        }
-        let Some(a) = a else {
-            // The host ran nothing of this app before: reverting means running nothing.
-            self.store
-                .set_app_host(s.lease.clone(), h.to_string(), None, None)
-                .await?;
-            self.store
-                .host_step(
-                    s.lease.clone(),
-                    h.to_string(),
-                    "reverted".into(),
-                    Some("no earlier release; the container was removed".into()),
-                    HostUpdate {
-                        state: Some("reverted"),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            say(format!(
-                "  {h}: reverted (no earlier release: nothing runs)"
-            ));
-            return Ok(());
-        };
-        let a_spec =
-            a_spec.with_context(|| format!("release {} has no recorded deploy spec", a.number))?;
-        let serving = host::current(docker, name)
-            .await?
-            .is_some_and(|c| c.running && c.release == Some(a.number));
-        if !serving && !host::restore_kept(docker, name, a.number).await? {
-            // A's kept container is gone (pruned, or never kept): start A afresh by digest.
-            host::pull(docker, &a.image(), &a.manifest_digest).await?;
-            let container = render_container(&a_spec.container, &vars).map_err(|e| anyhow!(e))?;
-            host::start(
-                docker,
-                &host::Target {
-                    app: &a.app,
-                    release: a.number,
-                    commit: &a.commit,
-                    image: &a.image(),
-                    digest: &a.manifest_digest,
-                    container: &container,
-                },
-            )
-            .await?;
-        }
-        health::wait_healthy(
-            docker,
-            name,
-            address,
-            &a_spec.health,
-            &CancellationToken::new(),
-        )
-        .await
-        .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
-        if let Some(argv) = &s.plan.spec.hooks.after_host {
-            self.hook(s, "after_host", argv, &vars, say)
-                .await
-                .map_err(|e| anyhow!(e))?;
-        }
-        let rb = host::read_back(docker, name, &a.repository).await?;
-        let got = rb.digest.unwrap_or_default();
-        if got != a.manifest_digest || !rb.running {
-            bail!(
-                "read-back after the rollback: the host runs {got:?} (running: {}), expected {}",
-                rb.running,
-                a.manifest_digest
-            );
-        }
-        self.store
-            .set_app_host(
-                s.lease.clone(),
-                h.to_string(),
-                Some(a.number),
-                Some(got.clone()),
-            )
-            .await?;
-        self.store
-            .host_step(
-                s.lease.clone(),
-                h.to_string(),
-                "reverted".into(),
-                Some(format!("runs release {} ({got})", a.number)),
-                HostUpdate {
-                    state: Some("reverted"),
-                    read_back: Some(got.clone()),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        say(format!(
-            "  {h}: back on release {} and verified ({got})",
-            a.number
-        ));
-        Ok(())
-    }
-
-    /// Run a hook's argv directly (never through a shell) in the hooks directory.
-    async fn hook(
-        &self,
-        s: &Started,
-        which: &str,
-        argv: &[String],
-        vars: &Vars,
-        say: &impl Fn(String),
-    ) -> Result<(), String> {
-        let Some(dir) = &s.plan.hooks_dir else {
-            say(format!("  {which}: skipped (no checkout to run it in)"));
-            return Ok(());
-        };
-        let argv: Vec<String> = argv
-            .iter()
-            .map(|a| vars.render(a))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{which}: {e}"))?;
-        let Some((prog, args)) = argv.split_first() else {
-            return Ok(());
-        };
-        let mut cmd =
-            tokio::process::Command::new(if prog.contains('/') && !prog.starts_with('/') {
-                dir.join(prog)
-            } else {
-                PathBuf::from(prog)
-            });
-        cmd.args(args)
-            .current_dir(dir)
-            .envs(vars.env())
-            .kill_on_drop(true);
-        if let Some(conf) = vars.host.as_ref().and_then(|h| self.config.hosts.get(h)) {
-            cmd.env("HOIST_HOST_ADDRESS", &conf.address);
-        }
-        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .map_err(|_| format!("{which} hook {argv:?} did not finish within 120s"))?
-            .map_err(|e| format!("{which} hook {argv:?} could not start: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        for line in text.lines() {
-            say(format!("  {which}: {line}"));
-        }
-        if !out.status.success() {
-            return Err(format!("{which} hook {argv:?} failed with {}", out.status));
-        }
-        Ok(())
+            .await;
     }
 
     /// Retention: keep B and the last `keep` good releases on every host; never a rollback target.
@@ -836,102 +506,111 @@ impl Deployer {
     /// At start: resolve deployments a crash left running. If B had completed (every host
     /// verified on B), verify again and call it succeeded; otherwise revert every touched host.
     pub async fn recover(&self, log: &LogSink) -> anyhow::Result<Vec<Verdict>> {
+        let say = say_to(log);
         let mut out = Vec::new();
         for d in self.store.running_deployments().await? {
-            let lease = self
-                .store
-                .take_over_lease(d.app.clone(), d.id, LEASE_TTL.as_millis() as i64)
-                .await?;
-            let release = self
-                .store
-                .release(d.app.clone(), d.to_release)
-                .await?
-                .context("release missing")?;
-            let spec: DeploySpec =
-                serde_json::from_value(release.deploy.clone().unwrap_or_default())
-                    .with_context(|| format!("release {} has no deploy spec", release.number))?;
-            let (_, hosts, _) = self
-                .store
-                .deployment(d.id)
-                .await?
-                .context("deployment missing")?;
-            let mut engines = BTreeMap::new();
-            for h in &hosts {
-                if let Some(conf) = self.config.hosts.get(&h.host) {
-                    match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
-                        Ok(e) => {
-                            engines.insert(h.host.clone(), e);
-                        }
-                        Err(e) => tracing::warn!("recovery: host {} unreachable: {e:#}", h.host),
-                    }
-                }
-            }
-            let before = hosts
-                .iter()
-                .map(|h| (h.host.clone(), h.from_release))
-                .collect();
-            let started = Started {
-                lease,
-                plan: Plan {
-                    vars: Vars {
-                        commit: release.commit.clone(),
-                        app: release.app.clone(),
-                        repo: release.repo.clone(),
-                        ..Vars::default()
-                    },
-                    to: release,
-                    spec,
-                    kind: "rollout",
-                    run: d.run,
-                    requested_by: d.requested_by.clone(),
-                    hooks_dir: None,
-                },
-                hosts: hosts.iter().map(|h| h.host.clone()).collect(),
-                before,
-                engines,
-            };
-            let say = |m: String| {
-                let _ = log.send(format!("{m}\n").into_bytes());
-            };
-            let completed = hosts.iter().all(|h| h.state == "verified");
-            let verdict = if completed && self.verify_all(&started).await.is_ok() {
-                say(format!(
-                    "deployment {}: had completed before the restart; verified again",
-                    d.id
-                ));
-                self.finish(
-                    &started,
-                    deployment_status::SUCCEEDED,
-                    Some("completed before an agent restart; verified again at start".into()),
-                    None,
-                )
-                .await
-            } else {
-                let reason = "interrupted by an agent restart".to_string();
-                match self.revert(&started, &say).await {
-                    Ok(()) => {
-                        self.finish(&started, deployment_status::ROLLED_BACK, Some(reason), None)
-                            .await
-                    }
-                    Err(e) => {
-                        self.finish(
-                            &started,
-                            deployment_status::FAILED,
-                            Some(format!("{reason}; the rollback failed: {e:#}")),
-                            None,
-                        )
-                        .await
-                    }
-                }
-            };
+            let (started, journal) = self.reopen(&d).await?;
+            let verdict = self.resolve(&started, &journal, &say).await;
             tracing::warn!(
                 deployment = d.id,
-                status = verdict.status,
+                status = verdict.status.as_str(),
                 "interrupted deployment resolved"
             );
             out.push(verdict);
         }
         Ok(out)
+    }
+
+    /// Take over an interrupted deployment's lease and rebuild what it acted with from the
+    /// store: B's release and recorded spec, the journal's hosts, and fresh connections
+    /// (an unreachable host is left out; its revert then fails, naming it).
+    async fn reopen(&self, d: &Deployment) -> anyhow::Result<(Started, Vec<DeploymentHost>)> {
+        let lease = self
+            .store
+            .take_over_lease(d.app.clone(), d.id, LEASE_TTL.as_millis() as i64)
+            .await?;
+        let release = self
+            .store
+            .release(d.app.clone(), d.to_release)
+            .await?
+            .context("release missing")?;
+        let spec = release
+            .deploy
+            .clone()
+            .with_context(|| format!("release {} has no deploy spec", release.number))?;
+        let (_, hosts, _) = self
+            .store
+            .deployment(d.id)
+            .await?
+            .context("deployment missing")?;
+        let mut engines = BTreeMap::new();
+        for h in &hosts {
+            if let Some(conf) = self.config.hosts.get(&h.host) {
+                match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
+                    Ok(e) => {
+                        engines.insert(h.host.clone(), e);
+                    }
+                    Err(e) => tracing::warn!("recovery: host {} unreachable: {e:#}", h.host),
+                }
+            }
+        }
+        let started = Started {
+            lease,
+            plan: Plan {
+                vars: Vars {
+                    commit: release.commit.clone(),
+                    app: release.app.clone(),
+                    repo: release.repo.clone(),
+                    ..Vars::default()
+                },
+                to: release,
+                spec,
+                kind: d.kind,
+                run: d.run,
+                requested_by: d.requested_by.clone(),
+                hooks_dir: None,
+            },
+            hosts: hosts.iter().map(|h| h.host.clone()).collect(),
+            before: hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.from_release))
+                .collect(),
+            engines,
+        };
+        Ok((started, hosts))
+    }
+
+    /// The verdict on a reopened deployment: succeeded if every host was verified on B and
+    /// still runs it, else rolled back (or failed, when the revert fails).
+    async fn resolve(
+        &self,
+        s: &Started,
+        journal: &[DeploymentHost],
+        say: &impl Fn(String),
+    ) -> Verdict {
+        let completed = journal.iter().all(|h| h.state == HostState::Verified);
+        if completed && self.verify_all(s).await.is_ok() {
+            say(format!(
+                "deployment {}: had completed before the restart; verified again",
+                s.id()
+            ));
+            let why = "completed before an agent restart; verified again at start";
+            return self
+                .finish(s, DeploymentStatus::Succeeded, Some(why.into()), None)
+                .await;
+        }
+        let reason = "interrupted by an agent restart".to_string();
+        match self.revert(s, say).await {
+            Ok(()) => {
+                self.finish(s, DeploymentStatus::RolledBack, Some(reason), None)
+                    .await
+            }
+            Err(e) => {
+                let why = format!("{reason}; the rollback failed: {e:#}");
+                self.finish(s, DeploymentStatus::Failed, Some(why), None)
+                    .await
+            }
+        }
     }
 
     async fn verify_all(&self, s: &Started) -> anyhow::Result<()> {
@@ -947,18 +626,32 @@ impl Deployer {
     }
 }
 
-/// Fill placeholders in the declarative container fields for one host.
-pub fn render_container(c: &ContainerSpec, vars: &Vars) -> Result<ContainerSpec, String> {
-    let r = |s: &String| vars.render(s);
-    Ok(ContainerSpec {
-        name: c.name.clone(),
-        ports: c.ports.iter().map(r).collect::<Result<_, _>>()?,
-        env: c
-            .env
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), r(v)?)))
-            .collect::<Result<_, String>>()?,
-        args: c.args.iter().map(r).collect::<Result<_, _>>()?,
-        volumes: c.volumes.iter().map(r).collect::<Result<_, _>>()?,
-    })
+/// Renew `lease` every third of its life until `stop`; a failed renewal cancels `lost`.
+async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = store
+            .renew_lease(lease.clone(), LEASE_TTL.as_millis() as i64)
+            .await
+        {
+            tracing::error!("{e:#}");
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// Progress lines for a deployment's log.
+fn say_to(log: &LogSink) -> impl Fn(String) + '_ {
+    |m: String| {
+        let _ = log.send(format!("{m}\n").into_bytes());
+    }
+}
+
+/// "release 4", or "none" when the host ran nothing of the app.
+fn release_text(release: Option<i64>) -> String {
+    release.map_or("none".into(), |r| r.to_string())
 }
