@@ -14,13 +14,13 @@ use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkout::Workspaces;
-use crate::deploy::rollout::{Plan, StartError};
+use crate::deploy::deployment::{Plan, StartError};
 use crate::forge::RefKind;
 use crate::image;
 use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::Queue;
 use crate::runner::{self, Outcome, StepContext};
-use crate::store::{NewRelease, Release, Run, Status, StepKind, deployment_status};
+use crate::store::{DeploymentKind, DeploymentStatus, NewRelease, Release, Run, Status, StepKind};
 
 /// Failed workspaces kept for debugging.
 const KEEP_FAILED_WORKSPACES: usize = 5;
@@ -244,7 +244,7 @@ async fn build_step(
     let image_id = image::build(docker, &request, &ctx.log, &ctx.cancel).await?;
     let verified = push_and_verify(q, docker, &references, &image_id, ctx).await?;
     let deploy = pipeline.steps.iter().find_map(|s| match &s.action {
-        Action::Deploy(d) if d.image == step.name => serde_json::to_value(d).ok(),
+        Action::Deploy(d) if d.image == step.name => Some(d.clone()),
         _ => None,
     });
     let release = q
@@ -362,7 +362,7 @@ async fn deploy_step(
     let plan = Plan {
         to: release.clone(),
         spec: spec.clone(),
-        kind: "rollout",
+        kind: DeploymentKind::Rollout,
         run: Some(run.id),
         requested_by: format!("run {}", run.id),
         hooks_dir: Some(ctx.workspace.clone()),
@@ -386,13 +386,13 @@ async fn deploy_step(
         }
     };
     let verdict = deployer.run(started, &ctx.log).await;
-    if verdict.status == deployment_status::SUCCEEDED {
+    if verdict.status == DeploymentStatus::Succeeded {
         return Ok(());
     }
     Err(anyhow!(
         "deployment {} {}{}: {}",
         verdict.deployment,
-        verdict.status.replace('_', " "),
+        verdict.status.as_str().replace('_', " "),
         verdict
             .failing_host
             .map(|h| format!(" (failing host {h})"))

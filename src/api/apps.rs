@@ -71,7 +71,7 @@ pub async fn rollback(
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
     let deployer = crate::deploy::deployer(&s.queue);
     let started = deployer.start(plan).await.map_err(|e| match e {
-        crate::deploy::rollout::StartError::Busy { .. } => {
+        crate::deploy::deployment::StartError::Busy { .. } => {
             ApiError::new(StatusCode::CONFLICT, e.to_string())
         }
         other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),

@@ -46,6 +46,31 @@ pub struct HealthReport {
     pub took: Duration,
 }
 
+/// Why a container is not healthy: a reason a person can act on ("the container exited with
+/// code 3 …", "cancelled"). It derefs to that text, so a caller reads it like the text it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(String);
+
+impl std::ops::Deref for Unhealthy {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for Unhealthy {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Unhealthy {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Why one check failed.
 enum Fail {
     /// Worth checking again: the service may still be starting.
@@ -64,7 +89,7 @@ pub async fn wait_healthy(
     address: &str,
     spec: &HealthSpec,
     cancel: &CancellationToken,
-) -> Result<HealthReport, String> {
+) -> Result<HealthReport, Unhealthy> {
     let started = Instant::now();
     let deadline = started + spec.deadline;
     let mut checks = 0u32;
@@ -75,7 +100,7 @@ pub async fn wait_healthy(
         checks += 1;
         let outcome = tokio::select! {
             o = check(docker, container, address, spec) => o,
-            _ = cancel.cancelled() => return Err("cancelled".to_string()),
+            _ = cancel.cancelled() => return Err(Unhealthy("cancelled".to_string())),
         };
         match outcome {
             Ok(()) => {
@@ -87,7 +112,7 @@ pub async fn wait_healthy(
                     });
                 }
             }
-            Err(Fail::Fatal(reason)) => return Err(reason),
+            Err(Fail::Fatal(reason)) => return Err(Unhealthy(reason)),
             Err(Fail::Retry(reason)) => {
                 healthy_since = None;
                 last_failure = Some(reason);
@@ -96,7 +121,7 @@ pub async fn wait_healthy(
         let now = Instant::now();
         if now >= deadline {
             let within = humantime::format_duration(spec.deadline);
-            return Err(match (healthy_since, last_failure) {
+            return Err(Unhealthy(match (healthy_since, last_failure) {
                 (Some(since), last) => format!(
                     "not healthy within {within}: healthy for only {} of the {} required{}",
                     seconds(now.duration_since(since)),
@@ -106,12 +131,12 @@ pub async fn wait_healthy(
                 ),
                 (None, Some(last)) => format!("not healthy within {within}: {last}"),
                 (None, None) => format!("not healthy within {within}"),
-            });
+            }));
         }
         let next = (at + spec.interval).min(deadline);
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
-            _ = cancel.cancelled() => return Err("cancelled".to_string()),
+            _ = cancel.cancelled() => return Err(Unhealthy("cancelled".to_string())),
         }
     }
 }
@@ -123,11 +148,11 @@ pub async fn check_once(
     container: &str,
     address: &str,
     spec: &HealthSpec,
-) -> Result<(), String> {
+) -> Result<(), Unhealthy> {
     check(docker, container, address, spec)
         .await
         .map_err(|f| match f {
-            Fail::Retry(r) | Fail::Fatal(r) => r,
+            Fail::Retry(r) | Fail::Fatal(r) => Unhealthy(r),
         })
 }
 
@@ -330,7 +355,7 @@ fn published(
 /// HTTP_PROXY says), no redirects followed (a 3xx answer is the service answering), and no
 /// idle connections kept: a kept connection could outlive the container it reached.
 fn http_client() -> Result<&'static reqwest::Client, Fail> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    static CLIENT: OnceLock<Result<reqwest::Client, reqwest::Error>> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
             reqwest::Client::builder()
@@ -338,10 +363,13 @@ fn http_client() -> Result<&'static reqwest::Client, Fail> {
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(0)
                 .build()
-                .map_err(|e| format!("cannot set up the HTTP client for health checks: {e}"))
         })
         .as_ref()
-        .map_err(|e| Fail::Fatal(e.clone()))
+        .map_err(|e| {
+            Fail::Fatal(format!(
+                "cannot set up the HTTP client for health checks: {e}"
+            ))
+        })
 }
 
 async fn http_probe(host: &str, port: u16, path: &str, timeout: Duration) -> Result<(), Fail> {

@@ -1,9 +1,9 @@
 //! Deployments: moving an app's hosts from one release to another (rollouts and rollbacks are
-//! one engine, `rollout`), what one host does (`host`), and how health is judged (`health`).
+//! one engine, `deployment`), what one host does (`host`), and how health is judged (`health`).
 
+pub mod deployment;
 pub mod health;
 pub mod host;
-pub mod rollout;
 
 use std::sync::Arc;
 
@@ -11,9 +11,10 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::pipeline::{DeploySpec, Vars};
+use crate::pipeline::Vars;
 use crate::queue::Queue;
-use rollout::{Deployer, Plan};
+use crate::store::DeploymentKind;
+use deployment::{Deployer, Plan};
 
 pub fn deployer(q: &Arc<Queue>) -> Deployer {
     Deployer {
@@ -56,12 +57,10 @@ pub async fn rollback_plan(
         .with_context(|| {
             format!("app {app} has no release {target}; `hoist releases {app}` lists them")
         })?;
-    let spec: DeploySpec = match release.deploy.clone() {
-        Some(v) => serde_json::from_value(v)
-            .context("the release's recorded deploy spec cannot be read")?,
-        None => bail!(
+    let Some(spec) = release.deploy.clone() else {
+        bail!(
             "release {target} of {app} was built by a pipeline without a deploy step; it cannot be deployed"
-        ),
+        )
     };
     let hooks_dir = hooks_checkout(q, &release).await;
     Ok(Plan {
@@ -73,7 +72,7 @@ pub async fn rollback_plan(
         },
         to: release,
         spec,
-        kind: "rollback",
+        kind: DeploymentKind::Rollback,
         run: None,
         requested_by: who.to_string(),
         hooks_dir,
@@ -127,10 +126,7 @@ pub async fn app_hosts_now(q: &Arc<Queue>, app: &str) -> anyhow::Result<Vec<AppH
             Some(n) => q.store.release(app.to_string(), n).await?,
             None => None,
         };
-        let spec: Option<DeploySpec> = release
-            .as_ref()
-            .and_then(|r| r.deploy.clone())
-            .and_then(|v| serde_json::from_value(v).ok());
+        let spec = release.as_ref().and_then(|r| r.deploy.clone());
         let mut row = AppHostNow {
             host: h.host.clone(),
             release: h.release,

@@ -5,27 +5,154 @@
 //! The lease carries a fencing token. Every journal write names the token it holds and fails
 //! when the lease has moved on, so a stale holder (a paused or partitioned agent) cannot act.
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, now_millis, rfc3339};
 
-/// Deployment states.
-pub mod deployment_status {
-    pub const RUNNING: &str = "running";
-    /// Every host runs B, verified by read-back.
-    pub const SUCCEEDED: &str = "succeeded";
-    /// Something failed and every touched host was verified back on A.
-    pub const ROLLED_BACK: &str = "rolled_back";
-    /// Something failed and the hosts could not all be verified on one release: a person must look.
-    pub const FAILED: &str = "failed";
+/// Declares an enum stored and shown as text: each variant with the exact string the database
+/// column and the API JSON carry. One list serves `as_str`, parsing, serde and rusqlite, so the
+/// strings cannot drift apart; text the list does not know is an error, never a default.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident ($what:literal) {
+        $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            #[cfg(test)]
+            const ALL: &[$name] = &[$(Self::$variant,)+];
+
+            /// The text stored in the database and shown by the API.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownText;
+            fn from_str(text: &str) -> Result<Self, UnknownText> {
+                match text {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(UnknownText { what: $what, text: text.to_string() }),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
+/// Text in the store that names no known state: a newer hoist wrote it, or the row was edited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the store holds {what} {text:?}, which this hoist does not know; was it written by a newer version?"
+)]
+pub struct UnknownText {
+    /// Which kind of value: "deployment kind", "deployment status", "host state".
+    pub what: &'static str,
+    /// The text found.
+    pub text: String,
+}
+
+text_enum! {
+    /// Which way a deployment moves an app: both run through the same engine.
+    pub enum DeploymentKind ("deployment kind") {
+        /// To a new release, from a run's deploy step.
+        Rollout = "rollout",
+        /// Back to an earlier release, asked for by a person.
+        Rollback = "rollback",
+    }
+}
+
+text_enum! {
+    /// Where a deployment is.
+    pub enum DeploymentStatus ("deployment status") {
+        /// Acting, or interrupted and awaiting recovery at the next start.
+        Running = "running",
+        /// Every host runs B, verified by read-back.
+        Succeeded = "succeeded",
+        /// Something failed and every touched host was verified back on A.
+        RolledBack = "rolled_back",
+        /// Something failed and the hosts could not all be verified on one release: a person must look.
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// Where one host of a deployment is, as its journal row says. Each forward state is
+    /// written when the step it names is done (`Switching` before the host is touched).
+    pub enum HostState ("host state") {
+        /// Not acted on yet.
+        Pending = "pending",
+        /// B's image is on the host, verified by digest; nothing that serves was touched.
+        Pulled = "pulled",
+        /// About to stop A and start B: from here on the host may no longer serve A.
+        Switching = "switching",
+        /// B's container was started.
+        Started = "started",
+        /// B passed its health check.
+        Healthy = "healthy",
+        /// B was read back running its digest.
+        Verified = "verified",
+        /// Being put back on A.
+        Reverting = "reverting",
+        /// Verified back on A (or, when it ran nothing before, running nothing).
+        Reverted = "reverted",
+        /// The revert failed; a person must look.
+        Failed = "failed",
+    }
+}
+
+impl HostState {
+    /// The host may have stopped serving A: a revert owes it the undos of its switch. A
+    /// pending or merely pulled host serves A untouched; a reverted one is back on it.
+    pub fn touched(self) -> bool {
+        match self {
+            Self::Pending | Self::Pulled | Self::Reverted => false,
+            Self::Switching
+            | Self::Started
+            | Self::Healthy
+            | Self::Verified
+            | Self::Reverting
+            | Self::Failed => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct NewDeployment {
     pub app: String,
-    /// "rollout" or "rollback".
-    pub kind: &'static str,
+    pub kind: DeploymentKind,
     pub from_release: Option<i64>,
     pub to_release: i64,
     pub run: Option<i64>,
@@ -53,12 +180,12 @@ pub struct Lease {
 pub struct Deployment {
     pub id: i64,
     pub app: String,
-    pub kind: String,
+    pub kind: DeploymentKind,
     pub from_release: Option<i64>,
     pub to_release: i64,
     pub run: Option<i64>,
     pub requested_by: String,
-    pub status: String,
+    pub status: DeploymentStatus,
     pub reason: Option<String>,
     pub failing_host: Option<String>,
     pub created_at: String,
@@ -69,8 +196,7 @@ pub struct Deployment {
 pub struct DeploymentHost {
     pub host: String,
     pub batch: i64,
-    /// pending, pulled, switching, started, healthy, verified, reverting, reverted, failed.
-    pub state: String,
+    pub state: HostState,
     /// What the host ran before this deployment touched it (the undo target).
     pub from_release: Option<i64>,
     pub expected: Option<String>,
@@ -102,7 +228,7 @@ pub struct AppHost {
 /// A change to one host's journal row; None fields are left as they are.
 #[derive(Debug, Clone, Default)]
 pub struct HostUpdate {
-    pub state: Option<&'static str>,
+    pub state: Option<HostState>,
     pub from_release: Option<Option<i64>>,
     pub expected: Option<String>,
     pub read_back: Option<String>,
@@ -185,14 +311,14 @@ impl Store {
             }
             c.execute(
                 "INSERT INTO deployments (app, kind, from_release, to_release, run, requested_by, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
-                params![d.app, d.kind, d.from_release, d.to_release, d.run, d.requested_by, now],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![d.app, d.kind, d.from_release, d.to_release, d.run, d.requested_by, DeploymentStatus::Running, now],
             )?;
             let id = c.last_insert_rowid();
             for (host, batch) in &d.hosts {
                 c.execute(
-                    "INSERT INTO deployment_hosts (deployment, host, batch, state, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
-                    params![id, host, batch, now],
+                    "INSERT INTO deployment_hosts (deployment, host, batch, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, host, batch, HostState::Pending, now],
                 )?;
             }
             let token = held.map_or(1, |(_, t, _)| t + 1);
@@ -324,7 +450,7 @@ impl Store {
     pub async fn finish_deployment(
         &self,
         lease: Lease,
-        status: &'static str,
+        status: DeploymentStatus,
         reason: Option<String>,
         failing_host: Option<String>,
     ) -> anyhow::Result<()> {
@@ -404,10 +530,10 @@ impl Store {
     pub async fn running_deployments(&self) -> anyhow::Result<Vec<Deployment>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'running' ORDER BY id"
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = ?1 ORDER BY id"
             ))?;
             Ok(stmt
-                .query_map([], deployment_from_row)?
+                .query_map([DeploymentStatus::Running], deployment_from_row)?
                 .collect::<Result<_, _>>()?)
         })
         .await
@@ -438,9 +564,9 @@ impl Store {
     pub async fn good_releases(&self, app: String) -> anyhow::Result<Vec<i64>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT to_release FROM deployments WHERE app = ?1 AND status = 'succeeded' ORDER BY id DESC",
+                "SELECT to_release FROM deployments WHERE app = ?1 AND status = ?2 ORDER BY id DESC",
             )?;
-            let all: Vec<i64> = stmt.query_map([app], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let all: Vec<i64> = stmt.query_map(params![app, DeploymentStatus::Succeeded], |r| r.get(0))?.collect::<Result<_, _>>()?;
             let mut seen = Vec::new();
             for r in all {
                 if !seen.contains(&r) {
@@ -450,5 +576,74 @@ impl Store {
             Ok(seen)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant's text parses back to it, and serde writes the same text.
+    fn round_trips<T>(all: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + Serialize,
+        T: std::str::FromStr<Err = UnknownText>,
+    {
+        for &v in all {
+            assert_eq!(v.to_string().parse::<T>(), Ok(v));
+            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string());
+        }
+    }
+
+    #[test]
+    fn states_keep_their_text() {
+        round_trips(DeploymentKind::ALL);
+        round_trips(DeploymentStatus::ALL);
+        round_trips(HostState::ALL);
+        assert_eq!(DeploymentStatus::RolledBack.as_str(), "rolled_back");
+        assert_eq!(
+            "paused".parse::<HostState>(),
+            Err(UnknownText {
+                what: "host state",
+                text: "paused".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_text_in_the_store_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let new = NewDeployment {
+            app: "web".into(),
+            kind: DeploymentKind::Rollback,
+            from_release: Some(2),
+            to_release: 1,
+            run: None,
+            requested_by: "test".into(),
+            hosts: vec![("h1".into(), 1)],
+        };
+        let lease = store.begin_deployment(new, 30_000).await.unwrap().unwrap();
+        let (d, hosts, _) = store.deployment(lease.deployment).await.unwrap().unwrap();
+        assert_eq!(
+            (d.kind, d.status, hosts[0].state),
+            (
+                DeploymentKind::Rollback,
+                DeploymentStatus::Running,
+                HostState::Pending
+            )
+        );
+        store
+            .write(|c| {
+                c.execute("UPDATE deployment_hosts SET state = 'paused'", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let err = store.deployment(lease.deployment).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("host state \"paused\""),
+            "{err:#}"
+        );
     }
 }

@@ -2,10 +2,12 @@
 //! custody (commit → config digest → manifest digest) and the deploy spec of the pipeline that
 //! built it, so that a rollback restores the old container settings too.
 
+use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, now_millis, rfc3339};
+use crate::pipeline::DeploySpec;
 
 /// A release to record; the number is assigned by the store.
 #[derive(Debug, Clone)]
@@ -21,8 +23,8 @@ pub struct NewRelease {
     pub manifest_digest: String,
     pub config_digest: String,
     pub tags: Vec<String>,
-    /// The deploy step's spec (JSON of `pipeline::DeploySpec`), when the pipeline deploys this image.
-    pub deploy: Option<serde_json::Value>,
+    /// The deploy step's spec, when the pipeline deploys this image; stored as its JSON.
+    pub deploy: Option<DeploySpec>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -37,7 +39,9 @@ pub struct Release {
     pub manifest_digest: String,
     pub config_digest: String,
     pub tags: Vec<String>,
-    pub deploy: Option<serde_json::Value>,
+    /// The deploy spec the release was built to be deployed with: a rollback to it restores
+    /// these container settings and health checks. None when its pipeline had no deploy step.
+    pub deploy: Option<DeploySpec>,
     pub created_at: String,
 }
 
@@ -60,10 +64,21 @@ const RELEASE_COLUMNS: &str = "app, number, repo, commit_sha, run, step, reposit
 
 fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
     let tags: String = r.get(9)?;
-    let deploy: Option<String> = r.get(10)?;
+    let (app, number): (String, i64) = (r.get(0)?, r.get(1)?);
+    let deploy = r
+        .get::<_, Option<String>>(10)?
+        .map(|text| {
+            serde_json::from_str(&text).map_err(|e| {
+                let why = format!(
+                    "release {number} of {app}: its recorded deploy spec cannot be read: {e}"
+                );
+                rusqlite::Error::FromSqlConversionFailure(10, Type::Text, why.into())
+            })
+        })
+        .transpose()?;
     Ok(Release {
-        app: r.get(0)?,
-        number: r.get(1)?,
+        app,
+        number,
         repo: r.get(2)?,
         commit: r.get(3)?,
         run: r.get(4)?,
@@ -72,7 +87,7 @@ fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
         manifest_digest: r.get(7)?,
         config_digest: r.get(8)?,
         tags: serde_json::from_str(&tags).unwrap_or_default(),
-        deploy: deploy.and_then(|d| serde_json::from_str(&d).ok()),
+        deploy,
         created_at: rfc3339(r.get(11)?),
     })
 }
@@ -160,5 +175,42 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release row as `SELECT {RELEASE_COLUMNS}` gives it, with `deploy` as stored.
+    fn row(deploy: Option<&str>) -> rusqlite::Result<Release> {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.query_row(
+            "SELECT 'web', 3, 'acme/web', 'abc', 1, 'image', 'r/web', 'sha256:b', 'sha256:c', '[]', ?1, 0",
+            [deploy],
+            release_from_row,
+        )
+    }
+
+    #[test]
+    fn a_deploy_spec_reads_back_as_the_json_it_was_stored_as() {
+        let stored = r#"{"container":{"args":[],"env":{"A":"${host}"},"name":"web","ports":["8080:8080"],"volumes":[]},"health":{"check":{"http":{"path":"/","port":8080}},"deadline":"1m","healthy_for":"5s","interval":"1s","timeout":"2s"},"hooks":{"after_deploy":null,"after_host":["undrain"],"before_host":null},"hosts":["h1","h2"],"image":"image","rollout":{"auto_rollback":true,"bake":"0s","keep":5,"max_parallel":1}}"#;
+        let release = row(Some(stored)).unwrap();
+        assert_eq!(release.deploy.as_ref().unwrap().hosts, ["h1", "h2"]);
+        assert_eq!(
+            serde_json::to_value(&release).unwrap()["deploy"],
+            serde_json::from_str::<serde_json::Value>(stored).unwrap()
+        );
+        assert_eq!(row(None).map(|r| r.deploy), Ok(None));
+    }
+
+    #[test]
+    fn an_unreadable_deploy_spec_names_its_release() {
+        let err = row(Some("{\"image\": 1}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("release 3 of web: its recorded deploy spec cannot be read"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,657 @@
+//! The one engine for rollouts and rollbacks: a deployment moves an app's hosts from release A
+//! to release B; a rollback is a deployment whose B is older.
+//!
+//! A saga: every step is journaled in the store, and every host action has its undo beside it
+//! (`switch`: `+ keep A` / `− restore A`, `+ start B` / `− remove B`, `+ record B` / `− record A`):
+//! - pull B by digest on every host in parallel, verified (touches nothing that serves, so it
+//!   has nothing to undo);
+//! - per host, in batches of `rollout.max_parallel`: `before_host` hook → keep A's container
+//!   (stop, rename `NAME-r<A>`) → start B as `NAME` → health → `after_host` hook → read back
+//!   the running image's digest and compare it to B's → record it;
+//! - bake: every host keeps being checked; then `after_deploy`.
+//!
+//! A is stopped before B starts because both publish the same host ports; the drain hook is
+//! what keeps traffic away from the host meanwhile (see `agent/hooks/`).
+//!
+//! Any failure with `auto_rollback` reverts every host whose journal state says it may have
+//! stopped serving A ([`HostState::touched`]) to what it ran before (its own A, recorded in the
+//! journal), taking the switch's undos newest first: remove B, serve A again (its kept
+//! container, or A afresh from its release record if that was pruned), then prove A the way B
+//! was proved: health, `after_host`, read back, record. "Rolled back" means every touched host
+//! was read back running A's digest. A restarted agent resolves a deployment it left running
+//! the same way, from the journal ([`Deployer::recover`]).
+
+mod hooks;
+mod switch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bollard::Docker;
+use tokio_util::sync::CancellationToken;
+
+use super::{health, host};
+use crate::config::Config;
+use crate::pipeline::{DeploySpec, Vars};
+use crate::runner::LogSink;
+use crate::store::{
+    Deployment, DeploymentHost, DeploymentKind, DeploymentStatus, HostState, HostUpdate, Lease,
+    NewDeployment, Release, Store,
+};
+
+pub use switch::render_container;
+
+/// How long a lease lives without renewal; renewed every third of it.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// What to deploy and why.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub to: Release,
+    /// B's deploy spec (for a rollback, the target release's recorded spec: its old settings).
+    pub spec: DeploySpec,
+    pub kind: DeploymentKind,
+    pub run: Option<i64>,
+    pub requested_by: String,
+    /// Where hooks run (a checkout of B's commit); None skips hooks, saying so in the journal.
+    pub hooks_dir: Option<PathBuf>,
+    /// Placeholder values (commit, branch, …); `host` and `release` are set per host here.
+    pub vars: Vars,
+}
+
+/// Everything the engine needs besides the plan.
+#[derive(Clone)]
+pub struct Deployer {
+    pub store: Store,
+    pub config: Arc<Config>,
+    /// Set when the agent stops: the deployment stops acting and is resolved at the next start.
+    pub shutdown: CancellationToken,
+}
+
+/// How a deployment ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub deployment: i64,
+    pub status: DeploymentStatus,
+    pub reason: Option<String>,
+    pub failing_host: Option<String>,
+}
+
+/// A deployment that holds its lease and may act.
+pub struct Started {
+    lease: Lease,
+    plan: Plan,
+    hosts: Vec<String>,
+    /// Release each host ran before (read from its container's label).
+    before: BTreeMap<String, Option<i64>>,
+    engines: BTreeMap<String, Docker>,
+}
+
+impl Started {
+    pub fn id(&self) -> i64 {
+        self.lease.deployment
+    }
+}
+
+/// Why a deployment could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another deployment holds the app.
+    #[error(
+        "app {app} is being deployed by deployment {deployment}; wait for it (GET /api/v1/deployments/{deployment})"
+    )]
+    Busy { app: String, deployment: i64 },
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Why the forward path stopped.
+#[derive(Debug)]
+struct Failure {
+    /// The host at fault; None when no one host is (a journal write, the agent stopping,
+    /// `after_deploy`).
+    host: Option<String>,
+    reason: String,
+}
+
+impl Failure {
+    fn on(host: &str, reason: String) -> Failure {
+        Failure {
+            host: Some(host.to_string()),
+            reason,
+        }
+    }
+
+    fn general(reason: impl Into<String>) -> Failure {
+        Failure {
+            host: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::general(format!("{e:#}"))
+    }
+}
+
+impl Deployer {
+    /// Check the plan, connect every host, read what each runs, and take the app's lease.
+    /// Nothing on any host has changed when this returns.
+    pub async fn start(&self, plan: Plan) -> Result<Started, StartError> {
+        let app = plan.to.app.clone();
+        let hosts = self.allowed_hosts(&plan)?;
+        let (engines, before) = self.connect(&hosts, &plan.spec.container.name).await?;
+        let per_batch = plan.spec.rollout.max_parallel.max(1) as usize;
+        let batches = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), (i / per_batch) as i64 + 1))
+            .collect();
+        let from = self
+            .store
+            .app_hosts(app.clone())
+            .await?
+            .iter()
+            .filter_map(|h| h.release)
+            .max();
+        let new = NewDeployment {
+            app: app.clone(),
+            kind: plan.kind,
+            from_release: from,
+            to_release: plan.to.number,
+            run: plan.run,
+            requested_by: plan.requested_by.clone(),
+            hosts: batches,
+        };
+        let lease = self
+            .store
+            .begin_deployment(new, LEASE_TTL.as_millis() as i64)
+            .await?
+            .map_err(|held| StartError::Busy {
+                app,
+                deployment: held.deployment,
+            })?;
+        Ok(Started {
+            lease,
+            plan,
+            hosts,
+            before,
+            engines,
+        })
+    }
+
+    /// The plan's hosts, each configured and allowed for the repository.
+    fn allowed_hosts(&self, plan: &Plan) -> anyhow::Result<Vec<String>> {
+        let repo = self.config.repo(&plan.to.repo);
+        for h in &plan.spec.hosts {
+            if !self.config.hosts.contains_key(h) {
+                bail!("deploy host {h:?} has no [host.{h}] entry in hoist.toml");
+            }
+            if !repo.is_some_and(|r| r.hosts.contains(h)) {
+                bail!(
+                    "repository {} may not deploy to host {h}; add it to hosts of its [[repo]] entry in hoist.toml",
+                    plan.to.repo
+                );
+            }
+        }
+        Ok(plan.spec.hosts.clone())
+    }
+
+    /// Connect every host in parallel and read the release each serves as `name`.
+    async fn connect(
+        &self,
+        hosts: &[String],
+        name: &str,
+    ) -> anyhow::Result<(BTreeMap<String, Docker>, BTreeMap<String, Option<i64>>)> {
+        let connects = hosts.iter().map(|h| {
+            let conf = self.config.hosts[h].clone();
+            async move {
+                let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref())
+                    .await
+                    .with_context(|| format!("host {h} is unreachable; nothing was changed"))?;
+                let current = host::current(&docker, name)
+                    .await
+                    .with_context(|| format!("host {h}"))?;
+                anyhow::Ok((h.clone(), docker, current.and_then(|c| c.release)))
+            }
+        });
+        let mut engines = BTreeMap::new();
+        let mut before = BTreeMap::new();
+        for r in futures_util::future::join_all(connects).await {
+            let (h, docker, release) = r?;
+            engines.insert(h.clone(), docker);
+            before.insert(h, release);
+        }
+        Ok((engines, before))
+    }
+
+    /// Carry a started deployment to its verdict, logging progress to `log`.
+    pub async fn run(&self, s: Started, log: &LogSink) -> Verdict {
+        // Renew the lease while we act; losing it stops us (a stale holder must not act).
+        let lost = CancellationToken::new();
+        let renewer = tokio::spawn(renew_lease(
+            self.store.clone(),
+            s.lease.clone(),
+            lost.clone(),
+            self.shutdown.clone(),
+        ));
+        let verdict = self.drive(&s, &say_to(log), &lost).await;
+        renewer.abort();
+        verdict
+    }
+
+    async fn drive(&self, s: &Started, say: &impl Fn(String), lost: &CancellationToken) -> Verdict {
+        let d = s.lease.deployment;
+        let b = &s.plan.to;
+        say(format!(
+            "deployment {d}: {} {} to release {} ({}) on {}",
+            s.plan.kind,
+            b.app,
+            b.number,
+            b.image(),
+            s.hosts.join(", ")
+        ));
+        let Failure { host, reason } = match self.forward(s, say, lost).await {
+            Ok(()) => return self.succeeded(s, say).await,
+            Err(f) => f,
+        };
+        say(format!(
+            "deployment {d}: failed{}: {reason}",
+            host.as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default()
+        ));
+        if self.shutdown.is_cancelled() || lost.is_cancelled() {
+            // Resolved by whoever holds the lease next (the restarted agent's recovery).
+            return Verdict {
+                deployment: d,
+                status: DeploymentStatus::Running,
+                reason: Some(reason),
+                failing_host: host,
+            };
+        }
+        if !s.plan.spec.rollout.auto_rollback {
+            say(format!(
+                "deployment {d}: auto_rollback is off; hosts are left as they are"
+            ));
+            return self
+                .finish(s, DeploymentStatus::Failed, Some(reason), host)
+                .await;
+        }
+        match self.revert(s, say).await {
+            Ok(()) => {
+                say(format!(
+                    "deployment {d}: rolled back; every touched host verified on its previous release"
+                ));
+                self.finish(s, DeploymentStatus::RolledBack, Some(reason), host)
+                    .await
+            }
+            Err(e) => {
+                let why = format!("{reason}; and the rollback failed too: {e:#}");
+                say(format!("deployment {d}: {why}"));
+                self.finish(s, DeploymentStatus::Failed, Some(why), host)
+                    .await
+            }
+        }
+    }
+
+    async fn succeeded(&self, s: &Started, say: &impl Fn(String)) -> Verdict {
+        let v = self
+            .finish(s, DeploymentStatus::Succeeded, None, None)
+            .await;
+        say(format!(
+            "deployment {}: succeeded; every host verified on release {} ({})",
+            s.id(),
+            s.plan.to.number,
+            s.plan.to.manifest_digest
+        ));
+        self.prune(s, say).await;
+        v
+    }
+
+    async fn finish(
+        &self,
+        s: &Started,
+        status: DeploymentStatus,
+        reason: Option<String>,
+        failing_host: Option<String>,
+    ) -> Verdict {
+        if let Err(e) = self
+            .store
+            .finish_deployment(
+                s.lease.clone(),
+                status,
+                reason.clone(),
+                failing_host.clone(),
+            )
+            .await
+        {
+            tracing::error!(
+                "cannot record the end of deployment {}: {e:#}",
+                s.lease.deployment
+            );
+        }
+        Verdict {
+            deployment: s.lease.deployment,
+            status,
+            reason,
+            failing_host,
+        }
+    }
+
+    /// The forward path: pull, switch batch by batch, bake, `after_deploy`.
+    async fn forward(
+        &self,
+        s: &Started,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), Failure> {
+        self.pull_all(s, say).await?;
+        let per_batch = s.plan.spec.rollout.max_parallel.max(1) as usize;
+        for batch in s.hosts.chunks(per_batch) {
+            let switches = batch.iter().map(|h| self.switch_host(s, h, say, lost));
+            for r in futures_util::future::join_all(switches).await {
+                r?;
+            }
+        }
+        self.bake(s, say, lost).await?;
+        if let Some(argv) = &s.plan.spec.hooks.after_deploy {
+            let mut vars = s.plan.vars.clone();
+            vars.release = Some(s.plan.to.number as u64);
+            self.hook(s, "after_deploy", argv, &vars, say)
+                .await
+                .map_err(|e| Failure::general(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+
+    /// Pull B by digest everywhere, in parallel, before anything is stopped. Nothing that
+    /// serves is touched, so a pull has no undo: the image only waits for retention.
+    async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
+        let b = &s.plan.to;
+        let pulls = s.hosts.iter().map(|h| {
+            let docker = &s.engines[h];
+            async move { (h, host::pull(docker, &b.image(), &b.manifest_digest).await) }
+        });
+        for (h, r) in futures_util::future::join_all(pulls).await {
+            let id = r.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
+            let u = HostUpdate {
+                state: Some(HostState::Pulled),
+                expected: Some(b.manifest_digest.clone()),
+                ..Default::default()
+            };
+            self.store
+                .host_step(
+                    s.lease.clone(),
+                    h.clone(),
+                    "pulled".into(),
+                    Some(format!("{} (image {id})", b.image())),
+                    u,
+                )
+                .await?;
+            say(format!("  {h}: pulled {} and verified", b.manifest_digest));
+        }
+        Ok(())
+    }
+
+    /// Bake: every host keeps being checked for `rollout.bake`.
+    async fn bake(
+        &self,
+        s: &Started,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let bake = s.plan.spec.rollout.bake;
+        if bake.is_zero() {
+            return Ok(());
+        }
+        let shown = humantime::format_duration(bake);
+        say(format!("  bake: checking every host for {shown}"));
+        self.store
+            .deployment_event(s.lease.clone(), "bake".into(), Some(format!("for {shown}")))
+            .await?;
+        let end = Instant::now() + bake;
+        while Instant::now() < end {
+            for h in &s.hosts {
+                let addr = &self.config.hosts[h].address;
+                let spec = &s.plan.spec;
+                health::check_once(&s.engines[h], &spec.container.name, addr, &spec.health)
+                    .await
+                    .map_err(|why| Failure::on(h, format!("unhealthy during bake: {why}")))?;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(s.plan.spec.health.interval) => {}
+                _ = self.shutdown.cancelled() => return Err(Failure::general("the agent is stopping")),
+                _ = lost.cancelled() => return Err(Failure::general("the lease was lost")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Put every touched host back on what it ran before, and prove it by read-back. The
+    /// journal, not memory, says which hosts are touched: recovery after a crash walks it too.
+    async fn revert(&self, s: &Started, say: &impl Fn(String)) -> anyhow::Result<()> {
+        let (_, journal, _) = self
+            .store
+            .deployment(s.lease.deployment)
+            .await?
+            .context("the deployment vanished from the store")?;
+        let touched: Vec<_> = journal.into_iter().filter(|h| h.state.touched()).collect();
+        let reverts = touched
+            .iter()
+            .map(|h| self.revert_host(s, &h.host, h.from_release, say));
+        let mut errors = Vec::new();
+        for (h, r) in touched
+            .iter()
+            .zip(futures_util::future::join_all(reverts).await)
+        {
+            if let Err(e) = r {
+                errors.push(format!("{}: {e:#}", h.host));
+                self.journal_revert_failed(s, &h.host, &e).await;
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!(errors.join("; "))
+        }
+    }
+
+    /// Best effort: the revert's error already goes into the verdict.
+    async fn journal_revert_failed(&self, s: &Started, h: &str, e: &anyhow::Error) {
+        let u = HostUpdate {
+            state: Some(HostState::Failed),
+            reason: Some(format!("{e:#}")),
+            ..Default::default()
+        };
+        let _ = self
+            .store
+            .host_step(
+                s.lease.clone(),
+                h.to_string(),
+                "revert failed".into(),
+                Some(format!("{e:#}")),
+                u,
+            )
+            .await;
+    }
+
+    /// Retention: keep B and the last `keep` good releases on every host; never a rollback target.
+    async fn prune(&self, s: &Started, say: &impl Fn(String)) {
+        let keep_n = s.plan.spec.rollout.keep as usize;
+        let good = self
+            .store
+            .good_releases(s.plan.to.app.clone())
+            .await
+            .unwrap_or_default();
+        let mut keep: BTreeSet<i64> = good.into_iter().take(keep_n + 1).collect();
+        keep.insert(s.plan.to.number);
+        keep.extend(s.before.values().flatten());
+        for h in &s.hosts {
+            match host::prune(&s.engines[h], &s.plan.spec.container.name, &keep).await {
+                Ok(removed) if !removed.is_empty() => {
+                    say(format!("  {h}: pruned {}", removed.join(", ")))
+                }
+                Ok(_) => {}
+                Err(e) => say(format!("  {h}: could not prune old releases: {e:#}")),
+            }
+        }
+    }
+
+    /// At start: resolve deployments a crash left running. If B had completed (every host
+    /// verified on B), verify again and call it succeeded; otherwise revert every touched host.
+    pub async fn recover(&self, log: &LogSink) -> anyhow::Result<Vec<Verdict>> {
+        let say = say_to(log);
+        let mut out = Vec::new();
+        for d in self.store.running_deployments().await? {
+            let (started, journal) = self.reopen(&d).await?;
+            let verdict = self.resolve(&started, &journal, &say).await;
+            tracing::warn!(
+                deployment = d.id,
+                status = verdict.status.as_str(),
+                "interrupted deployment resolved"
+            );
+            out.push(verdict);
+        }
+        Ok(out)
+    }
+
+    /// Take over an interrupted deployment's lease and rebuild what it acted with from the
+    /// store: B's release and recorded spec, the journal's hosts, and fresh connections
+    /// (an unreachable host is left out; its revert then fails, naming it).
+    async fn reopen(&self, d: &Deployment) -> anyhow::Result<(Started, Vec<DeploymentHost>)> {
+        let lease = self
+            .store
+            .take_over_lease(d.app.clone(), d.id, LEASE_TTL.as_millis() as i64)
+            .await?;
+        let release = self
+            .store
+            .release(d.app.clone(), d.to_release)
+            .await?
+            .context("release missing")?;
+        let spec = release
+            .deploy
+            .clone()
+            .with_context(|| format!("release {} has no deploy spec", release.number))?;
+        let (_, hosts, _) = self
+            .store
+            .deployment(d.id)
+            .await?
+            .context("deployment missing")?;
+        let mut engines = BTreeMap::new();
+        for h in &hosts {
+            if let Some(conf) = self.config.hosts.get(&h.host) {
+                match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
+                    Ok(e) => {
+                        engines.insert(h.host.clone(), e);
+                    }
+                    Err(e) => tracing::warn!("recovery: host {} unreachable: {e:#}", h.host),
+                }
+            }
+        }
+        let started = Started {
+            lease,
+            plan: Plan {
+                vars: Vars {
+                    commit: release.commit.clone(),
+                    app: release.app.clone(),
+                    repo: release.repo.clone(),
+                    ..Vars::default()
+                },
+                to: release,
+                spec,
+                kind: d.kind,
+                run: d.run,
+                requested_by: d.requested_by.clone(),
+                hooks_dir: None,
+            },
+            hosts: hosts.iter().map(|h| h.host.clone()).collect(),
+            before: hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.from_release))
+                .collect(),
+            engines,
+        };
+        Ok((started, hosts))
+    }
+
+    /// The verdict on a reopened deployment: succeeded if every host was verified on B and
+    /// still runs it, else rolled back (or failed, when the revert fails).
+    async fn resolve(
+        &self,
+        s: &Started,
+        journal: &[DeploymentHost],
+        say: &impl Fn(String),
+    ) -> Verdict {
+        let completed = journal.iter().all(|h| h.state == HostState::Verified);
+        if completed && self.verify_all(s).await.is_ok() {
+            say(format!(
+                "deployment {}: had completed before the restart; verified again",
+                s.id()
+            ));
+            let why = "completed before an agent restart; verified again at start";
+            return self
+                .finish(s, DeploymentStatus::Succeeded, Some(why.into()), None)
+                .await;
+        }
+        let reason = "interrupted by an agent restart".to_string();
+        match self.revert(s, say).await {
+            Ok(()) => {
+                self.finish(s, DeploymentStatus::RolledBack, Some(reason), None)
+                    .await
+            }
+            Err(e) => {
+                let why = format!("{reason}; the rollback failed: {e:#}");
+                self.finish(s, DeploymentStatus::Failed, Some(why), None)
+                    .await
+            }
+        }
+    }
+
+    async fn verify_all(&self, s: &Started) -> anyhow::Result<()> {
+        for h in &s.hosts {
+            let docker = s.engines.get(h).context("host unreachable")?;
+            let rb =
+                host::read_back(docker, &s.plan.spec.container.name, &s.plan.to.repository).await?;
+            if rb.digest.as_deref() != Some(s.plan.to.manifest_digest.as_str()) || !rb.running {
+                bail!("{h} does not run {}", s.plan.to.manifest_digest);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renew `lease` every third of its life until `stop`; a failed renewal cancels `lost`.
+async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = store
+            .renew_lease(lease.clone(), LEASE_TTL.as_millis() as i64)
+            .await
+        {
+            tracing::error!("{e:#}");
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// Progress lines for a deployment's log.
+fn say_to(log: &LogSink) -> impl Fn(String) + '_ {
+    |m: String| {
+        let _ = log.send(format!("{m}\n").into_bytes());
+    }
+}
+
+/// "release 4", or "none" when the host ran nothing of the app.
+fn release_text(release: Option<i64>) -> String {
+    release.map_or("none".into(), |r| r.to_string())
+}

@@ -1,0 +1,350 @@
+//! One host's part of a deployment, as saga actions: each forward action beside its undo.
+//!
+//! | forward (+), switching A → B              | undo (−), reverting to A                        |
+//! |-------------------------------------------|-------------------------------------------------|
+//! | keep A: stop `NAME`, rename it `NAME-r<A>` | restore A: its kept container, or A afresh     |
+//! | start B as `NAME`                         | remove B: whatever serves as `NAME` unless A   |
+//! | prove B: health, `after_host`, read back  | prove A: the same checks against A's release   |
+//! | record B as what the host runs            | record A (or nothing) instead                  |
+//!
+//! The journal is written before the host is touched (`switching`) and after each step, so a
+//! host's [`HostState`] bounds what it may have been through. Every undo looks at the engine
+//! and does nothing where its action never happened; a revert therefore gives every touched
+//! host every undo, newest first, and a revert that was itself interrupted is simply redone.
+
+use anyhow::{Context, anyhow, bail};
+use bollard::Docker;
+use tokio_util::sync::CancellationToken;
+
+use super::{Deployer, Failure, Started, release_text};
+use crate::deploy::health::{self, HealthReport, Unhealthy};
+use crate::deploy::host;
+use crate::pipeline::{ContainerSpec, DeploySpec, HealthSpec, Vars};
+use crate::store::{HostState, HostUpdate, Release};
+
+impl Deployer {
+    /// Switch host `h` from A to B and prove it: the forward actions in order, each journaled.
+    pub(super) async fn switch_host(
+        &self,
+        s: &Started,
+        h: &str,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), Failure> {
+        if self.shutdown.is_cancelled() || lost.is_cancelled() {
+            return Err(Failure::general("the agent is stopping"));
+        }
+        let on = OnHost::new(self, s, h)?;
+        let b = &s.plan.to;
+        let hooks = &s.plan.spec.hooks;
+        let fail = |e: anyhow::Error| Failure::on(h, format!("{e:#}"));
+        let vars = vars_for(s, h, b.number);
+        let before = s.before.get(h).copied().flatten();
+        let from = HostUpdate {
+            from_release: Some(before),
+            ..Default::default()
+        };
+        let detail = format!("from release {}", release_text(before));
+        on.journal(HostState::Switching, detail, from).await?;
+        if let Some(argv) = &hooks.before_host {
+            self.hook(s, "before_host", argv, &vars, say)
+                .await
+                .map_err(fail)?;
+        }
+        let container = render_container(&s.plan.spec.container, &vars).map_err(fail)?;
+        on.keep_a().await.map_err(fail)?;
+        on.start_b(&container).await.map_err(fail)?;
+        let detail = format!("{} as {}", b.image(), container.name);
+        on.journal(HostState::Started, detail, HostUpdate::default())
+            .await?;
+        let report = on
+            .healthy(&s.plan.spec.health, lost)
+            .await
+            .map_err(|why| Failure::on(h, format!("unhealthy: {why}")))?;
+        let healthy = HostUpdate {
+            health: Some("healthy".into()),
+            ..Default::default()
+        };
+        let detail = format!("{} checks in {:?}", report.checks, report.took);
+        on.journal(HostState::Healthy, detail, healthy).await?;
+        if let Some(argv) = &hooks.after_host {
+            self.hook(s, "after_host", argv, &vars, say)
+                .await
+                .map_err(fail)?;
+        }
+        let got = on.prove_b().await.map_err(fail)?;
+        let read_back = HostUpdate {
+            read_back: Some(got.clone()),
+            ..Default::default()
+        };
+        on.journal(HostState::Verified, format!("runs {got}"), read_back)
+            .await?;
+        on.record(Some(b.number), Some(got.clone())).await?;
+        say(format!(
+            "  {h}: release {} healthy and verified ({got})",
+            b.number
+        ));
+        Ok(())
+    }
+
+    /// Put host `h` back on release `to`, what it ran before (None: nothing), and prove it:
+    /// the undos newest first, then A checked the way B was.
+    pub(super) async fn revert_host(
+        &self,
+        s: &Started,
+        h: &str,
+        to: Option<i64>,
+        say: &impl Fn(String),
+    ) -> anyhow::Result<()> {
+        let on = OnHost::new(self, s, h)?;
+        let hooks = &s.plan.spec.hooks;
+        let detail = format!("to release {}", release_text(to));
+        on.journal(HostState::Reverting, detail, HostUpdate::default())
+            .await?;
+        // A's release record: its image and the container settings it was deployed with.
+        let a = match to {
+            Some(n) => Some(
+                self.store
+                    .release(s.plan.to.app.clone(), n)
+                    .await?
+                    .with_context(|| {
+                        format!("release {n} of {} is not in the store", s.plan.to.app)
+                    })?,
+            ),
+            None => None,
+        };
+        let vars = vars_for(s, h, to.unwrap_or(0));
+        if let Some(argv) = &hooks.before_host {
+            self.hook(s, "before_host", argv, &vars, say).await?;
+        }
+        on.remove_b(to).await?;
+        let Some(a) = a else {
+            return on.reverted_to_nothing(say).await;
+        };
+        let a_spec = a
+            .deploy
+            .as_ref()
+            .with_context(|| format!("release {} has no recorded deploy spec", a.number))?;
+        on.restore_a(&a, a_spec, &vars).await?;
+        on.healthy(&a_spec.health, &CancellationToken::new())
+            .await
+            .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
+        if let Some(argv) = &hooks.after_host {
+            self.hook(s, "after_host", argv, &vars, say).await?;
+        }
+        let got = on.prove_a(&a).await?;
+        on.record(Some(a.number), Some(got.clone())).await?;
+        let read_back = HostUpdate {
+            read_back: Some(got.clone()),
+            ..Default::default()
+        };
+        let detail = format!("runs release {} ({got})", a.number);
+        on.journal(HostState::Reverted, detail, read_back).await?;
+        say(format!(
+            "  {h}: back on release {} and verified ({got})",
+            a.number
+        ));
+        Ok(())
+    }
+}
+
+/// One host of a started deployment: its engine and address, and the journal it writes to.
+struct OnHost<'a> {
+    d: &'a Deployer,
+    s: &'a Started,
+    host: &'a str,
+    docker: &'a Docker,
+    /// The host's address from the config, which health probes go to.
+    address: &'a str,
+    /// The serving container's name `NAME`: A and B both serve as it, one at a time.
+    name: &'a str,
+}
+
+impl<'a> OnHost<'a> {
+    fn new(d: &'a Deployer, s: &'a Started, host: &'a str) -> anyhow::Result<OnHost<'a>> {
+        Ok(OnHost {
+            d,
+            s,
+            host,
+            docker: s.engines.get(host).context("no connection to the host")?,
+            address: &d.config.hosts[host].address,
+            name: &s.plan.spec.container.name,
+        })
+    }
+
+    // keep A -----------------------------------------------------------------------------
+
+    /// (+) Stop A and keep it as `NAME-r<A>`. A and B publish the same host ports, so A stops
+    /// before B starts; it is kept rather than removed so that its undo is a rename.
+    async fn keep_a(&self) -> anyhow::Result<()> {
+        host::keep_current(self.docker, self.name)
+            .await
+            .context("cannot stop the running container")?;
+        Ok(())
+    }
+
+    /// (−) Serve A as `NAME` again: its kept container, with its old settings; when that is gone
+    /// (pruned, or never kept), A afresh by digest from its release record. Nothing to do when
+    /// A still serves (the switch stopped before `keep A`).
+    async fn restore_a(&self, a: &Release, a_spec: &DeploySpec, vars: &Vars) -> anyhow::Result<()> {
+        let serving = host::current(self.docker, self.name)
+            .await?
+            .is_some_and(|c| c.running && c.release == Some(a.number));
+        if serving || host::restore_kept(self.docker, self.name, a.number).await? {
+            return Ok(());
+        }
+        host::pull(self.docker, &a.image(), &a.manifest_digest).await?;
+        let container = render_container(&a_spec.container, vars)?;
+        self.start(a, &container).await?;
+        Ok(())
+    }
+
+    // start B ----------------------------------------------------------------------------
+
+    /// (+) Start B as `NAME`.
+    async fn start_b(&self, container: &ContainerSpec) -> anyhow::Result<()> {
+        let b = &self.s.plan.to;
+        self.start(b, container)
+            .await
+            .with_context(|| format!("cannot start release {}", b.number))
+    }
+
+    /// (−) Remove whatever serves as `NAME` unless it already is A running: B, or a half-started
+    /// B. `a` is A's release number; None when the host ran nothing of the app.
+    async fn remove_b(&self, a: Option<i64>) -> anyhow::Result<()> {
+        if let Some(cur) = host::current(self.docker, self.name).await?
+            && (cur.release != a || !cur.running)
+        {
+            host::remove(self.docker, self.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Start `release` as `NAME` with `container` (rendered for this host).
+    async fn start(&self, release: &Release, container: &ContainerSpec) -> anyhow::Result<()> {
+        let target = host::Target {
+            app: &release.app,
+            release: release.number,
+            commit: &release.commit,
+            image: &release.image(),
+            digest: &release.manifest_digest,
+            container,
+        };
+        host::start(self.docker, &target).await?;
+        Ok(())
+    }
+
+    // prove ------------------------------------------------------------------------------
+
+    /// Health of what serves as `NAME` now: B on the way forward, A in the undo.
+    async fn healthy(
+        &self,
+        spec: &HealthSpec,
+        cancel: &CancellationToken,
+    ) -> Result<HealthReport, Unhealthy> {
+        health::wait_healthy(self.docker, self.name, self.address, spec, cancel).await
+    }
+
+    /// (+) Read back that the host runs B's digest; returns it.
+    async fn prove_b(&self) -> anyhow::Result<String> {
+        let b = &self.s.plan.to;
+        let (got, running) = self.read_back(b).await.context("read-back failed")?;
+        if got != b.manifest_digest || !running {
+            bail!(
+                "read-back mismatch: the host runs {} (running: {running}) but release {} is {}",
+                if got.is_empty() {
+                    "an image without a registry digest"
+                } else {
+                    &got
+                },
+                b.number,
+                b.manifest_digest
+            );
+        }
+        Ok(got)
+    }
+
+    /// (−) Read back that the host runs A's digest again; returns it.
+    async fn prove_a(&self, a: &Release) -> anyhow::Result<String> {
+        let (got, running) = self.read_back(a).await?;
+        if got != a.manifest_digest || !running {
+            bail!(
+                "read-back after the rollback: the host runs {got:?} (running: {running}), expected {}",
+                a.manifest_digest
+            );
+        }
+        Ok(got)
+    }
+
+    /// The digest `NAME` runs in `release`'s repository ("" when none) and whether it runs.
+    async fn read_back(&self, release: &Release) -> anyhow::Result<(String, bool)> {
+        let rb = host::read_back(self.docker, self.name, &release.repository).await?;
+        Ok((rb.digest.unwrap_or_default(), rb.running))
+    }
+
+    // record -----------------------------------------------------------------------------
+
+    /// (+) Record B as what the host was verified to run; (−) record A instead (or nothing).
+    async fn record(&self, release: Option<i64>, digest: Option<String>) -> anyhow::Result<()> {
+        self.d
+            .store
+            .set_app_host(self.s.lease.clone(), self.host.to_string(), release, digest)
+            .await
+    }
+
+    /// (−) The whole undo for a host that ran nothing of the app before: with B removed, nothing
+    /// runs, and that is recorded.
+    async fn reverted_to_nothing(&self, say: &impl Fn(String)) -> anyhow::Result<()> {
+        self.record(None, None).await?;
+        let detail = "no earlier release; the container was removed".to_string();
+        self.journal(HostState::Reverted, detail, HostUpdate::default())
+            .await?;
+        say(format!(
+            "  {}: reverted (no earlier release: nothing runs)",
+            self.host
+        ));
+        Ok(())
+    }
+
+    /// Journal that the host reached `state`: the step is named after the state.
+    async fn journal(&self, state: HostState, detail: String, u: HostUpdate) -> anyhow::Result<()> {
+        let u = HostUpdate {
+            state: Some(state),
+            ..u
+        };
+        self.d
+            .store
+            .host_step(
+                self.s.lease.clone(),
+                self.host.to_string(),
+                state.as_str().to_string(),
+                Some(detail),
+                u,
+            )
+            .await
+    }
+}
+
+/// The plan's placeholder values for host `h` and `release`.
+fn vars_for(s: &Started, h: &str, release: i64) -> Vars {
+    let mut v = s.plan.vars.clone();
+    v.host = Some(h.to_string());
+    v.release = Some(release as u64);
+    v
+}
+
+/// Fill placeholders in the declarative container fields for one host.
+pub fn render_container(c: &ContainerSpec, vars: &Vars) -> anyhow::Result<ContainerSpec> {
+    let r = |s: &String| vars.render(s).map_err(|e| anyhow!(e));
+    Ok(ContainerSpec {
+        name: c.name.clone(),
+        ports: c.ports.iter().map(r).collect::<anyhow::Result<_>>()?,
+        env: c
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), r(v)?)))
+            .collect::<anyhow::Result<_>>()?,
+        args: c.args.iter().map(r).collect::<anyhow::Result<_>>()?,
+        volumes: c.volumes.iter().map(r).collect::<anyhow::Result<_>>()?,
+    })
+}
