@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Metrics};
 use crate::config::Config;
+use crate::deploy::deployment::Deployer;
 use crate::queue::Queue;
 use crate::store::Store;
 
@@ -38,7 +39,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // off: what it left unresolved is still `running` in the journal, and the next start
     // resolves it again.
     let recovery = {
-        let deployer = crate::deploy::deployer(&queue);
+        let deployer = Deployer::new(store.clone(), config.clone(), shutdown.clone());
         tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
             let logger = tokio::spawn(async move {

@@ -14,7 +14,7 @@ use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkout::Workspaces;
-use crate::deploy::deployment::{Plan, StartError};
+use crate::deploy::deployment::{Deployer, Plan, StartError};
 use crate::forge::RefKind;
 use crate::image;
 use crate::pipeline::{self, Action, Pipeline, Vars};
@@ -358,7 +358,7 @@ async fn deploy_step(
     release: &Release,
     ctx: &StepContext,
 ) -> anyhow::Result<()> {
-    let deployer = crate::deploy::deployer(q);
+    let deployer = Deployer::new(q.store.clone(), q.config.clone(), q.shutdown.clone());
     let plan = Plan {
         to: release.clone(),
         spec: spec.clone(),

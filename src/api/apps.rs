@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Authorized, Page};
+use crate::deploy::deployment::{Deployer, StartError};
 
 pub async fn list_apps(_: Authorized, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(
@@ -66,14 +67,12 @@ pub async fn rollback(
             )
         })?
     };
-    let plan = crate::deploy::rollback_plan(&s.queue, &app, req.to, &auth.token)
+    let deployer = Deployer::new(s.store.clone(), s.config.clone(), s.queue.shutdown.clone());
+    let plan = crate::deploy::rollback_plan(&deployer, &s.queue.mirrors, &app, req.to, &auth.token)
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
-    let deployer = crate::deploy::deployer(&s.queue);
     let started = deployer.start(plan).await.map_err(|e| match e {
-        crate::deploy::deployment::StartError::Busy { .. } => {
-            ApiError::new(StatusCode::CONFLICT, e.to_string())
-        }
+        StartError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
     })?;
     let id = started.id();
@@ -120,7 +119,7 @@ pub async fn app_hosts(
     Path(app): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(
-        crate::deploy::app_hosts_now(&s.queue, &app)
+        crate::deploy::app_hosts_now(&s.store, &s.config, &app)
             .await
             .map_err(ApiError::internal)?
     )))

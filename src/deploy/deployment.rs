@@ -71,6 +71,16 @@ pub struct Deployer {
     pub shutdown: CancellationToken,
 }
 
+impl Deployer {
+    pub fn new(store: Store, config: Arc<Config>, shutdown: CancellationToken) -> Deployer {
+        Deployer {
+            store,
+            config,
+            shutdown,
+        }
+    }
+}
+
 /// How a deployment ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {

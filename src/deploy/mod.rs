@@ -5,35 +5,26 @@ pub mod deployment;
 pub mod health;
 pub mod host;
 
-use std::sync::Arc;
-
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use crate::checkout::Mirrors;
 use crate::config::Config;
 use crate::pipeline::Vars;
-use crate::queue::Queue;
-use crate::store::DeploymentKind;
+use crate::store::{DeploymentKind, Release, Store};
 use deployment::{Deployer, Plan};
-
-pub fn deployer(q: &Arc<Queue>) -> Deployer {
-    Deployer {
-        store: q.store.clone(),
-        config: q.config.clone(),
-        shutdown: q.shutdown.clone(),
-    }
-}
 
 /// The plan of a manual rollback of `app` to release `to`, by default the newest good
 /// release older than the current one. Its container settings and health checks are the
 /// ones that release was deployed with; hooks run in a checkout of its commit.
 pub async fn rollback_plan(
-    q: &Arc<Queue>,
+    d: &Deployer,
+    mirrors: &Mirrors,
     app: &str,
     to: Option<i64>,
     who: &str,
 ) -> anyhow::Result<Plan> {
-    let good = q.store.good_releases(app.to_string()).await?;
+    let good = d.store.good_releases(app.to_string()).await?;
     let current = good.first().copied();
     let target = match to {
         Some(n) => n,
@@ -50,7 +41,7 @@ pub async fn rollback_plan(
             })?
         }
     };
-    let release = q
+    let release = d
         .store
         .release(app.to_string(), target)
         .await?
@@ -62,7 +53,7 @@ pub async fn rollback_plan(
             "release {target} of {app} was built by a pipeline without a deploy step; it cannot be deployed"
         )
     };
-    let hooks_dir = hooks_checkout(q, &release).await;
+    let hooks_dir = hooks_checkout(d, mirrors, &release).await;
     Ok(Plan {
         vars: Vars {
             commit: release.commit.clone(),
@@ -83,20 +74,21 @@ pub async fn rollback_plan(
 /// skipped and the journal says so). The release was built from this commit, so the mirror
 /// has it and no fetch happens; a mirror that lost it fetches the ref the release's run built.
 async fn hooks_checkout(
-    q: &Arc<Queue>,
-    release: &crate::store::Release,
+    d: &Deployer,
+    mirrors: &Mirrors,
+    release: &Release,
 ) -> Option<std::path::PathBuf> {
-    let repo = q.config.repo(&release.repo)?;
-    let git_ref = match q.store.run(release.run).await {
+    let repo = d.config.repo(&release.repo)?;
+    let git_ref = match d.store.run(release.run).await {
         Ok(Some((run, _))) => run.git_ref,
         _ => return None,
     };
-    let dir = q
+    let dir = d
         .config
         .data_dir
         .join("hooks")
         .join(format!("{}-r{}", release.app, release.number));
-    q.mirrors
+    mirrors
         .checkout(repo, &git_ref, &release.commit, dir)
         .await
         .map_err(|e| {
@@ -119,11 +111,15 @@ pub struct AppHostNow {
     pub health: String,
 }
 
-pub async fn app_hosts_now(q: &Arc<Queue>, app: &str) -> anyhow::Result<Vec<AppHostNow>> {
+pub async fn app_hosts_now(
+    store: &Store,
+    config: &Config,
+    app: &str,
+) -> anyhow::Result<Vec<AppHostNow>> {
     let mut out = Vec::new();
-    for h in q.store.app_hosts(app.to_string()).await? {
+    for h in store.app_hosts(app.to_string()).await? {
         let release = match h.release {
-            Some(n) => q.store.release(app.to_string(), n).await?,
+            Some(n) => store.release(app.to_string(), n).await?,
             None => None,
         };
         let spec = release.as_ref().and_then(|r| r.deploy.clone());
@@ -135,7 +131,7 @@ pub async fn app_hosts_now(q: &Arc<Queue>, app: &str) -> anyhow::Result<Vec<AppH
             container: None,
             health: "unknown".into(),
         };
-        if let (Some(conf), Some(spec), Some(rel)) = (q.config.hosts.get(&h.host), spec, release) {
+        if let (Some(conf), Some(spec), Some(rel)) = (config.hosts.get(&h.host), spec, release) {
             match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
                 Ok(docker) => {
                     if let Ok(rb) =
