@@ -20,6 +20,7 @@
 //! - `payload`: the pruned parse and the typed field readers the forge modules share.
 //! - `github`, `gitea` (Gitea and Forgejo), `gitlab`, `bitbucket`: each forge's payloads, the
 //!   fields read from them (`PAYLOAD`) and how they become ref updates.
+//! - `testkit` (tests only): the deliveries every module's tests send, and the fixture table.
 //!
 //! Invariant: this module does no I/O. It never stores, fetches or logs; the HTTP handler does.
 
@@ -493,7 +494,8 @@ mod tests {
         }
     }
 
-    /// A fixture added to the folder without a case here fails, so none goes untested.
+    /// A fixture added to the folder without a case in [`FIXTURES`] fails, so none goes
+    /// untested.
     #[test]
     fn every_fixture_file_has_a_case() {
         let root = format!("{}/tests/fixtures/webhooks", env!("CARGO_MANIFEST_DIR"));

@@ -46,7 +46,7 @@ pub(super) enum Shape {
     Array(&'static Shape),
 }
 
-/// A commit author: git's `name`, Bitbucket's `raw` ("Name <email>") and account.
+/// A commit author: git's `name`, Bitbucket's `raw` (`"Name <email>"`) and account.
 pub(super) const AUTHOR: Shape = Shape::Object(&[
     ("raw", Shape::Leaf),
     ("name", Shape::Leaf),
