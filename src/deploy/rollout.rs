@@ -949,7 +949,7 @@ impl Deployer {
 
 /// Fill placeholders in the declarative container fields for one host.
 pub fn render_container(c: &ContainerSpec, vars: &Vars) -> Result<ContainerSpec, String> {
-    let r = |s: &String| vars.render(s);
+    let r = |s: &String| vars.render(s).map_err(|e| e.to_string());
     Ok(ContainerSpec {
         name: c.name.clone(),
         ports: c.ports.iter().map(r).collect::<Result<_, _>>()?,
