@@ -567,7 +567,7 @@ impl Doc<'_> {
 
 /// Why a secret reference gave no value.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+enum SecretError {
     #[error("{what}: environment variable {name} is not set; export it before starting hoist")]
     NotSet { what: String, name: String },
     #[error("{what}: cannot read {path}: {error}")]
@@ -609,7 +609,7 @@ fn resolve(value: &str, what: &str, source: &dyn SecretSource) -> Result<Secret,
 
 /// Why a Docker endpoint (`builder.docker`, `host.NAME.docker`) is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum DockerUrlError {
+enum DockerUrlError {
     #[error(
         "{key} = {url:?}: give ssh:// engines as ssh://user@host; put a port in the agent user's ~/.ssh/config (Host alias, HostName, Port) and write ssh://user@alias"
     )]
