@@ -163,6 +163,7 @@ struct RawConfig {
     token: Vec<RawToken>,
 }
 
+/// `[builder]` as written: the endpoint keeps its place for the error that refuses it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuilder {
@@ -178,6 +179,7 @@ impl Default for RawBuilder {
     }
 }
 
+/// `[runner]` as written: `max_parallel` keeps its place for the error that refuses it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRunner {

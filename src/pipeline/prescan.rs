@@ -17,9 +17,8 @@ pub(super) const MAX_DEPTH: usize = 32;
 /// Nodes the document may have with every alias expanded; real pipelines have hundreds.
 const MAX_EXPANDED_NODES: u64 = 100_000;
 
-pub(super) const TOO_MANY_ALIASES: &str = "the pipeline file uses too many aliases (`*name`) or expands \
-                                them too far (a YAML \"billion laughs\"?); write the values out \
-                                instead";
+pub(super) const TOO_MANY_ALIASES: &str = "the pipeline file uses too many aliases (`*name`) \
+     or expands them too far (a YAML \"billion laughs\"?); write the values out instead";
 pub(super) const TOO_LARGE: &str =
     "the pipeline file is too large (too many values); split long lists or remove repetition";
 // The number is MAX_DEPTH's.

@@ -610,10 +610,18 @@ fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpe
     };
     let Some(h) = h else { return spec };
     let at = h.referenced;
-    let raw = h.value;
+    let mut raw = h.value;
+    if let Some(check) = health_check(problems, &mut raw, at) {
+        spec.check = check;
+    }
+    health_timings(problems, &raw, at, &mut spec);
+    spec
+}
 
+/// The one probe of `health:`, taken out of `raw`; none when there are none or several.
+fn health_check(problems: &mut Problems, raw: &mut RawHealth, at: Location) -> Option<HealthCheck> {
     let mut checks = Vec::new();
-    if let Some(http) = raw.http {
+    if let Some(http) = raw.http.take() {
         let path = match http.value.path {
             None => "/".to_string(),
             Some(p) => {
@@ -629,16 +637,16 @@ fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpe
         let port = port_number(problems, &http.value.port, "http.port");
         checks.push(("http", HealthCheck::Http { port, path }));
     }
-    if let Some(tcp) = raw.tcp {
+    if let Some(tcp) = raw.tcp.take() {
         checks.push(("tcp", HealthCheck::Tcp(port_number(problems, &tcp, "tcp"))));
     }
-    if let Some(command) = raw.command {
+    if let Some(command) = raw.command.take() {
         checks.push((
             "command",
             HealthCheck::Command(argv(problems, &command, "command")),
         ));
     }
-    let docker_false = match raw.docker {
+    let docker_false = match raw.docker.take() {
         Some(d) if d.value => {
             checks.push(("docker", HealthCheck::Docker));
             false
@@ -647,11 +655,7 @@ fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpe
         None => false,
     };
     match checks.len() {
-        1 => {
-            if let Some((_, check)) = checks.pop() {
-                spec.check = check;
-            }
-        }
+        1 => return checks.pop().map(|(_, check)| check),
         0 => {
             let hint = if docker_false {
                 " (`docker: false` is not a check)"
@@ -674,7 +678,12 @@ fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpe
             ),
         ),
     }
+    None
+}
 
+/// Interval, timeout, healthy_for and deadline over the defaults in `spec`, each more than 0s,
+/// and a deadline a container can meet.
+fn health_timings(problems: &mut Problems, raw: &RawHealth, at: Location, spec: &mut HealthSpec) {
     spec.interval = duration_or(problems, &raw.interval, "interval", spec.interval);
     spec.timeout = duration_or(problems, &raw.timeout, "timeout", spec.timeout);
     spec.healthy_for = duration_or(problems, &raw.healthy_for, "healthy_for", spec.healthy_for);
@@ -699,7 +708,6 @@ fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpe
             ),
         );
     }
-    spec
 }
 
 /// Placeholders are checked by rendering with empty values: only unknown names and broken
