@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,41 +39,22 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[builder]`: where steps run and images are built.
+#[derive(Debug, Clone)]
 pub struct BuilderConfig {
-    /// Docker endpoint of the build engine (`unix://…`, `tcp://…`).
-    #[serde(default = "default_docker")]
+    /// Docker endpoint of the build engine (`unix://…`, `tcp://…`; default
+    /// `unix:///var/run/docker.sock`).
     pub docker: String,
 }
 
-impl Default for BuilderConfig {
-    fn default() -> Self {
-        BuilderConfig {
-            docker: default_docker(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[runner]`: limits of the run queue.
+#[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// Runs executed at once (default 2).
-    #[serde(default = "default_max_parallel")]
     pub max_parallel: u32,
     /// How often every repo's heads are listed to find pushes whose webhook never came
     /// (default 60s; 0s disables).
-    #[serde(default = "default_poll_interval", with = "duration")]
     pub poll_interval: Duration,
-}
-
-impl Default for RunnerConfig {
-    fn default() -> Self {
-        RunnerConfig {
-            max_parallel: default_max_parallel(),
-            poll_interval: default_poll_interval(),
-        }
-    }
 }
 
 /// A repository hoist accepts pushes for.
@@ -166,9 +148,9 @@ struct RawConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(default)]
-    builder: BuilderConfig,
+    builder: RawBuilder,
     #[serde(default)]
-    runner: RunnerConfig,
+    runner: RawRunner,
     #[serde(default)]
     repo: Vec<RawRepo>,
     #[serde(default)]
@@ -179,6 +161,41 @@ struct RawConfig {
     secrets: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     token: Vec<RawToken>,
+}
+
+/// `[builder]` as written: the endpoint keeps its place for the error that refuses it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuilder {
+    #[serde(default = "default_docker")]
+    docker: Spanned<String>,
+}
+
+impl Default for RawBuilder {
+    fn default() -> Self {
+        RawBuilder {
+            docker: default_docker(),
+        }
+    }
+}
+
+/// `[runner]` as written: `max_parallel` keeps its place for the error that refuses it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    #[serde(default = "default_max_parallel")]
+    max_parallel: Spanned<u32>,
+    #[serde(default = "default_poll_interval", with = "duration")]
+    poll_interval: Duration,
+}
+
+impl Default for RawRunner {
+    fn default() -> Self {
+        RawRunner {
+            max_parallel: default_max_parallel(),
+            poll_interval: default_poll_interval(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -211,17 +228,18 @@ struct RawToken {
     sha256: Spanned<String>,
 }
 
+// Defaults are never reported, so the empty span of a defaulted value is never shown.
 fn default_listen() -> Spanned<String> {
     Spanned::new(0..0, "127.0.0.1:8080".to_string())
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/hoist")
 }
-fn default_docker() -> String {
-    "unix:///var/run/docker.sock".to_string()
+fn default_docker() -> Spanned<String> {
+    Spanned::new(0..0, "unix:///var/run/docker.sock".to_string())
 }
-fn default_max_parallel() -> u32 {
-    2
+fn default_max_parallel() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(60)
@@ -275,183 +293,25 @@ impl Config {
         Config::parse(&path.display().to_string(), &text, &System)
     }
 
-    /// Parse the text of a config file named `file` (for messages).
+    /// Parse the text of a config file named `file` (for messages). Checks run in the order
+    /// of the file's sections and stop at the first error.
     pub fn parse(file: &str, text: &str, source: &dyn SecretSource) -> Result<Config, ConfigError> {
-        let at = |span: std::ops::Range<usize>, message: String| {
-            let (line, column) = line_col(text, span.start);
-            ConfigError {
-                file: file.to_string(),
-                line,
-                column,
-                message,
-            }
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            at(span, e.message().trim().to_string())
-        })?;
-
-        let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|_| {
-            at(
-                raw.listen.span(),
-                format!(
-                    "listen = {:?} is not an address; write it as \"127.0.0.1:8080\"",
-                    raw.listen.get_ref()
-                ),
-            )
-        })?;
-
-        if raw.runner.max_parallel == 0 {
-            return Err(at(0..0, "runner.max_parallel must be at least 1".into()));
-        }
-        check_docker_url("builder.docker", &raw.builder.docker).map_err(|m| at(0..0, m))?;
-
-        let mut hosts = BTreeMap::new();
-        for (name, host) in raw.host {
-            let span = host.span();
-            let host = host.into_inner();
-            check_docker_url(&format!("host.{name}.docker"), &host.docker)
-                .map_err(|m| at(span.clone(), m))?;
-            if host.docker.starts_with("tcp://") && host.tls.is_none() {
-                return Err(at(
-                    span,
-                    format!(
-                        "host.{name}: a tcp:// engine needs tls = {{ ca = …, cert = …, key = … }}; hoist does not talk to an unauthenticated remote engine"
-                    ),
-                ));
-            }
-            if host.address.trim().is_empty() {
-                return Err(at(
-                    span,
-                    format!("host.{name}.address is empty; give the address health checks reach"),
-                ));
-            }
-            hosts.insert(name, host);
-        }
-
-        let mut repos: Vec<RepoConfig> = Vec::new();
-        for r in raw.repo {
-            let name = r.name.get_ref().clone();
-            if !valid_repo_name(&name) {
-                return Err(at(
-                    r.name.span(),
-                    format!("repo name {name:?} must be owner/name, as the forge sends it"),
-                ));
-            }
-            if repos.iter().any(|x| x.name == name) {
-                return Err(at(
-                    r.name.span(),
-                    format!("repo {name} is configured twice"),
-                ));
-            }
-            let forge = Forge::from_name(r.forge.get_ref()).ok_or_else(|| {
-                at(
-                    r.forge.span(),
-                    format!(
-                        "forge = {:?} is not one of github, gitea, forgejo, gitlab, bitbucket",
-                        r.forge.get_ref()
-                    ),
-                )
-            })?;
-            if r.url.get_ref().trim().is_empty() {
-                return Err(at(
-                    r.url.span(),
-                    format!("repo {name}: url is empty; hoist fetches commits from it"),
-                ));
-            }
-            let secret = resolve(&r.secret, &format!("repo {name} secret"), source)
-                .map_err(|m| at(r.secret.span(), m))?;
-            if secret.expose().is_empty() {
-                return Err(at(
-                    r.secret.span(),
-                    format!(
-                        "repo {name}: the webhook secret is empty; an unsigned webhook would start builds"
-                    ),
-                ));
-            }
-            for h in r.hosts.get_ref() {
-                if !hosts.contains_key(h) {
-                    return Err(at(
-                        r.hosts.span(),
-                        format!("repo {name}: host {h:?} has no [host.{h}] entry"),
-                    ));
-                }
-            }
-            repos.push(RepoConfig {
-                name,
-                url: r.url.into_inner(),
-                forge,
-                secret,
-                hosts: r.hosts.into_inner(),
-                cancel_superseded: r.cancel_superseded,
-            });
-        }
-
-        let mut registries = Vec::new();
-        for g in raw.registry {
-            let host = g.host.get_ref().clone();
-            let username = match &g.username {
-                Some(u) => Some(
-                    resolve(u, &format!("registry {host} username"), source)
-                        .map_err(|m| at(u.span(), m))?,
-                ),
-                None => None,
-            };
-            let password = match &g.password {
-                Some(p) => Some(
-                    resolve(p, &format!("registry {host} password"), source)
-                        .map_err(|m| at(p.span(), m))?,
-                ),
-                None => None,
-            };
-            if username.is_some() != password.is_some() {
-                return Err(at(
-                    g.host.span(),
-                    format!("registry {host}: give both username and password, or neither"),
-                ));
-            }
-            registries.push(RegistryConfig {
-                host,
-                insecure: g.insecure,
-                username,
-                password,
-            });
-        }
-
-        let mut secrets = BTreeMap::new();
-        for (name, value) in raw.secrets {
-            let v = resolve(&value, &format!("secret {name}"), source)
-                .map_err(|m| at(value.span(), m))?;
-            secrets.insert(name, v);
-        }
-
-        let mut tokens = Vec::new();
-        for t in raw.token {
-            let hash = t.sha256.get_ref();
-            let bytes = hex::decode(hash)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok());
-            let Some(sha256) = bytes.filter(|_| hash.chars().all(|c| !c.is_ascii_uppercase()))
-            else {
-                return Err(at(
-                    t.sha256.span(),
-                    format!(
-                        "token {}: sha256 must be 64 lowercase hex digits, as printed by `hoist token create`",
-                        t.name
-                    ),
-                ));
-            };
-            tokens.push(TokenConfig {
-                name: t.name,
-                sha256,
-            });
-        }
-
+        let doc = Doc { file, text };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| doc.at(e.span().unwrap_or(0..0), e.message().trim()))?;
+        let listen = doc.listen(&raw.listen)?;
+        let runner = doc.runner(raw.runner)?;
+        let builder = doc.builder(raw.builder)?;
+        let hosts = doc.hosts(raw.host)?;
+        let repos = doc.repos(raw.repo, &hosts, source)?;
+        let registries = doc.registries(raw.registry, source)?;
+        let secrets = doc.secrets(raw.secrets, source)?;
+        let tokens = doc.tokens(raw.token)?;
         Ok(Config {
             listen,
             data_dir: raw.data_dir,
-            builder: raw.builder,
-            runner: raw.runner,
+            builder,
+            runner,
             repos,
             registries,
             hosts,
@@ -466,40 +326,310 @@ impl Config {
     }
 }
 
-/// Resolve `env:NAME` or `file:PATH`. A literal is refused: secrets do not live in config files.
-fn resolve(
-    value: &Spanned<String>,
-    what: &str,
-    source: &dyn SecretSource,
-) -> Result<Secret, String> {
-    let v = value.get_ref();
-    if let Some(name) = v.strip_prefix("env:") {
-        return source.env(name).map(Secret).ok_or_else(|| {
-            format!(
-                "{what}: environment variable {name} is not set; export it before starting hoist"
-            )
-        });
+/// The file being parsed: its name and text, to turn a span into `FILE:LINE:COL`.
+struct Doc<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Doc<'_> {
+    fn at(&self, span: Range<usize>, message: impl fmt::Display) -> ConfigError {
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.to_string(),
+        }
     }
-    if let Some(path) = v.strip_prefix("file:") {
+
+    fn listen(&self, listen: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        listen.get_ref().parse().map_err(|_| {
+            self.at(
+                listen.span(),
+                format!(
+                    "listen = {:?} is not an address; write it as \"127.0.0.1:8080\"",
+                    listen.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn runner(&self, runner: RawRunner) -> Result<RunnerConfig, ConfigError> {
+        if *runner.max_parallel.get_ref() == 0 {
+            return Err(self.at(
+                runner.max_parallel.span(),
+                "runner.max_parallel must be at least 1",
+            ));
+        }
+        Ok(RunnerConfig {
+            max_parallel: runner.max_parallel.into_inner(),
+            poll_interval: runner.poll_interval,
+        })
+    }
+
+    fn builder(&self, builder: RawBuilder) -> Result<BuilderConfig, ConfigError> {
+        check_docker_url("builder.docker", builder.docker.get_ref())
+            .map_err(|e| self.at(builder.docker.span(), e))?;
+        Ok(BuilderConfig {
+            docker: builder.docker.into_inner(),
+        })
+    }
+
+    fn hosts(
+        &self,
+        raw: BTreeMap<String, Spanned<HostConfig>>,
+    ) -> Result<BTreeMap<String, HostConfig>, ConfigError> {
+        let mut hosts = BTreeMap::new();
+        for (name, host) in raw {
+            let span = host.span();
+            let host = host.into_inner();
+            check_docker_url(&format!("host.{name}.docker"), &host.docker)
+                .map_err(|e| self.at(span.clone(), e))?;
+            if host.docker.starts_with("tcp://") && host.tls.is_none() {
+                return Err(self.at(
+                    span,
+                    format!(
+                        "host.{name}: a tcp:// engine needs tls = {{ ca = …, cert = …, key = … }}; hoist does not talk to an unauthenticated remote engine"
+                    ),
+                ));
+            }
+            if host.address.trim().is_empty() {
+                return Err(self.at(
+                    span,
+                    format!("host.{name}.address is empty; give the address health checks reach"),
+                ));
+            }
+            hosts.insert(name, host);
+        }
+        Ok(hosts)
+    }
+
+    fn repos(
+        &self,
+        raw: Vec<RawRepo>,
+        hosts: &BTreeMap<String, HostConfig>,
+        source: &dyn SecretSource,
+    ) -> Result<Vec<RepoConfig>, ConfigError> {
+        let mut repos: Vec<RepoConfig> = Vec::new();
+        for r in raw {
+            let repo = self.repo(r, &repos, hosts, source)?;
+            repos.push(repo);
+        }
+        Ok(repos)
+    }
+
+    /// One `[[repo]]`, named once among the `earlier` ones.
+    fn repo(
+        &self,
+        r: RawRepo,
+        earlier: &[RepoConfig],
+        hosts: &BTreeMap<String, HostConfig>,
+        source: &dyn SecretSource,
+    ) -> Result<RepoConfig, ConfigError> {
+        let name = r.name.get_ref().clone();
+        if !valid_repo_name(&name) {
+            return Err(self.at(
+                r.name.span(),
+                format!("repo name {name:?} must be owner/name, as the forge sends it"),
+            ));
+        }
+        if earlier.iter().any(|x| x.name == name) {
+            return Err(self.at(r.name.span(), format!("repo {name} is configured twice")));
+        }
+        let forge = Forge::from_name(r.forge.get_ref()).ok_or_else(|| {
+            self.at(
+                r.forge.span(),
+                format!(
+                    "forge = {:?} is not one of github, gitea, forgejo, gitlab, bitbucket",
+                    r.forge.get_ref()
+                ),
+            )
+        })?;
+        if r.url.get_ref().trim().is_empty() {
+            return Err(self.at(
+                r.url.span(),
+                format!("repo {name}: url is empty; hoist fetches commits from it"),
+            ));
+        }
+        let secret = self.secret(&r.secret, &format!("repo {name} secret"), source)?;
+        if secret.expose().is_empty() {
+            return Err(self.at(
+                r.secret.span(),
+                format!(
+                    "repo {name}: the webhook secret is empty; an unsigned webhook would start builds"
+                ),
+            ));
+        }
+        if let Some(h) = r.hosts.get_ref().iter().find(|h| !hosts.contains_key(*h)) {
+            return Err(self.at(
+                r.hosts.span(),
+                format!("repo {name}: host {h:?} has no [host.{h}] entry"),
+            ));
+        }
+        Ok(RepoConfig {
+            name,
+            url: r.url.into_inner(),
+            forge,
+            secret,
+            hosts: r.hosts.into_inner(),
+            cancel_superseded: r.cancel_superseded,
+        })
+    }
+
+    fn registries(
+        &self,
+        raw: Vec<RawRegistry>,
+        source: &dyn SecretSource,
+    ) -> Result<Vec<RegistryConfig>, ConfigError> {
+        let mut registries = Vec::new();
+        for g in raw {
+            let host = g.host.get_ref().clone();
+            let username =
+                self.optional_secret(&g.username, &format!("registry {host} username"), source)?;
+            let password =
+                self.optional_secret(&g.password, &format!("registry {host} password"), source)?;
+            if username.is_some() != password.is_some() {
+                return Err(self.at(
+                    g.host.span(),
+                    format!("registry {host}: give both username and password, or neither"),
+                ));
+            }
+            registries.push(RegistryConfig {
+                host,
+                insecure: g.insecure,
+                username,
+                password,
+            });
+        }
+        Ok(registries)
+    }
+
+    fn secrets(
+        &self,
+        raw: BTreeMap<String, Spanned<String>>,
+        source: &dyn SecretSource,
+    ) -> Result<BTreeMap<String, Secret>, ConfigError> {
+        raw.into_iter()
+            .map(|(name, value)| {
+                let secret = self.secret(&value, &format!("secret {name}"), source)?;
+                Ok((name, secret))
+            })
+            .collect()
+    }
+
+    fn tokens(&self, raw: Vec<RawToken>) -> Result<Vec<TokenConfig>, ConfigError> {
+        raw.into_iter()
+            .map(|t| {
+                let hash = t.sha256.get_ref();
+                let bytes = hex::decode(hash)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
+                let Some(sha256) =
+                    bytes.filter(|_| hash.chars().all(|c| !c.is_ascii_uppercase()))
+                else {
+                    return Err(self.at(
+                        t.sha256.span(),
+                        format!(
+                            "token {}: sha256 must be 64 lowercase hex digits, as printed by `hoist token create`",
+                            t.name
+                        ),
+                    ));
+                };
+                Ok(TokenConfig {
+                    name: t.name,
+                    sha256,
+                })
+            })
+            .collect()
+    }
+
+    /// A secret reference resolved, or an error at the reference.
+    fn secret(
+        &self,
+        value: &Spanned<String>,
+        what: &str,
+        source: &dyn SecretSource,
+    ) -> Result<Secret, ConfigError> {
+        resolve(value.get_ref(), what, source).map_err(|e| self.at(value.span(), e))
+    }
+
+    fn optional_secret(
+        &self,
+        value: &Option<Spanned<String>>,
+        what: &str,
+        source: &dyn SecretSource,
+    ) -> Result<Option<Secret>, ConfigError> {
+        value
+            .as_ref()
+            .map(|v| self.secret(v, what, source))
+            .transpose()
+    }
+}
+
+/// Why a secret reference gave no value.
+#[derive(Debug, thiserror::Error)]
+enum SecretError {
+    #[error("{what}: environment variable {name} is not set; export it before starting hoist")]
+    NotSet { what: String, name: String },
+    #[error("{what}: cannot read {path}: {error}")]
+    Unreadable {
+        what: String,
+        path: String,
+        error: std::io::Error,
+    },
+    #[error(
+        "{what}: a literal secret is refused; write \"env:NAME\" or \"file:PATH\" so the value stays out of the config file"
+    )]
+    Literal { what: String },
+}
+
+/// Resolve `env:NAME` or `file:PATH`. A literal is refused: secrets do not live in config files.
+fn resolve(value: &str, what: &str, source: &dyn SecretSource) -> Result<Secret, SecretError> {
+    let what = what.to_string();
+    if let Some(name) = value.strip_prefix("env:") {
+        return source
+            .env(name)
+            .map(Secret)
+            .ok_or_else(|| SecretError::NotSet {
+                what,
+                name: name.to_string(),
+            });
+    }
+    if let Some(path) = value.strip_prefix("file:") {
         return source
             .file(Path::new(path))
             .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_string()))
-            .map_err(|e| format!("{what}: cannot read {path}: {e}"));
+            .map_err(|error| SecretError::Unreadable {
+                what,
+                path: path.to_string(),
+                error,
+            });
     }
-    Err(format!(
-        "{what}: a literal secret is refused; write \"env:NAME\" or \"file:PATH\" so the value stays out of the config file"
-    ))
+    Err(SecretError::Literal { what })
 }
 
-fn check_docker_url(key: &str, url: &str) -> Result<(), String> {
+/// Why a Docker endpoint (`builder.docker`, `host.NAME.docker`) is refused.
+#[derive(Debug, thiserror::Error)]
+enum DockerUrlError {
+    #[error(
+        "{key} = {url:?}: give ssh:// engines as ssh://user@host; put a port in the agent user's ~/.ssh/config (Host alias, HostName, Port) and write ssh://user@alias"
+    )]
+    SshWithPortOrPath { key: String, url: String },
+    #[error("{key} = {url:?} must start with unix://, tcp:// or ssh://")]
+    Scheme { key: String, url: String },
+}
+
+fn check_docker_url(key: &str, url: &str) -> Result<(), DockerUrlError> {
     // bollard hands `user@host:port` to ssh without its scheme, and ssh then takes
     // `host:port` for a host name: the port has to come from the ssh config instead.
     if let Some(rest) = url.strip_prefix("ssh://")
         && (rest.contains(':') || rest.contains('/'))
     {
-        return Err(format!(
-            "{key} = {url:?}: give ssh:// engines as ssh://user@host; put a port in the agent user's ~/.ssh/config (Host alias, HostName, Port) and write ssh://user@alias"
-        ));
+        return Err(DockerUrlError::SshWithPortOrPath {
+            key: key.to_string(),
+            url: url.to_string(),
+        });
     }
     if ["unix://", "tcp://", "ssh://"]
         .iter()
@@ -507,9 +637,10 @@ fn check_docker_url(key: &str, url: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!(
-            "{key} = {url:?} must start with unix://, tcp:// or ssh://"
-        ))
+        Err(DockerUrlError::Scheme {
+            key: key.to_string(),
+            url: url.to_string(),
+        })
     }
 }
 
@@ -542,14 +673,25 @@ pub mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
+    /// Text that is not a duration; the message shows how to write one.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error(
+        "{text:?} is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\""
+    )]
+    pub struct DurationError {
+        /// The text as written.
+        pub text: String,
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
     }
 
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim())
-            .map_err(|_| format!("{s:?} is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\""))
+    pub fn parse(s: &str) -> Result<Duration, DurationError> {
+        humantime::parse_duration(s.trim()).map_err(|_| DurationError {
+            text: s.to_string(),
+        })
     }
 }
 
@@ -676,5 +818,21 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.runner.poll_interval, Duration::from_secs(60));
         assert_eq!(c.builder.docker, "unix:///var/run/docker.sock");
+    }
+
+    #[test]
+    fn runner_max_parallel_names_its_line() {
+        check(
+            &GOOD.replace("[runner]", "[runner]\nmax_parallel = 0"),
+            "hoist.toml:6:16: runner.max_parallel must be at least 1",
+        );
+    }
+
+    #[test]
+    fn builder_docker_names_its_line() {
+        check(
+            &format!("{GOOD}[builder]\ndocker = \"npipe:////./pipe/docker_engine\"\n"),
+            "hoist.toml:32:10: builder.docker = \"npipe:////./pipe/docker_engine\" must start with unix://, tcp:// or ssh://",
+        );
     }
 }

@@ -1,0 +1,1195 @@
+//! From the raw shape to the model: every rule of a `.hoist.yml` that serde cannot express
+//! (names, references between steps, port and repository grammars, placeholders, durations),
+//! each broken rule reported at its place. Validation goes on after a problem, with a
+//! placeholder value, so that `hoist validate` shows every problem at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use serde_saphyr::Location;
+
+use super::raw::{
+    RawBuild, RawContainer, RawDeploy, RawHealth, RawHooks, RawPipeline, RawRollout, RawStep, S,
+};
+use super::triggers::build_glob;
+use super::{
+    Action, BuildSpec, ContainerSpec, DeploySpec, HealthCheck, HealthSpec, HooksSpec, Pipeline,
+    Problem, RolloutSpec, Step, Triggers, Vars,
+};
+
+/// The pipeline, or every problem found in it sorted by place (problems at one place keep the
+/// order they were found in).
+pub(super) fn pipeline(raw: S<RawPipeline>) -> Result<Pipeline, Vec<Problem>> {
+    let mut problems = Problems::default();
+    let pipeline = convert(raw, &mut problems);
+    if problems.0.is_empty() {
+        Ok(pipeline)
+    } else {
+        let mut all = problems.0;
+        all.sort_by_key(|p| (p.line, p.column));
+        Err(all)
+    }
+}
+
+/// Problems found so far, in the order found (sorted by place at the end).
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at(&mut self, loc: Location, message: impl Into<String>) {
+        self.0.push(Problem {
+            line: usize::try_from(loc.line()).unwrap_or(usize::MAX),
+            column: usize::try_from(loc.column()).unwrap_or(usize::MAX),
+            message: message.into(),
+        });
+    }
+}
+
+fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
+    // Missing top-level keys are reported where the document starts.
+    let root = raw.referenced;
+    let raw = raw.value;
+    let app = match raw.app {
+        None => {
+            problems.at(root, "missing `app`: name the application, like `app: web`");
+            String::new()
+        }
+        Some(app) => {
+            if !is_app_name(&app.value) {
+                problems.at(
+                    app.referenced,
+                    format!(
+                        "app {:?} is not a valid name: lowercase letters, digits, `_`, `.`, `-`, \
+                         starting with a letter or digit, at most 63 characters",
+                        app.value
+                    ),
+                );
+            }
+            app.value
+        }
+    };
+    let on = match raw.on {
+        None => Triggers::default(),
+        Some(on) => Triggers {
+            branches: on.value.branches.map(|p| patterns(problems, p, "branches")),
+            tags: on.value.tags.map(|p| patterns(problems, p, "tags")),
+        },
+    };
+    let env = check_env(problems, &raw.env, "env");
+
+    let mut steps = Vec::new();
+    match raw.steps {
+        None => problems.at(root, "missing `steps`: list at least one step"),
+        Some(list) if list.value.is_empty() => {
+            problems.at(list.referenced, "`steps` is empty: list at least one step")
+        }
+        Some(list) => {
+            // Names seen so far, and which of them are build steps, for `deploy.image`.
+            let mut seen: BTreeMap<String, bool> = BTreeMap::new();
+            let all_names: BTreeSet<String> = list
+                .value
+                .iter()
+                .filter_map(|s| s.value.name.as_ref().map(|n| n.value.clone()))
+                .collect();
+            for step in list.value {
+                let (name_loc, step) = convert_step(step, problems, &seen, &all_names);
+                // A step without a name was reported already; one problem is enough.
+                if !step.name.is_empty() {
+                    if seen.contains_key(&step.name) {
+                        problems.at(
+                            name_loc,
+                            format!(
+                                "step name {:?} is used twice; give each step its own name",
+                                step.name
+                            ),
+                        );
+                    } else {
+                        seen.insert(step.name.clone(), matches!(step.action, Action::Build(_)));
+                    }
+                }
+                steps.push(step);
+            }
+        }
+    }
+    Pipeline {
+        app,
+        on,
+        env,
+        steps,
+    }
+}
+
+fn patterns(problems: &mut Problems, list: Vec<S<String>>, key: &str) -> Vec<String> {
+    let mut any_include = false;
+    for p in &list {
+        let glob = p.value.strip_prefix('!').unwrap_or(&p.value);
+        any_include |= !p.value.starts_with('!');
+        if glob.is_empty() {
+            problems.at(p.referenced, format!("empty pattern in `on.{key}`"));
+        } else if let Err(e) = build_glob(glob) {
+            problems.at(
+                p.referenced,
+                format!(
+                    "`on.{key}` pattern {:?} is not a glob: {}",
+                    p.value,
+                    e.kind()
+                ),
+            );
+        }
+    }
+    if !any_include && let Some(first) = list.first() {
+        // Like GitHub Actions: only exclusions would match nothing, which is never meant.
+        problems.at(
+            first.referenced,
+            format!("`on.{key}` only excludes; add \"**\" to include every other one"),
+        );
+    }
+    strings(&list)
+}
+
+/// Converts one step; also returns where its name is, for the duplicate-name check.
+fn convert_step(
+    step: S<RawStep>,
+    problems: &mut Problems,
+    earlier: &BTreeMap<String, bool>,
+    all_names: &BTreeSet<String>,
+) -> (Location, Step) {
+    let at = step.referenced;
+    let mut raw = step.value;
+    let (name, name_loc) = step_name(problems, raw.name.take(), at);
+    let env = check_env(problems, &raw.env, "env");
+    check_secrets(problems, &raw.secrets);
+    let timeout = step_timeout(problems, raw.timeout.as_ref());
+    let secrets = strings(&raw.secrets);
+    let action = step_action(problems, raw, at, &name, earlier, all_names);
+    (
+        name_loc,
+        Step {
+            name,
+            env,
+            secrets,
+            timeout,
+            action,
+        },
+    )
+}
+
+/// The step's name and where it stands (the step itself when it has none).
+fn step_name(problems: &mut Problems, name: Option<S<String>>, at: Location) -> (String, Location) {
+    match name {
+        None => {
+            problems.at(at, "step without `name`: give it one, like `name: test`");
+            (String::new(), at)
+        }
+        Some(n) => {
+            if !is_step_name(&n.value) {
+                problems.at(
+                    n.referenced,
+                    format!(
+                        "step name {:?} may hold only letters, digits, `_`, `.`, `-`",
+                        n.value
+                    ),
+                );
+            }
+            (n.value, n.referenced)
+        }
+    }
+}
+
+fn check_secrets(problems: &mut Problems, secrets: &[S<String>]) {
+    for secret in secrets {
+        if !is_secret_name(&secret.value) {
+            problems.at(
+                secret.referenced,
+                format!(
+                    "secret {:?} is not a valid variable name: uppercase letters, digits and `_`, \
+                     not starting with a digit",
+                    secret.value
+                ),
+            );
+        }
+    }
+}
+
+fn step_timeout(problems: &mut Problems, timeout: Option<&S<String>>) -> Option<Duration> {
+    let t = timeout?;
+    match crate::config::duration::parse(&t.value) {
+        Ok(d) if d.is_zero() => {
+            problems.at(t.referenced, "`timeout` must be more than 0s");
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.at(t.referenced, format!("`timeout`: {e}"));
+            None
+        }
+    }
+}
+
+const COMMANDS_ALONE: &str = "`commands` belongs with `image`: add `image:` to run them in a \
+                              container, or use `shell:` to run them on the agent";
+
+/// The step's one action. A step with none or several gets a placeholder (an empty shell
+/// step) and a problem; so does `commands` without `image`.
+fn step_action(
+    problems: &mut Problems,
+    raw: RawStep,
+    at: Location,
+    name: &str,
+    earlier: &BTreeMap<String, bool>,
+    all_names: &BTreeSet<String>,
+) -> Action {
+    let kinds: Vec<&str> = [
+        ("image", raw.image.is_some()),
+        ("shell", raw.shell.is_some()),
+        ("build", raw.build.is_some()),
+        ("deploy", raw.deploy.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, present)| present.then_some(kind))
+    .collect();
+    let placeholder = Action::Shell {
+        commands: Vec::new(),
+    };
+    if let (true, Some(c)) = (kinds.is_empty(), &raw.commands) {
+        problems.at(c.referenced, COMMANDS_ALONE);
+        return placeholder;
+    }
+    if kinds.len() != 1 {
+        let what = if kinds.is_empty() {
+            "has none".to_string()
+        } else {
+            format!("has {}", quoted_list(kinds.iter().copied()))
+        };
+        problems.at(
+            at,
+            format!(
+                "step {name:?} needs exactly one of `image` (with `commands`), `shell`, `build`, \
+                 `deploy`; it {what}"
+            ),
+        );
+        return placeholder;
+    }
+    if let Some(image) = raw.image {
+        return container_action(problems, image, raw.commands);
+    }
+    if let Some(c) = &raw.commands {
+        problems.at(c.referenced, COMMANDS_ALONE);
+    }
+    if let Some(shell) = raw.shell {
+        if shell.value.0.is_empty() {
+            problems.at(
+                shell.referenced,
+                "`shell` is empty: list the commands to run",
+            );
+        }
+        Action::Shell {
+            commands: shell.value.0,
+        }
+    } else if let Some(build) = raw.build {
+        Action::Build(convert_build(build, problems))
+    } else if let Some(deploy) = raw.deploy {
+        Action::Deploy(convert_deploy(deploy, problems, earlier, all_names))
+    } else {
+        placeholder
+    }
+}
+
+/// `image:` with its `commands:`.
+fn container_action(
+    problems: &mut Problems,
+    image: S<String>,
+    commands: Option<S<super::raw::CommandList>>,
+) -> Action {
+    if image.value.trim().is_empty() || image.value.contains(char::is_whitespace) {
+        problems.at(
+            image.referenced,
+            format!("`image` {:?} is not an image reference", image.value),
+        );
+    }
+    let commands = match commands {
+        Some(c) if !c.value.0.is_empty() => c.value.0,
+        Some(c) => {
+            problems.at(
+                c.referenced,
+                "`commands` is empty: list what to run in the image",
+            );
+            Vec::new()
+        }
+        None => {
+            problems.at(
+                image.referenced,
+                "`image` needs `commands`: list what to run in it",
+            );
+            Vec::new()
+        }
+    };
+    Action::Container {
+        image: image.value,
+        commands,
+    }
+}
+
+fn convert_build(build: S<RawBuild>, problems: &mut Problems) -> BuildSpec {
+    let at = build.referenced;
+    let raw = build.value;
+    let path = |problems: &mut Problems, v: Option<S<String>>, key: &str, default: &str| match v {
+        None => default.to_string(),
+        Some(v) => {
+            if !is_inside_checkout(&v.value) {
+                problems.at(
+                    v.referenced,
+                    format!(
+                        "`{key}` {:?} must be a relative path inside the checkout, without `..`",
+                        v.value
+                    ),
+                );
+            }
+            v.value
+        }
+    };
+    let context = path(problems, raw.context, "context", ".");
+    let dockerfile = path(problems, raw.dockerfile, "dockerfile", "Dockerfile");
+    let repository = match raw.repository {
+        None => {
+            problems.at(
+                at,
+                "`build` needs `repository`: where to push, like \"127.0.0.1:5000/acme/web\"",
+            );
+            String::new()
+        }
+        Some(r) => {
+            if let Err(e) = check_repository(&r.value) {
+                problems.at(r.referenced, e.to_string());
+            }
+            r.value
+        }
+    };
+    let tags = match raw.tags {
+        None => vec!["${commit}".to_string()],
+        Some(tags) => {
+            if tags.value.is_empty() {
+                problems.at(
+                    tags.referenced,
+                    "`tags` is empty: list at least one, like [\"${commit_short}\"]",
+                );
+            }
+            for tag in &tags.value {
+                check_template(problems, tag);
+                // A tag without placeholders is known now: check it now, not at push time.
+                if tag.value.is_empty() {
+                    problems.at(tag.referenced, "empty tag");
+                }
+            }
+            strings(&tags.value)
+        }
+    };
+    let mut args = BTreeMap::new();
+    for (name, value) in &raw.args {
+        if !is_env_name(name) {
+            problems.at(
+                value.referenced,
+                format!("build arg {name:?} is not a valid name ([A-Za-z_][A-Za-z0-9_]*)"),
+            );
+        }
+        check_template(problems, value);
+        args.insert(name.clone(), value.value.clone());
+    }
+    BuildSpec {
+        context,
+        dockerfile,
+        repository,
+        tags,
+        args,
+    }
+}
+
+fn convert_deploy(
+    deploy: S<RawDeploy>,
+    problems: &mut Problems,
+    earlier: &BTreeMap<String, bool>,
+    all_names: &BTreeSet<String>,
+) -> DeploySpec {
+    let at = deploy.referenced;
+    let raw = deploy.value;
+    // Fields are evaluated in the order written, which is the order problems at `at` print in.
+    DeploySpec {
+        image: deploy_image(problems, raw.image, at, earlier, all_names),
+        hosts: deploy_hosts(problems, raw.hosts, at),
+        container: match raw.container {
+            None => {
+                problems.at(at, "`deploy` needs `container`, with at least `name`");
+                ContainerSpec::default()
+            }
+            Some(c) => convert_container(c, problems),
+        },
+        health: {
+            if raw.health.is_none() {
+                problems.at(
+                    at,
+                    "`deploy` needs `health`: one of `http: {port, path}`, `tcp: PORT`, \
+                     `command: [...]`, `docker: true`",
+                );
+            }
+            convert_health(raw.health, problems)
+        },
+        rollout: convert_rollout(problems, raw.rollout.unwrap_or_default()),
+        hooks: convert_hooks(problems, raw.hooks.unwrap_or_default()),
+    }
+}
+
+/// `deploy.image`: the name of an earlier build step.
+fn deploy_image(
+    problems: &mut Problems,
+    image: Option<S<String>>,
+    at: Location,
+    earlier: &BTreeMap<String, bool>,
+    all_names: &BTreeSet<String>,
+) -> String {
+    let Some(i) = image else {
+        problems.at(
+            at,
+            "`deploy` needs `image`: the name of the build step whose image to deploy",
+        );
+        return String::new();
+    };
+    let name = &i.value;
+    let wrong = match earlier.get(name) {
+        Some(true) => None,
+        Some(false) => Some("is not a `build` step"),
+        None if all_names.contains(name) => {
+            Some("comes later; move the build step before this one")
+        }
+        None => Some("does not exist; name an earlier `build` step"),
+    };
+    if let Some(wrong) = wrong {
+        problems.at(
+            i.referenced,
+            format!("`deploy.image` names step {name:?}, which {wrong}"),
+        );
+    }
+    i.value
+}
+
+/// `deploy.hosts`: at least one, each named once.
+fn deploy_hosts(
+    problems: &mut Problems,
+    hosts: Option<S<Vec<S<String>>>>,
+    at: Location,
+) -> Vec<String> {
+    let Some(h) = hosts else {
+        problems.at(
+            at,
+            "`deploy` needs `hosts`: the hosts to deploy to, like [web1, web2]",
+        );
+        return Vec::new();
+    };
+    if h.value.is_empty() {
+        problems.at(
+            h.referenced,
+            "`hosts` is empty: list the hosts to deploy to",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for host in &h.value {
+        if host.value.trim().is_empty() {
+            problems.at(host.referenced, "empty host name");
+        } else if !seen.insert(host.value.as_str()) {
+            problems.at(
+                host.referenced,
+                format!("host {:?} is listed twice", host.value),
+            );
+        }
+    }
+    strings(&h.value)
+}
+
+/// `deploy.rollout`; a missing key takes its default (a missing `rollout:` is all defaults).
+fn convert_rollout(problems: &mut Problems, r: RawRollout) -> RolloutSpec {
+    let max_parallel = match r.max_parallel {
+        None => 1,
+        Some(m) => u32::try_from(m.value)
+            .ok()
+            .filter(|&n| n >= 1)
+            .unwrap_or_else(|| {
+                problems.at(m.referenced, "`max_parallel` must be at least 1");
+                1
+            }),
+    };
+    let keep = match r.keep {
+        None => 5,
+        Some(k) => u32::try_from(k.value).unwrap_or_else(|_| {
+            problems.at(k.referenced, "`keep` must be 0 or more");
+            5
+        }),
+    };
+    RolloutSpec {
+        max_parallel,
+        auto_rollback: r.auto_rollback.unwrap_or(true),
+        bake: duration_or(problems, &r.bake, "bake", Duration::ZERO),
+        keep,
+    }
+}
+
+fn convert_hooks(problems: &mut Problems, h: RawHooks) -> HooksSpec {
+    HooksSpec {
+        before_host: h.before_host.map(|v| argv(problems, &v, "before_host")),
+        after_host: h.after_host.map(|v| argv(problems, &v, "after_host")),
+        after_deploy: h.after_deploy.map(|v| argv(problems, &v, "after_deploy")),
+    }
+}
+
+fn convert_container(c: S<RawContainer>, problems: &mut Problems) -> ContainerSpec {
+    let raw = c.value;
+    let name = match raw.name {
+        None => {
+            problems.at(
+                c.referenced,
+                "`container` needs `name`: what `docker ps` shows, like `name: web`",
+            );
+            String::new()
+        }
+        Some(n) => {
+            if !is_container_name(&n.value) {
+                problems.at(
+                    n.referenced,
+                    format!(
+                        "container name {:?} is not valid: 2 to 100 letters, digits, `_`, `.`, `-`, \
+                         starting with a letter or digit",
+                        n.value
+                    ),
+                );
+            }
+            n.value
+        }
+    };
+    for port in &raw.ports {
+        if let Err(e) = check_port_mapping(&port.value) {
+            problems.at(port.referenced, e.to_string());
+        }
+    }
+    let env = check_env(problems, &raw.env, "container.env");
+    for arg in &raw.args {
+        check_template(problems, arg);
+    }
+    for volume in &raw.volumes {
+        if volume.value.trim().is_empty() {
+            problems.at(volume.referenced, "empty volume");
+        }
+    }
+    ContainerSpec {
+        name,
+        ports: strings(&raw.ports),
+        env,
+        args: strings(&raw.args),
+        volumes: strings(&raw.volumes),
+    }
+}
+
+fn port_number(problems: &mut Problems, value: &S<i64>, key: &str) -> u16 {
+    u16::try_from(value.value)
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or_else(|| {
+            problems.at(
+                value.referenced,
+                format!("`{key}` must be a port number, 1 to 65535"),
+            );
+            0
+        })
+}
+
+fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpec {
+    let mut spec = HealthSpec {
+        check: HealthCheck::Docker,
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        healthy_for: Duration::from_secs(5),
+        deadline: Duration::from_secs(60),
+    };
+    let Some(h) = h else { return spec };
+    let at = h.referenced;
+    let mut raw = h.value;
+    if let Some(check) = health_check(problems, &mut raw, at) {
+        spec.check = check;
+    }
+    health_timings(problems, &raw, at, &mut spec);
+    spec
+}
+
+/// The one probe of `health:`, taken out of `raw`; none when there are none or several.
+fn health_check(problems: &mut Problems, raw: &mut RawHealth, at: Location) -> Option<HealthCheck> {
+    let mut checks = Vec::new();
+    if let Some(http) = raw.http.take() {
+        let path = match http.value.path {
+            None => "/".to_string(),
+            Some(p) => {
+                if !p.value.starts_with('/') {
+                    problems.at(
+                        p.referenced,
+                        format!("`http.path` {:?} must start with `/`", p.value),
+                    );
+                }
+                p.value
+            }
+        };
+        let port = port_number(problems, &http.value.port, "http.port");
+        checks.push(("http", HealthCheck::Http { port, path }));
+    }
+    if let Some(tcp) = raw.tcp.take() {
+        checks.push(("tcp", HealthCheck::Tcp(port_number(problems, &tcp, "tcp"))));
+    }
+    if let Some(command) = raw.command.take() {
+        checks.push((
+            "command",
+            HealthCheck::Command(argv(problems, &command, "command")),
+        ));
+    }
+    let docker_false = match raw.docker.take() {
+        Some(d) if d.value => {
+            checks.push(("docker", HealthCheck::Docker));
+            false
+        }
+        Some(_) => true,
+        None => false,
+    };
+    match checks.len() {
+        1 => return checks.pop().map(|(_, check)| check),
+        0 => {
+            let hint = if docker_false {
+                " (`docker: false` is not a check)"
+            } else {
+                ""
+            };
+            problems.at(
+                at,
+                format!(
+                    "`health` needs one check: `http: {{port, path}}`, `tcp: PORT`, \
+                     `command: [...]` or `docker: true`{hint}"
+                ),
+            );
+        }
+        _ => problems.at(
+            at,
+            format!(
+                "`health` has {} checks; keep exactly one",
+                quoted_list(checks.iter().map(|(k, _)| *k))
+            ),
+        ),
+    }
+    None
+}
+
+/// Interval, timeout, healthy_for and deadline over the defaults in `spec`, each more than 0s,
+/// and a deadline a container can meet.
+fn health_timings(problems: &mut Problems, raw: &RawHealth, at: Location, spec: &mut HealthSpec) {
+    spec.interval = duration_or(problems, &raw.interval, "interval", spec.interval);
+    spec.timeout = duration_or(problems, &raw.timeout, "timeout", spec.timeout);
+    spec.healthy_for = duration_or(problems, &raw.healthy_for, "healthy_for", spec.healthy_for);
+    spec.deadline = duration_or(problems, &raw.deadline, "deadline", spec.deadline);
+    let loc = |v: &Option<S<String>>| v.as_ref().map_or(at, |v| v.referenced);
+    if spec.interval.is_zero() {
+        problems.at(loc(&raw.interval), "`interval` must be more than 0s");
+    }
+    if spec.timeout.is_zero() {
+        problems.at(loc(&raw.timeout), "`timeout` must be more than 0s");
+    }
+    if spec.deadline.is_zero() {
+        problems.at(loc(&raw.deadline), "`deadline` must be more than 0s");
+    } else if spec.healthy_for > spec.deadline {
+        problems.at(
+            loc(&raw.healthy_for),
+            format!(
+                "`healthy_for` ({}) is longer than `deadline` ({}): no container could pass; \
+                 shorten it or raise `deadline`",
+                humantime::format_duration(spec.healthy_for),
+                humantime::format_duration(spec.deadline)
+            ),
+        );
+    }
+}
+
+/// Placeholders are checked by rendering with empty values: only unknown names and broken
+/// syntax fail, which is what a user can fix in the file.
+fn check_template(problems: &mut Problems, value: &S<String>) {
+    if let Err(e) = Vars::default().render(&value.value) {
+        problems.at(value.referenced, e.to_string());
+    }
+}
+
+fn check_env(
+    problems: &mut Problems,
+    env: &BTreeMap<String, S<String>>,
+    key: &str,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in env {
+        if !is_env_name(name) {
+            problems.at(
+                value.referenced,
+                format!(
+                    "`{key}` name {name:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                ),
+            );
+        }
+        check_template(problems, value);
+        out.insert(name.clone(), value.value.clone());
+    }
+    out
+}
+
+fn duration_or(
+    problems: &mut Problems,
+    value: &Option<S<String>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(v) => match crate::config::duration::parse(&v.value) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.at(v.referenced, format!("`{key}`: {e}"));
+                default
+            }
+        },
+    }
+}
+
+/// An argv list (hooks, health command): non-empty, placeholders known.
+fn argv(problems: &mut Problems, value: &S<Vec<S<String>>>, key: &str) -> Vec<String> {
+    if value.value.first().is_none_or(|a| a.value.is_empty()) {
+        problems.at(
+            value.referenced,
+            format!(
+                "`{key}` needs a program to run, like [\"scripts/notify\"]; remove the key to \
+                 run nothing"
+            ),
+        );
+    }
+    for arg in &value.value {
+        check_template(problems, arg);
+    }
+    strings(&value.value)
+}
+
+fn strings(values: &[S<String>]) -> Vec<String> {
+    values.iter().map(|v| v.value.clone()).collect()
+}
+
+/// "`a` and `b`": the keys a message names.
+fn quoted_list<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    keys.into_iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Check a string against `[first][rest]*` given as predicates.
+fn is_name(s: &str, first: impl Fn(char) -> bool, rest: impl Fn(char) -> bool) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(first) && chars.all(rest)
+}
+
+fn is_app_name(s: &str) -> bool {
+    s.len() <= 63
+        && is_name(
+            s,
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'),
+        )
+}
+
+fn is_step_name(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    is_name(s, ok, ok)
+}
+
+/// Docker's container name grammar `[a-zA-Z0-9][a-zA-Z0-9_.-]+` (two characters at least),
+/// with room left for the `-r<release>` suffix of kept releases.
+fn is_container_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.len() <= 100
+        && is_name(
+            s,
+            |c| c.is_ascii_alphanumeric(),
+            |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'),
+        )
+}
+
+/// `[A-Z_][A-Z0-9_]*`: what a shell can name.
+fn is_secret_name(s: &str) -> bool {
+    is_name(
+        s,
+        |c| c.is_ascii_uppercase() || c == '_',
+        |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_',
+    )
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: keys that survive being an env var or a build arg.
+fn is_env_name(s: &str) -> bool {
+    is_name(
+        s,
+        |c| c.is_ascii_alphabetic() || c == '_',
+        |c| c.is_ascii_alphanumeric() || c == '_',
+    )
+}
+
+/// `HOST:CONTAINER` or `IP:HOST:CONTAINER` (IPv6 in brackets), optionally `/tcp` or `/udp`.
+fn check_port_mapping(spec: &str) -> Result<(), PortMappingError> {
+    let usage = || PortMappingError(spec.to_string());
+    let mapping = match spec.rsplit_once('/') {
+        Some((m, "tcp" | "udp")) => m,
+        Some(_) => return Err(usage()),
+        None => spec,
+    };
+    let ports = if let Some(rest) = mapping.strip_prefix('[') {
+        let (ip, ports) = rest.split_once("]:").ok_or_else(usage)?;
+        ip.parse::<Ipv6Addr>().map_err(|_| usage())?;
+        ports
+    } else {
+        match mapping.split(':').count() {
+            2 => mapping,
+            3 => {
+                let (ip, ports) = mapping.split_once(':').ok_or_else(usage)?;
+                ip.parse::<Ipv4Addr>().map_err(|_| usage())?;
+                ports
+            }
+            _ => return Err(usage()),
+        }
+    };
+    let (host, container) = ports.split_once(':').ok_or_else(usage)?;
+    for port in [host, container] {
+        // Digits only: `u16::from_str` would also take "+80".
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return Err(usage()),
+        }
+    }
+    Ok(())
+}
+
+/// A `ports:` entry that is not a port mapping.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "port {0:?} is not HOST:CONTAINER or IP:HOST:CONTAINER (like \"8080:8080\" or \
+     \"127.0.0.1:8080:8080\", optionally ending in /tcp or /udp)"
+)]
+struct PortMappingError(String);
+
+/// A path inside the checkout: relative, without `..`.
+fn is_inside_checkout(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.starts_with('\\')
+        && path.split(['/', '\\']).all(|part| part != "..")
+}
+
+/// A repository reference without tag or digest: `[HOST[:PORT]/]path/of/lowercase`.
+fn check_repository(repo: &str) -> Result<(), RepositoryError> {
+    if repo.is_empty() {
+        return Err(RepositoryError::Empty);
+    }
+    if repo.contains('@') {
+        return Err(RepositoryError::Digest(repo.to_string()));
+    }
+    let (host, path) = match repo.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (Some(first), rest)
+        }
+        _ => (None, repo),
+    };
+    if path.contains(':') {
+        return Err(RepositoryError::Tag(repo.to_string()));
+    }
+    let path_ok = path.split('/').all(|part| {
+        is_name(
+            part,
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit(),
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'),
+        )
+    });
+    let host_ok = host.is_none_or(|h| {
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    });
+    if path_ok && host_ok {
+        Ok(())
+    } else {
+        Err(RepositoryError::Invalid(repo.to_string()))
+    }
+}
+
+/// Why `build.repository` is not a repository to push to.
+#[derive(Debug, thiserror::Error)]
+enum RepositoryError {
+    #[error("`repository` is empty; write where to push, like \"127.0.0.1:5000/acme/web\"")]
+    Empty,
+    #[error("repository {0:?} holds a digest; write it without `@…`")]
+    Digest(String),
+    #[error("repository {0:?} holds a tag; write it without `:TAG` and list tags under `tags:`")]
+    Tag(String),
+    #[error(
+        "repository {0:?} is not a valid image repository: lowercase letters, digits, `.`, `_`, \
+         `-` between `/`, optionally after a registry host"
+    )]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pipeline::testing::{check, with_deploy};
+
+    #[test]
+    fn app_and_step_names() {
+        check(
+            "app: Web_1\nsteps:\n  - {name: t, shell: [a]}\n",
+            r#".hoist.yml:1:6: app "Web_1" is not a valid name: lowercase letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 63 characters"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: \"run tests\", shell: [a]}\n",
+            r#".hoist.yml:3:12: step name "run tests" may hold only letters, digits, `_`, `.`, `-`"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a]}\n  - {name: t, shell: [b]}\n",
+            r#".hoist.yml:4:12: step name "t" is used twice; give each step its own name"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {shell: [a]}\n",
+            ".hoist.yml:3:5: step without `name`: give it one, like `name: test`",
+        );
+        check(
+            "app: web.api-2_x\nsteps:\n  - {name: Test_1.a-b, shell: [a]}\n",
+            "ok",
+        );
+    }
+
+    #[test]
+    fn exactly_one_action_per_step() {
+        check(
+            "app: web\nsteps:\n  - name: t\n    secrets: [A]\n",
+            r#".hoist.yml:3:5: step "t" needs exactly one of `image` (with `commands`), `shell`, `build`, `deploy`; it has none"#,
+        );
+        check(
+            "app: web\nsteps:\n  - name: t\n    shell: [a]\n    image: x\n    commands: [b]\n",
+            r#".hoist.yml:3:5: step "t" needs exactly one of `image` (with `commands`), `shell`, `build`, `deploy`; it has `image` and `shell`"#,
+        );
+        check(
+            "app: web\nsteps:\n  - name: t\n    image: x\n",
+            ".hoist.yml:4:12: `image` needs `commands`: list what to run in it",
+        );
+        check(
+            "app: web\nsteps:\n  - name: t\n    image: x\n    commands: []\n",
+            ".hoist.yml:5:15: `commands` is empty: list what to run in the image",
+        );
+        check(
+            "app: web\nsteps:\n  - name: t\n    commands: [a]\n",
+            ".hoist.yml:4:15: `commands` belongs with `image`: add `image:` to run them in a container, or use `shell:` to run them on the agent",
+        );
+        check(
+            "app: web\nsteps:\n  - name: t\n    shell: [a]\n    commands: [a]\n",
+            ".hoist.yml:5:15: `commands` belongs with `image`: add `image:` to run them in a container, or use `shell:` to run them on the agent",
+        );
+        check(
+            "app: web\nsteps:\n  - name: t\n    shell: []\n",
+            ".hoist.yml:4:12: `shell` is empty: list the commands to run",
+        );
+        check(
+            "app: web\nsteps:\n  - {shell: [a]}\n  - {shell: [b]}\n",
+            r#"
+            .hoist.yml:3:5: step without `name`: give it one, like `name: test`
+            .hoist.yml:4:5: step without `name`: give it one, like `name: test`"#,
+        );
+    }
+
+    #[test]
+    fn secrets_env_and_timeouts() {
+        check(
+            "app: web\nsteps:\n  - name: t\n    shell: [a]\n    secrets: [DB_URL, db_url, 1X, A-B]\n",
+            r#"
+            .hoist.yml:5:23: secret "db_url" is not a valid variable name: uppercase letters, digits and `_`, not starting with a digit
+            .hoist.yml:5:31: secret "1X" is not a valid variable name: uppercase letters, digits and `_`, not starting with a digit
+            .hoist.yml:5:35: secret "A-B" is not a valid variable name: uppercase letters, digits and `_`, not starting with a digit"#,
+        );
+        check(
+            "app: web\nenv: {\"A B\": x, OK: \"${commit}\"}\nsteps:\n  - {name: t, shell: [a], env: {X: \"${nope}\"}}\n",
+            r#"
+            .hoist.yml:2:14: `env` name "A B" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)
+            .hoist.yml:4:36: unknown placeholder `${nope}` in "${nope}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], timeout: 0s}\n",
+            ".hoist.yml:3:36: `timeout` must be more than 0s",
+        );
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], timeout: ten minutes}\n",
+            r#".hoist.yml:3:36: `timeout`: "ten minutes" is not a duration; write a number with a unit, like "500ms", "10s" or "5m""#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], timeout: 1h 30m}\n",
+            "ok",
+        );
+    }
+
+    #[test]
+    fn build_rules() {
+        let build = |tail: &str| format!("app: web\nsteps:\n  - name: image\n    build:\n{tail}");
+        check(
+            &build("      context: .\n"),
+            r#".hoist.yml:5:7: `build` needs `repository`: where to push, like "127.0.0.1:5000/acme/web""#,
+        );
+        check(
+            &build("      repository: r.example/acme/web:latest\n"),
+            r#".hoist.yml:5:19: repository "r.example/acme/web:latest" holds a tag; write it without `:TAG` and list tags under `tags:`"#,
+        );
+        check(
+            &build("      repository: r.example/Acme/web\n"),
+            r#".hoist.yml:5:19: repository "r.example/Acme/web" is not a valid image repository: lowercase letters, digits, `.`, `_`, `-` between `/`, optionally after a registry host"#,
+        );
+        check(
+            &build(
+                "      repository: localhost:5000/acme/web\n      context: ../other\n      dockerfile: /etc/passwd\n",
+            ),
+            r#"
+            .hoist.yml:6:16: `context` "../other" must be a relative path inside the checkout, without `..`
+            .hoist.yml:7:19: `dockerfile` "/etc/passwd" must be a relative path inside the checkout, without `..`"#,
+        );
+        check(
+            &build("      repository: r/a\n      tags: []\n"),
+            r#".hoist.yml:6:13: `tags` is empty: list at least one, like ["${commit_short}"]"#,
+        );
+        check(
+            &build(
+                "      repository: r/a\n      tags: [\"${commit_short}\", \"${sha}\"]\n      args: {V: \"${version}\", \"bad-name\": x}\n",
+            ),
+            r#"
+            .hoist.yml:6:33: unknown placeholder `${sha}` in "${sha}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)
+            .hoist.yml:7:17: unknown placeholder `${version}` in "${version}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)
+            .hoist.yml:7:43: build arg "bad-name" is not a valid name ([A-Za-z_][A-Za-z0-9_]*)"#,
+        );
+    }
+
+    #[test]
+    fn deploy_image_must_name_an_earlier_build_step() {
+        check(
+            &with_deploy("").replace("image: image", "image: nope"),
+            r#".hoist.yml:8:14: `deploy.image` names step "nope", which does not exist; name an earlier `build` step"#,
+        );
+        let later = "app: web\nsteps:\n  - name: deploy\n    deploy:\n      image: image\n      hosts: [web1]\n      container: {name: web}\n      health: {docker: true}\n  - name: image\n    build: {repository: r/a}\n";
+        check(
+            later,
+            r#".hoist.yml:5:14: `deploy.image` names step "image", which comes later; move the build step before this one"#,
+        );
+        let not_build = "app: web\nsteps:\n  - name: image\n    shell: [make]\n  - name: deploy\n    deploy:\n      image: image\n      hosts: [web1]\n      container: {name: web}\n      health: {docker: true}\n";
+        check(
+            not_build,
+            r#".hoist.yml:7:14: `deploy.image` names step "image", which is not a `build` step"#,
+        );
+        check(
+            "app: web\nsteps:\n  - name: deploy\n    deploy: {}\n",
+            r#"
+            .hoist.yml:4:13: `deploy` needs `image`: the name of the build step whose image to deploy
+            .hoist.yml:4:13: `deploy` needs `hosts`: the hosts to deploy to, like [web1, web2]
+            .hoist.yml:4:13: `deploy` needs `container`, with at least `name`
+            .hoist.yml:4:13: `deploy` needs `health`: one of `http: {port, path}`, `tcp: PORT`, `command: [...]`, `docker: true`"#,
+        );
+        check(
+            &with_deploy("").replace("[web1]", "[web1, web1]"),
+            r#".hoist.yml:9:21: host "web1" is listed twice"#,
+        );
+    }
+
+    #[test]
+    fn health_rules() {
+        let health = |h: &str| with_deploy("").replace("health: {tcp: 8080}", h);
+        check(
+            &health("health: {interval: 1s}"),
+            ".hoist.yml:11:15: `health` needs one check: `http: {port, path}`, `tcp: PORT`, `command: [...]` or `docker: true`",
+        );
+        check(
+            &health("health: {docker: false}"),
+            ".hoist.yml:11:15: `health` needs one check: `http: {port, path}`, `tcp: PORT`, `command: [...]` or `docker: true` (`docker: false` is not a check)",
+        );
+        check(
+            &health("health: {tcp: 80, docker: true}"),
+            ".hoist.yml:11:15: `health` has `tcp` and `docker` checks; keep exactly one",
+        );
+        check(
+            &health("health: {tcp: 0}"),
+            ".hoist.yml:11:21: `tcp` must be a port number, 1 to 65535",
+        );
+        check(
+            &health("health: {tcp: 70000}"),
+            ".hoist.yml:11:21: `tcp` must be a port number, 1 to 65535",
+        );
+        check(
+            &health("health: {http: {port: 80, path: healthz}}"),
+            r#".hoist.yml:11:39: `http.path` "healthz" must start with `/`"#,
+        );
+        check(
+            &health("health: {command: []}"),
+            r#".hoist.yml:11:25: `command` needs a program to run, like ["scripts/notify"]; remove the key to run nothing"#,
+        );
+        check(
+            &health("health: {command: [curl, -f, localhost], healthy_for: 2m, deadline: 1m}"),
+            ".hoist.yml:11:61: `healthy_for` (2m) is longer than `deadline` (1m): no container could pass; shorten it or raise `deadline`",
+        );
+        check(
+            &health("health: {docker: true, interval: 0s, timeout: 0s}"),
+            r#"
+            .hoist.yml:11:40: `interval` must be more than 0s
+            .hoist.yml:11:53: `timeout` must be more than 0s"#,
+        );
+        check(
+            &health("health: {docker: true, deadline: soon}"),
+            r#".hoist.yml:11:40: `deadline`: "soon" is not a duration; write a number with a unit, like "500ms", "10s" or "5m""#,
+        );
+    }
+
+    #[test]
+    fn rollout_container_and_hooks() {
+        check(
+            &with_deploy("      rollout: {max_parallel: 0, bake: 0s, keep: 0}\n"),
+            ".hoist.yml:12:31: `max_parallel` must be at least 1",
+        );
+        check(
+            &with_deploy("").replace("{name: web}", "{name: w}"),
+            r#".hoist.yml:10:25: container name "w" is not valid: 2 to 100 letters, digits, `_`, `.`, `-`, starting with a letter or digit"#,
+        );
+        check(
+            &with_deploy("").replace("{name: web}", "{name: -web}"),
+            r#".hoist.yml:10:25: container name "-web" is not valid: 2 to 100 letters, digits, `_`, `.`, `-`, starting with a letter or digit"#,
+        );
+        check(
+            &with_deploy("").replace("{name: web}", "{ports: [\"80:80\"]}"),
+            ".hoist.yml:10:18: `container` needs `name`: what `docker ps` shows, like `name: web`",
+        );
+        let ports =
+            |p: &str| with_deploy("").replace("{name: web}", &format!("{{name: web, ports: {p}}}"));
+        check(
+            &ports(r#"["8080:8080", "127.0.0.1:8080:8080", "53:53/udp", "[::1]:80:80/tcp"]"#),
+            "ok",
+        );
+        check(
+            &ports(r#"["8080", "80:80/sctp", "0:80", "localhost:80:80", "1:2:3:4"]"#),
+            r#"
+            .hoist.yml:10:38: port "8080" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:46: port "80:80/sctp" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:60: port "0:80" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:68: port "localhost:80:80" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:87: port "1:2:3:4" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)"#,
+        );
+        check(&with_deploy("").replace("{name: web}", "{name: web, env: {ID: \"${host}\", X: \"${hots}\"}, args: [\"--id=${host}\", \"${x\"]}"), r#"
+            .hoist.yml:10:54: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)
+            .hoist.yml:10:89: unclosed placeholder in "${x": close it with `}`, or write `$${` for a literal `${`"#);
+        check(
+            &with_deploy(
+                "      hooks:\n        before_host: []\n        after_host: [\"scripts/undrain\", \"${hots}\"]\n        after_deploy: [\"notify\", \"$${literal}\"]\n",
+            ),
+            r#"
+            .hoist.yml:13:22: `before_host` needs a program to run, like ["scripts/notify"]; remove the key to run nothing
+            .hoist.yml:14:41: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)"#,
+        );
+    }
+}
