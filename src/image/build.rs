@@ -27,7 +27,7 @@ const CANCELLED: &str = "the image build was cancelled";
 /// Builds the image on the engine and returns its ID (`sha256:…`).
 ///
 /// The context is tarred here honouring `.dockerignore` with Docker's semantics (see
-/// [`Ignore`]); build output streams into `log` line by line; a failing instruction fails with
+/// `Ignore`); build output streams into `log` line by line; a failing instruction fails with
 /// the builder's own message ("The command '/bin/sh -c exit 7' returned a non-zero code: 7");
 /// `cancel` stops waiting and drops the connection, which makes the engine abort the build.
 pub async fn build(
