@@ -1,0 +1,283 @@
+//! Images: build on the build engine, push to a registry, and verify the push independently.
+//!
+//! # The chain of custody
+//! A release is deployed by digest, and the digest is only worth something if it is known to
+//! name exactly what was built. This module produces the first links of the chain:
+//!
+//! 1. [`build()`] returns the **image ID**: the sha256 of the image's config, as the engine
+//!    computed it.
+//! 2. [`push()`] returns the **manifest digest the engine reported** for the push
+//!    (`TAG: digest: sha256:… size: N`).
+//! 3. [`verify()`] does not trust the engine: it fetches the manifest of the tag back from the
+//!    registry with a different client (oci-client), hashes the exact bytes it received, and
+//!    requires `sha256(bytes)` = the registry's `Docker-Content-Digest` = the engine's digest,
+//!    and the manifest's config digest = the image ID. Only then is the release "verified", and
+//!    only `repository@digest` (never the tag) is handed on to the deploy.
+//!
+//! A tag is mutable: someone (or something) may push over it between our push and our check.
+//! Verification fetches by tag on purpose, so that exactly that race is caught: the error
+//! names both digests and nothing from the run deploys.
+//!
+//! # Failures
+//! A registry that is down or answers 5xx is retried a bounded number of times with backoff
+//! ([`ATTEMPTS`], [`FIRST_BACKOFF`]); refused credentials fail at once (retrying cannot fix them
+//! and may lock the account); anything else fails at once with the engine's or registry's own
+//! message.
+//!
+//! **Invariant:** nothing here decides what to deploy; it only produces and checks digests.
+//!
+//! # Layout
+//! - `build`: tars the context and builds it on the engine, streaming the engine's output.
+//! - `dockerignore`: which files of the context are left out, by Docker's rules.
+//! - `push`: pushes a tag from the engine to its registry and reads back the engine's digest.
+//! - `verify`: fetches the manifest with oci-client and checks it against the build and push.
+//! - `retry`: how a registry failure is sorted, and the bounded retries with backoff that
+//!   push and verify share.
+//!
+//! This file holds the public types and the parsing of image references.
+
+mod build;
+mod dockerignore;
+mod push;
+mod retry;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use bollard::errors::Error as DockerError;
+
+use crate::config::RegistryConfig;
+use crate::runner::LogSink;
+
+pub use build::build;
+pub use push::push;
+pub use retry::{ATTEMPTS, FIRST_BACKOFF};
+pub use verify::verify;
+
+/// What to build, already resolved and rendered by the caller.
+pub struct BuildRequest {
+    /// The directory sent as the build context (inside the checkout).
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context; always sent, even if `.dockerignore` names it.
+    pub dockerfile: String,
+    /// Build args (`ARG` values), already rendered.
+    pub args: BTreeMap<String, String>,
+    /// Labels put on the image (OCI revision, source, created; `hoist.run`, `hoist.app`), so
+    /// that an image found on any host can be traced back to its commit and run.
+    pub labels: BTreeMap<String, String>,
+    /// Full references (`host[:port]/path:tag`) the image is tagged with; the first one is
+    /// given to the build itself, the others are added afterwards.
+    pub tags: Vec<String>,
+}
+
+/// What [`verify()`] established about a pushed tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// `sha256:…` of the manifest bytes the registry serves; the digest releases deploy by.
+    pub manifest_digest: String,
+    /// The manifest's config digest: equal to the image ID the engine built.
+    pub config_digest: String,
+    /// Length of the manifest in bytes (what `docker push` prints as `size: N`).
+    pub size: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// References
+
+/// Splits `host[:port]/path:tag` into (registry host, repository path, tag).
+///
+/// The registry host is required (hoist never guesses Docker Hub): the first component must
+/// contain a `.` or a `:`, or be `localhost`. A reference by digest is refused: hoist pushes
+/// and verifies tags, and deploys the digest it verified, rendered by [`digest_reference`].
+pub fn parse_reference(r: &str) -> anyhow::Result<(String, String, String)> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "image reference {r:?} {why}: write it as host[:port]/path:tag, e.g. 127.0.0.1:5000/acme/web:abc1234"
+        )
+    };
+    if r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("is empty or contains whitespace"));
+    }
+    if r.contains('@') {
+        return Err(bad("names a digest"));
+    }
+    let (host, rest) = r
+        .split_once('/')
+        .ok_or_else(|| bad("names no registry host"))?;
+    if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Err(bad("names no registry host"));
+    }
+    if host.starts_with(':') || host.ends_with(':') || host.matches(':').count() > 1 {
+        return Err(bad("has a malformed registry host"));
+    }
+    // The tag is after the last ':' of the part after the host; a ':' before a '/' would be
+    // part of a path, which the checks below refuse.
+    let (path, tag) = match rest.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') => (path, tag),
+        _ => return Err(bad("has no tag")),
+    };
+    if !valid_tag(tag) {
+        return Err(bad(
+            "has an invalid tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')",
+        ));
+    }
+    if path.is_empty() || !path.split('/').all(valid_path_component) {
+        return Err(bad(
+            "has an invalid repository path (lowercase letters, digits and single '.', '_', '-' between them)",
+        ));
+    }
+    Ok((host.to_string(), path.to_string(), tag.to_string()))
+}
+
+/// Renders `host/path@digest` for a `host/path:tag` reference: what deploys use, never the tag.
+pub fn digest_reference(reference: &str, digest: &str) -> anyhow::Result<String> {
+    let (host, path, _tag) = parse_reference(reference)?;
+    if !is_sha256_digest(digest) {
+        bail!("{digest:?} is not a sha256 digest (sha256: and 64 lowercase hex digits)");
+    }
+    Ok(format!("{host}/{path}@{digest}"))
+}
+
+fn valid_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+        && tag.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// One path component of a repository name as the distribution spec allows it:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn valid_path_component(c: &str) -> bool {
+    let bytes = c.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if alnum(b) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The repository part (`host/path`) of a reference and its tag.
+fn repository_and_tag(reference: &str) -> anyhow::Result<(String, String)> {
+    let (host, path, tag) = parse_reference(reference)?;
+    Ok((format!("{host}/{path}"), tag))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+/// The username and password of a registry's entry, when it has both; without them push and
+/// verify go to the registry anonymously.
+fn login(r: &RegistryConfig) -> Option<(&str, &str)> {
+    Some((r.username.as_ref()?.expose(), r.password.as_ref()?.expose()))
+}
+
+/// The engine's own message, without bollard's wrapping ("Docker responded with status code …").
+fn engine_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        other => error_chain(other),
+    }
+}
+
+/// An error and its causes, `: `-joined.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Sends text to the log as it came (build output carries its own newlines).
+fn send(log: &LogSink, text: String) {
+    // A closed log means nobody is listening any more (the run ended); the work goes on.
+    let _ = log.send(text.into_bytes());
+}
+
+/// Sends one line to the log, newline-terminated.
+fn say(log: &LogSink, mut line: String) {
+    if !line.ends_with('\n') {
+        line.push('\n');
+    }
+    send(log, line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert_eq!(
+            parse_reference("10.203.0.1:5000/acme/web:abc1234").unwrap(),
+            (
+                "10.203.0.1:5000".into(),
+                "acme/web".into(),
+                "abc1234".into()
+            )
+        );
+        assert_eq!(
+            parse_reference("registry.example.com/a/b/c:v1.2_3-x").unwrap(),
+            (
+                "registry.example.com".into(),
+                "a/b/c".into(),
+                "v1.2_3-x".into()
+            )
+        );
+        assert_eq!(
+            parse_reference("localhost/web:1").unwrap(),
+            ("localhost".into(), "web".into(), "1".into())
+        );
+        for bad in [
+            "acme/web:1",
+            "web:1",
+            "10.203.0.1:5000/acme/web",
+            "10.203.0.1:5000/Acme/web:1",
+            "10.203.0.1:5000/acme/web:.x",
+            "10.203.0.1:5000/acme/web@sha256:00",
+            "10.203.0.1:5000/acme//web:1",
+            "10.203.0.1:5000/acme/web:1 ",
+            "",
+        ] {
+            assert!(parse_reference(bad).is_err(), "{bad}");
+        }
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            digest_reference("10.203.0.1:5000/acme/web:abc", &d).unwrap(),
+            format!("10.203.0.1:5000/acme/web@{d}")
+        );
+        assert!(digest_reference("10.203.0.1:5000/acme/web:abc", "sha256:xyz").is_err());
+    }
+}
