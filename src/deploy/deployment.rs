@@ -370,35 +370,6 @@ impl Deployer {
         Ok(())
     }
 
-    /// Pull B by digest everywhere, in parallel, before anything is stopped. Nothing that
-    /// serves is touched, so a pull has no undo: the image only waits for retention.
-    async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
-        let b = &s.plan.to;
-        let pulls = s.hosts.iter().map(|h| {
-            let docker = &s.engines[h];
-            async move { (h, host::pull(docker, &b.image(), &b.manifest_digest).await) }
-        });
-        for (h, r) in futures_util::future::join_all(pulls).await {
-            let id = r.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
-            let u = HostUpdate {
-                state: Some(HostState::Pulled),
-                expected: Some(b.manifest_digest.clone()),
-                ..Default::default()
-            };
-            self.store
-                .host_step(
-                    s.lease.clone(),
-                    h.clone(),
-                    "pulled".into(),
-                    Some(format!("{} (image {id})", b.image())),
-                    u,
-                )
-                .await?;
-            say(format!("  {h}: pulled {} and verified", b.manifest_digest));
-        }
-        Ok(())
-    }
-
     /// Bake: every host keeps being checked for `rollout.bake`.
     async fn bake(
         &self,
