@@ -245,6 +245,8 @@ impl Deployer {
         verdict
     }
 
+    /// Forward, then the verdict: succeeded; or, on a failure, reverted (with `auto_rollback`),
+    /// left as is (without), or left running for the next holder when the agent stops.
     async fn drive(&self, s: &Started, say: &impl Fn(String), lost: &CancellationToken) -> Verdict {
         let d = s.lease.deployment;
         let b = &s.plan.to;
@@ -300,6 +302,7 @@ impl Deployer {
         }
     }
 
+    /// Record success, then prune what retention no longer keeps.
     async fn succeeded(&self, s: &Started, say: &impl Fn(String)) -> Verdict {
         let v = self
             .finish(s, DeploymentStatus::Succeeded, None, None)
@@ -314,6 +317,7 @@ impl Deployer {
         v
     }
 
+    /// Record the verdict and give the lease back.
     async fn finish(
         &self,
         s: &Started,
@@ -584,6 +588,7 @@ impl Deployer {
         }
     }
 
+    /// Every host reads back running B.
     async fn verify_all(&self, s: &Started) -> anyhow::Result<()> {
         for h in &s.hosts {
             let docker = s.engines.get(h).context("host unreachable")?;
