@@ -255,6 +255,8 @@ impl Deployer {
         verdict
     }
 
+    /// Forward, then the verdict: succeeded; or, on a failure, reverted (with `auto_rollback`),
+    /// left as is (without), or left running for the next holder when the agent stops.
     async fn drive(&self, s: &Started, say: &impl Fn(String), lost: &CancellationToken) -> Verdict {
         let d = s.lease.deployment;
         let b = &s.plan.to;
@@ -310,6 +312,7 @@ impl Deployer {
         }
     }
 
+    /// Record success, then prune what retention no longer keeps.
     async fn succeeded(&self, s: &Started, say: &impl Fn(String)) -> Verdict {
         let v = self
             .finish(s, DeploymentStatus::Succeeded, None, None)
@@ -324,6 +327,7 @@ impl Deployer {
         v
     }
 
+    /// Record the verdict and give the lease back.
     async fn finish(
         &self,
         s: &Started,
@@ -376,35 +380,6 @@ impl Deployer {
             self.hook(s, "after_deploy", argv, &vars, say)
                 .await
                 .map_err(|e| Failure::general(format!("{e:#}")))?;
-        }
-        Ok(())
-    }
-
-    /// Pull B by digest everywhere, in parallel, before anything is stopped. Nothing that
-    /// serves is touched, so a pull has no undo: the image only waits for retention.
-    async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
-        let b = &s.plan.to;
-        let pulls = s.hosts.iter().map(|h| {
-            let docker = &s.engines[h];
-            async move { (h, host::pull(docker, &b.image(), &b.manifest_digest).await) }
-        });
-        for (h, r) in futures_util::future::join_all(pulls).await {
-            let id = r.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
-            let u = HostUpdate {
-                state: Some(HostState::Pulled),
-                expected: Some(b.manifest_digest.clone()),
-                ..Default::default()
-            };
-            self.store
-                .host_step(
-                    s.lease.clone(),
-                    h.clone(),
-                    "pulled".into(),
-                    Some(format!("{} (image {id})", b.image())),
-                    u,
-                )
-                .await?;
-            say(format!("  {h}: pulled {} and verified", b.manifest_digest));
         }
         Ok(())
     }
@@ -623,6 +598,7 @@ impl Deployer {
         }
     }
 
+    /// Every host reads back running B.
     async fn verify_all(&self, s: &Started) -> anyhow::Result<()> {
         for h in &s.hosts {
             let docker = s.engines.get(h).context("host unreachable")?;

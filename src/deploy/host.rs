@@ -1,7 +1,7 @@
 //! What hoist does to one host: pull a release's image by digest and prove what arrived, keep
 //! the serving container as `NAME-r<release>`, start the new one, undo, read back, prune.
 //!
-//! Every function is one forward action or its undo, so that the rollout engine can journal
+//! Every function is one forward action or its undo, so that the deployment engine can journal
 //! each step and a rollback is the same moves in reverse:
 //! `pull` → `keep_current` (undo: `restore_kept`) → `start` (undo: `remove`) → `read_back`.
 //!
@@ -402,6 +402,37 @@ pub async fn prune(
     name: &str,
     keep: &BTreeSet<i64>,
 ) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut images = Vec::new();
+    for (cname, c) in stale_kept(docker, name, keep).await? {
+        let Some(id) = c.id.as_deref() else { continue };
+        force_remove(docker, id).await.with_context(|| {
+            format!("the host's Docker engine could not remove kept container {cname}")
+        })?;
+        removed.push(cname);
+        if let Some(image_id) = c.image_id {
+            images.push((image_id, c.image.unwrap_or_default()));
+        }
+    }
+    for (image_id, reference) in images {
+        if remove_unused_image(docker, &image_id, &reference).await? {
+            removed.push(if reference.is_empty() {
+                image_id
+            } else {
+                reference
+            });
+        }
+    }
+    Ok(removed)
+}
+
+/// The kept containers `NAME-r<N>` with N not in `keep` and a release label saying N, oldest
+/// first, with their names.
+async fn stale_kept(
+    docker: &Docker,
+    name: &str,
+    keep: &BTreeSet<i64>,
+) -> anyhow::Result<Vec<(String, ContainerSummary)>> {
     // The name filter is a regular expression matched anywhere; it only narrows the listing.
     // The exact `NAME-r<digits>` match happens here.
     let filters = HashMap::from([("name", vec![format!("{name}-r")])]);
@@ -444,42 +475,29 @@ pub async fn prune(
     }
     // Oldest first, whatever order the engine listed them in.
     stale.sort_by_key(|(release, _, _)| *release);
-    let mut removed = Vec::new();
-    let mut images = Vec::new();
-    for (_, cname, c) in stale {
-        let Some(id) = c.id.as_deref() else { continue };
-        force_remove(docker, id).await.with_context(|| {
-            format!("the host's Docker engine could not remove kept container {cname}")
-        })?;
-        removed.push(cname);
-        if let Some(image_id) = c.image_id {
-            images.push((image_id, c.image.unwrap_or_default()));
+    Ok(stale.into_iter().map(|(_, n, c)| (n, c)).collect())
+}
+
+/// Remove the image `image_id` unless a container still uses it; Ok(true) when removed.
+async fn remove_unused_image(
+    docker: &Docker,
+    image_id: &str,
+    reference: &str,
+) -> anyhow::Result<bool> {
+    // By ID and without force: the engine refuses (409) while any container, serving or
+    // kept, still uses the image. Removing by reference would instead just untag it, even
+    // under a running container, and erase the digest that read-back proves it by.
+    let options = RemoveImageOptionsBuilder::default().force(false).build();
+    match docker.remove_image(image_id, Some(options), None).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => {
+            tracing::debug!(image = %image_id, error = %e, "image kept: still in use or gone");
+            Ok(false)
         }
+        Err(e) => Err(anyhow!(e)).with_context(|| {
+            format!("the host's Docker engine could not remove image {reference} ({image_id})")
+        }),
     }
-    for (image_id, reference) in images {
-        // By ID and without force: the engine refuses (409) while any container, serving or
-        // kept, still uses the image. Removing by reference would instead just untag it, even
-        // under a running container, and erase the digest that read-back proves it by.
-        let options = RemoveImageOptionsBuilder::default().force(false).build();
-        match docker.remove_image(&image_id, Some(options), None).await {
-            Ok(_) => removed.push(if reference.is_empty() {
-                image_id
-            } else {
-                reference
-            }),
-            Err(e) if is_not_found(&e) || is_conflict(&e) => {
-                tracing::debug!(image = %image_id, error = %e, "image kept: still in use or gone");
-            }
-            Err(e) => {
-                return Err(anyhow!(e)).with_context(|| {
-                    format!(
-                        "the host's Docker engine could not remove image {reference} ({image_id})"
-                    )
-                });
-            }
-        }
-    }
-    Ok(removed)
 }
 
 /// Engine version and the containers labelled `hoist.app`.

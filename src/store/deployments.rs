@@ -2,6 +2,9 @@
 //! lease that lets only one deployment act at a time, and what each host was last verified
 //! to run.
 //!
+//! Kinds, statuses and host states are enums ([`DeploymentKind`], [`DeploymentStatus`],
+//! [`HostState`]) stored as the same text the API shows; the journal's step names are free text.
+//!
 //! The lease carries a fencing token. Every journal write names the token it holds and fails
 //! when the lease has moved on, so a stale holder (a paused or partitioned agent) cannot act.
 

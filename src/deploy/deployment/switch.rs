@@ -1,11 +1,12 @@
 //! One host's part of a deployment, as saga actions: each forward action beside its undo.
 //!
-//! | forward (+), switching A → B              | undo (−), reverting to A                        |
-//! |-------------------------------------------|-------------------------------------------------|
-//! | keep A: stop `NAME`, rename it `NAME-r<A>` | restore A: its kept container, or A afresh     |
-//! | start B as `NAME`                         | remove B: whatever serves as `NAME` unless A   |
-//! | prove B: health, `after_host`, read back  | prove A: the same checks against A's release   |
-//! | record B as what the host runs            | record A (or nothing) instead                  |
+//! | forward (+), switching A → B               | undo (−), reverting to A                     |
+//! |--------------------------------------------|----------------------------------------------|
+//! | pull B by digest, verified                 | nothing: what serves is untouched            |
+//! | keep A: stop `NAME`, rename it `NAME-r<A>` | restore A: its kept container, or A afresh   |
+//! | start B as `NAME`                          | remove B: whatever serves as `NAME` unless A |
+//! | prove B: health, `after_host`, read back   | prove A: the same checks against A's release |
+//! | record B as what the host runs             | record A (or nothing) instead                |
 //!
 //! The journal is written before the host is touched (`switching`) and after each step, so a
 //! host's [`HostState`] bounds what it may have been through. Every undo looks at the engine
@@ -23,6 +24,30 @@ use crate::pipeline::{ContainerSpec, DeploySpec, HealthSpec, Vars};
 use crate::store::{HostState, HostUpdate, Release};
 
 impl Deployer {
+    /// Pull B by digest on every host, in parallel, before anything is stopped; journal each
+    /// pull in host order.
+    pub(super) async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
+        let b = &s.plan.to;
+        let hosts = s
+            .hosts
+            .iter()
+            .map(|h| OnHost::new(self, s, h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pulls = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)).await;
+        for (on, pulled) in hosts.iter().zip(pulls) {
+            let h = on.host;
+            let id = pulled.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
+            let expected = HostUpdate {
+                expected: Some(b.manifest_digest.clone()),
+                ..Default::default()
+            };
+            let detail = format!("{} (image {id})", b.image());
+            on.journal(HostState::Pulled, detail, expected).await?;
+            say(format!("  {h}: pulled {} and verified", b.manifest_digest));
+        }
+        Ok(())
+    }
+
     /// Switch host `h` from A to B and prove it: the forward actions in order, each journaled.
     pub(super) async fn switch_host(
         &self,
@@ -170,6 +195,15 @@ impl<'a> OnHost<'a> {
             address: &d.config.hosts[host].address,
             name: &s.plan.spec.container.name,
         })
+    }
+
+    // pull B -----------------------------------------------------------------------------
+
+    /// (+) Pull B by digest and verify what arrived; returns the local image ID. (−) Nothing:
+    /// what serves is untouched, and retention prunes the image later.
+    async fn pull_b(&self) -> anyhow::Result<String> {
+        let b = &self.s.plan.to;
+        host::pull(self.docker, &b.image(), &b.manifest_digest).await
     }
 
     // keep A -----------------------------------------------------------------------------
