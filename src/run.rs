@@ -101,64 +101,10 @@ async fn execute_run(
         .mirrors
         .fetch_pipeline(repo, &run.git_ref, &run.commit)
         .await?;
-    let Some(text) = text else {
-        if let Some(d) = run.delivery {
-            q.store
-                .set_delivery_status(
-                    d,
-                    "no pipeline".into(),
-                    Some(format!("no {} in {}", pipeline::FILE_NAME, run.commit)),
-                )
-                .await?;
-        }
-        return Ok(Verdict::new(
-            Status::Skipped,
-            format!("no pipeline: the commit has no {}", pipeline::FILE_NAME),
-        ));
-    };
-    let pipeline = match pipeline::parse(&text) {
+    let pipeline = match plan(q, run, text).await? {
         Ok(p) => p,
-        Err(problems) => {
-            return Ok(Verdict::new(
-                Status::Failed,
-                format!(
-                    "the pipeline file is not valid:\n{}",
-                    pipeline::format_problems(pipeline::FILE_NAME, &problems)
-                ),
-            ));
-        }
+        Err(verdict) => return Ok(verdict),
     };
-    if !pipeline.on.matches(run.kind, &run.name) {
-        let (noun, key) = if run.kind == RefKind::Tag {
-            ("tag", "tags")
-        } else {
-            ("branch", "branches")
-        };
-        let why = format!(
-            "{noun} {:?} does not match on.{key} of the pipeline",
-            run.name
-        );
-        if let Some(d) = run.delivery {
-            q.store
-                .set_delivery_status(d, "not matched".into(), Some(why.clone()))
-                .await?;
-        }
-        return Ok(Verdict::new(Status::Skipped, why));
-    }
-    let steps = pipeline
-        .steps
-        .iter()
-        .map(|s| (s.name.clone(), kind_of(&s.action)))
-        .collect();
-    q.store
-        .plan_run(run.id, pipeline.app.clone(), steps)
-        .await?;
-    if let Some(d) = run.delivery {
-        q.store
-            .set_delivery_status(d, "run".into(), Some(format!("run {}", run.id)))
-            .await?;
-    }
-
     let workspaces = Workspaces::new(
         &q.config.data_dir.join("workspaces"),
         KEEP_FAILED_WORKSPACES,
@@ -182,6 +128,74 @@ async fn execute_run(
         tracing::warn!(run = id, "cannot clean the workspace: {e:#}");
     }
     verdict
+}
+
+/// Decide what the run does with the commit's pipeline file (`None`: it has none): the
+/// pipeline to run, its steps recorded, or the verdict of a run that ends here (no pipeline,
+/// an invalid one, or one whose triggers do not match the ref). The delivery says which.
+async fn plan(
+    q: &Queue,
+    run: &Run,
+    text: Option<String>,
+) -> anyhow::Result<Result<Pipeline, Verdict>> {
+    let Some(text) = text else {
+        if let Some(d) = run.delivery {
+            q.store
+                .set_delivery_status(
+                    d,
+                    "no pipeline".into(),
+                    Some(format!("no {} in {}", pipeline::FILE_NAME, run.commit)),
+                )
+                .await?;
+        }
+        return Ok(Err(Verdict::new(
+            Status::Skipped,
+            format!("no pipeline: the commit has no {}", pipeline::FILE_NAME),
+        )));
+    };
+    let pipeline = match pipeline::parse(&text) {
+        Ok(p) => p,
+        Err(problems) => {
+            return Ok(Err(Verdict::new(
+                Status::Failed,
+                format!(
+                    "the pipeline file is not valid:\n{}",
+                    pipeline::format_problems(pipeline::FILE_NAME, &problems)
+                ),
+            )));
+        }
+    };
+    if !pipeline.on.matches(run.kind, &run.name) {
+        let (noun, key) = if run.kind == RefKind::Tag {
+            ("tag", "tags")
+        } else {
+            ("branch", "branches")
+        };
+        let why = format!(
+            "{noun} {:?} does not match on.{key} of the pipeline",
+            run.name
+        );
+        if let Some(d) = run.delivery {
+            q.store
+                .set_delivery_status(d, "not matched".into(), Some(why.clone()))
+                .await?;
+        }
+        return Ok(Err(Verdict::new(Status::Skipped, why)));
+    }
+    let steps = pipeline
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), kind_of(&s.action)))
+        .collect();
+    q.store
+        .plan_run(run.id, pipeline.app.clone(), steps)
+        .await?;
+    if let Some(d) = run.delivery {
+        q.store
+            .set_delivery_status(d, "run".into(), Some(format!("run {}", run.id)))
+            .await?;
+    }
+    Ok(Ok(pipeline))
 }
 
 fn kind_of(a: &Action) -> StepKind {

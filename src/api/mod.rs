@@ -205,6 +205,29 @@ async fn receive(
             ),
         ));
     };
+    let body = read_delivery(headers, body).await?;
+    let config = s.config.clone();
+    let secret_for = |repo: &str| {
+        config
+            .repo(repo)
+            .filter(|r| r.forge == forge)
+            .map(|r| r.secret.expose().as_bytes().to_vec())
+    };
+    let received = forge::receive(forge, headers, &body, secret_for)
+        .map_err(|e| forge_refusal(&s.config, e))?;
+    match received {
+        Received::Ignored { repo, what } => {
+            s.metrics.deliveries_ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%forge, repo = repo.as_deref().unwrap_or("-"), what, "delivery ignored");
+            Ok((StatusCode::OK, Json(json!({ "ignored": what, "runs": [] }))).into_response())
+        }
+        Received::Push(events) => accept_pushes(s, forge, events).await,
+    }
+}
+
+/// The delivery's body, refused with 413 past `MAX_BODY` (by its declared length when it has
+/// one, before reading any of it).
+async fn read_delivery(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -221,7 +244,7 @@ async fn receive(
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             too_large()
@@ -231,19 +254,15 @@ async fn receive(
                 format!("could not read the request body: {e}"),
             )
         }
-    })?;
+    })
+}
 
-    let config = s.config.clone();
-    let secret_for = |repo: &str| {
-        config
-            .repo(repo)
-            .filter(|r| r.forge == forge)
-            .map(|r| r.secret.expose().as_bytes().to_vec())
-    };
-    let received = forge::receive(forge, headers, &body, secret_for).map_err(|e| match e {
+/// A forge's refusal as the answer the sender reads.
+fn forge_refusal(config: &Config, e: ForgeError) -> ApiError {
+    match e {
         ForgeError::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, m),
         ForgeError::Malformed(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
-        ForgeError::UnknownRepo(name) => match s.config.repo(&name) {
+        ForgeError::UnknownRepo(name) => match config.repo(&name) {
             Some(r) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
@@ -251,59 +270,60 @@ async fn receive(
                     r.forge, r.forge
                 ),
             ),
-            None => ApiError::new(StatusCode::NOT_FOUND, ForgeError::UnknownRepo(name).to_string()),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ForgeError::UnknownRepo(name).to_string(),
+            ),
         },
-    })?;
-
-    match received {
-        Received::Ignored { repo, what } => {
-            s.metrics.deliveries_ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%forge, repo = repo.as_deref().unwrap_or("-"), what, "delivery ignored");
-            Ok((StatusCode::OK, Json(json!({ "ignored": what, "runs": [] }))).into_response())
-        }
-        Received::Push(events) => {
-            let summary: Vec<(String, String, String)> = events
-                .iter()
-                .map(|e| (e.repo.clone(), e.git_ref.clone(), e.after.clone()))
-                .collect();
-            let intakes = events
-                .into_iter()
-                .map(|event| Intake {
-                    skip: event
-                        .message
-                        .as_deref()
-                        .filter(|m| crate::pipeline::skip_ci(m))
-                        .map(|_| "[skip ci] in the head commit message".to_string()),
-                    cancel_superseded: s
-                        .config
-                        .repo(&event.repo)
-                        .is_some_and(|r| r.cancel_superseded),
-                    event,
-                })
-                .collect();
-            let accepted = s
-                .queue
-                .accept(intakes)
-                .await
-                .map_err(ApiError::not_stored)?;
-            for (a, (repo, git_ref, commit)) in accepted.iter().zip(&summary) {
-                let counter = if a.duplicate {
-                    &s.metrics.deliveries_duplicate
-                } else {
-                    &s.metrics.deliveries_accepted
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
-            }
-            let ids: Vec<i64> = accepted.iter().map(|a| a.id).collect();
-            let runs: Vec<i64> = accepted.iter().flat_map(|a| a.runs.clone()).collect();
-            let mut answer = json!({ "delivery": ids.first(), "runs": runs });
-            if ids.len() > 1 {
-                answer["deliveries"] = json!(ids);
-            }
-            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
-        }
     }
+}
+
+/// Verified pushes: store them with their runs, then answer 202 with what was queued.
+async fn accept_pushes(
+    s: &AppState,
+    forge: Forge,
+    events: Vec<forge::PushEvent>,
+) -> Result<Response, ApiError> {
+    let summary: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| (e.repo.clone(), e.git_ref.clone(), e.after.clone()))
+        .collect();
+    let intakes = events
+        .into_iter()
+        .map(|event| Intake {
+            skip: event
+                .message
+                .as_deref()
+                .filter(|m| crate::pipeline::skip_ci(m))
+                .map(|_| "[skip ci] in the head commit message".to_string()),
+            cancel_superseded: s
+                .config
+                .repo(&event.repo)
+                .is_some_and(|r| r.cancel_superseded),
+            event,
+        })
+        .collect();
+    let accepted = s
+        .queue
+        .accept(intakes)
+        .await
+        .map_err(ApiError::not_stored)?;
+    for (a, (repo, git_ref, commit)) in accepted.iter().zip(&summary) {
+        let counter = if a.duplicate {
+            &s.metrics.deliveries_duplicate
+        } else {
+            &s.metrics.deliveries_accepted
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
+    }
+    let ids: Vec<i64> = accepted.iter().map(|a| a.id).collect();
+    let runs: Vec<i64> = accepted.iter().flat_map(|a| a.runs.clone()).collect();
+    let mut answer = json!({ "delivery": ids.first(), "runs": runs });
+    if ids.len() > 1 {
+        answer["deliveries"] = json!(ids);
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// Proof that the request carried a configured API token.
