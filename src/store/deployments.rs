@@ -8,86 +8,12 @@
 //! The lease carries a fencing token. Every journal write names the token it holds and fails
 //! when the lease has moved on, so a stale holder (a paused or partitioned agent) cannot act.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, now_millis, rfc3339};
 
-/// Declares an enum stored and shown as text: each variant with the exact string the database
-/// column and the API JSON carry. One list serves `as_str`, parsing, serde and rusqlite, so the
-/// strings cannot drift apart; text the list does not know is an error, never a default.
-macro_rules! text_enum {
-    ($(#[$meta:meta])* pub enum $name:ident ($what:literal) {
-        $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
-    }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            #[cfg(test)]
-            const ALL: &[$name] = &[$(Self::$variant,)+];
-
-            /// The text stored in the database and shown by the API.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = UnknownText;
-            fn from_str(text: &str) -> Result<Self, UnknownText> {
-                match text {
-                    $($text => Ok(Self::$variant),)+
-                    _ => Err(UnknownText { what: $what, text: text.to_string() }),
-                }
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
-            }
-        }
-
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
-            }
-        }
-    };
-}
-
-/// Text in the store that names no known state: a newer hoist wrote it, or the row was edited.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the store holds {what} {text:?}, which this hoist does not know; was it written by a newer version?"
-)]
-pub struct UnknownText {
-    /// Which kind of value: "deployment kind", "deployment status", "host state".
-    pub what: &'static str,
-    /// The text found.
-    pub text: String,
-}
-
-text_enum! {
+super::text_enum! {
     /// Which way a deployment moves an app: both run through the same engine.
     pub enum DeploymentKind ("deployment kind") {
         /// To a new release, from a run's deploy step.
@@ -97,7 +23,7 @@ text_enum! {
     }
 }
 
-text_enum! {
+super::text_enum! {
     /// Where a deployment is.
     pub enum DeploymentStatus ("deployment status") {
         /// Acting, or interrupted and awaiting recovery at the next start.
@@ -111,7 +37,7 @@ text_enum! {
     }
 }
 
-text_enum! {
+super::text_enum! {
     /// Where one host of a deployment is, as its journal row says. Each forward state is
     /// written when the step it names is done (`Switching` before the host is touched).
     pub enum HostState ("host state") {
@@ -585,21 +511,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every variant's text parses back to it, and serde writes the same text.
-    fn round_trips<T>(all: &[T])
-    where
-        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + Serialize,
-        T: std::str::FromStr<Err = UnknownText>,
-    {
-        for &v in all {
-            assert_eq!(v.to_string().parse::<T>(), Ok(v));
-            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string());
-        }
-    }
+    use crate::store::UnknownText;
 
     #[test]
     fn states_keep_their_text() {
+        use crate::store::tests::round_trips;
         round_trips(DeploymentKind::ALL);
         round_trips(DeploymentStatus::ALL);
         round_trips(HostState::ALL);

@@ -20,19 +20,28 @@ use tokio::sync::oneshot;
 
 use crate::forge::{Forge, PushEvent, RefKind};
 
-/// A closed set of states stored as text: `as_str` is the column's (and the API's) spelling,
-/// and reading text the enum does not know is an error, never a silent default.
+/// Declares an enum stored and shown as text: each variant with the exact string the database
+/// column and the API JSON carry. One list serves `as_str`, parsing, serde and rusqlite, so the
+/// strings cannot drift apart; text the list does not know is an error, never a default.
 macro_rules! text_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+    ($(#[$meta:meta])* pub enum $name:ident ($what:literal) {
+        $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+    }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+            $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
+            #[cfg(test)]
+            pub(crate) const ALL: &[$name] = &[$(Self::$variant,)+];
+
+            /// The text stored in the database and shown by the API.
             pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text,)+ }
+                match self {
+                    $(Self::$variant => $text,)+
+                }
             }
         }
 
@@ -43,30 +52,57 @@ macro_rules! text_enum {
         }
 
         impl std::str::FromStr for $name {
-            type Err = anyhow::Error;
-            fn from_str(s: &str) -> anyhow::Result<$name> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(anyhow::anyhow!(concat!("unknown ", stringify!($name), " {:?}"), other)),
+            type Err = $crate::store::UnknownText;
+            fn from_str(text: &str) -> Result<Self, $crate::store::UnknownText> {
+                match text {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err($crate::store::UnknownText { what: $what, text: text.to_string() }),
                 }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
             }
         }
 
         impl rusqlite::ToSql for $name {
             fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(self.as_str().into())
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
             }
         }
 
         impl rusqlite::types::FromSql for $name {
-            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<$name> {
-                v.as_str()?
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                value
+                    .as_str()?
                     .parse()
-                    .map_err(|e: anyhow::Error| rusqlite::types::FromSqlError::Other(e.into()))
+                    .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
             }
         }
     };
 }
+
+/// Text in the store that names no known state: a newer hoist wrote it, or the row was edited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the store holds {what} {text:?}, which this hoist does not know; was it written by a newer version?"
+)]
+pub struct UnknownText {
+    /// Which kind of value: "deployment kind", "deployment status", "host state".
+    pub what: &'static str,
+    /// The text found.
+    pub text: String,
+}
+
 pub(crate) use text_enum;
 
 mod deployments;
@@ -646,8 +682,29 @@ pub fn rfc3339(millis: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Every variant's text parses back to it, and serde writes the same text.
+    pub(crate) fn round_trips<T>(all: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + serde::Serialize,
+        T: std::str::FromStr<Err = UnknownText>,
+    {
+        for &v in all {
+            assert_eq!(v.to_string().parse::<T>(), Ok(v));
+            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string());
+        }
+    }
+
+    #[test]
+    fn run_states_keep_their_text() {
+        round_trips(Status::ALL);
+        round_trips(Trigger::ALL);
+        round_trips(StepKind::ALL);
+        assert_eq!(Status::TimedOut.as_str(), "timed_out");
+        assert!(Status::Skipped.is_terminal() && !Status::Queued.is_terminal());
+    }
 
     fn event(delivery: &str, after: char) -> Intake {
         Intake {

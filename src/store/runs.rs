@@ -12,7 +12,7 @@ use crate::forge::RefKind;
 
 super::text_enum! {
     /// The state of a run or of one of its steps; stored and served as the quoted strings.
-    pub enum Status {
+    pub enum Status ("run status") {
         Queued = "queued",
         Running = "running",
         Success = "success",
@@ -34,7 +34,7 @@ impl Status {
 
 super::text_enum! {
     /// Where a run came from.
-    pub enum Trigger {
+    pub enum Trigger ("trigger") {
         Push = "push",
         Manual = "manual",
         Replay = "replay",
@@ -44,7 +44,7 @@ super::text_enum! {
 
 super::text_enum! {
     /// What a step does: which executor runs it.
-    pub enum StepKind {
+    pub enum StepKind ("step kind") {
         Container = "container",
         Shell = "shell",
         Build = "build",
