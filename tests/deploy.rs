@@ -116,25 +116,31 @@ async fn last_deployment(agent: &Agent) -> Value {
     api(agent, &format!("/deployments/{id}")).await
 }
 
+/// The repo digests (JSON) of the image host `h`'s container `web` runs, read with the docker
+/// CLI, independently of hoist.
+fn web_image_digests(h: &str) -> String {
+    let image = docker_lenient(h, &["inspect", "web", "--format", "{{.Image}}"]);
+    docker_lenient(
+        h,
+        &[
+            "image",
+            "inspect",
+            &image,
+            "--format",
+            "{{json .RepoDigests}}",
+        ],
+    )
+}
+
 /// Read back, with the docker CLI (independently of hoist), what each host runs as `web`:
 /// the repo digest of the running container's image, and its node page.
 fn host_digests(release_digest: &str) -> Vec<(String, bool, String)> {
     HOST_NAMES
         .iter()
         .map(|h| {
-            let image = docker_lenient(h, &["inspect", "web", "--format", "{{.Image}}"]);
             let running =
                 docker_lenient(h, &["inspect", "web", "--format", "{{.State.Running}}"]) == "true";
-            let digests = docker_lenient(
-                h,
-                &[
-                    "image",
-                    "inspect",
-                    &image,
-                    "--format",
-                    "{{json .RepoDigests}}",
-                ],
-            );
+            let digests = web_image_digests(h);
             (
                 h.to_string(),
                 running && digests.contains(release_digest),
@@ -465,17 +471,7 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     assert_eq!(d["failing_host"], "h3", "{d:#}");
     assert_eq!(d["status"], "rolled_back", "{d:#}");
     for h in &HOST_NAMES[..2] {
-        let image = docker_lenient(h, &["inspect", "web", "--format", "{{.Image}}"]);
-        let digests = docker_lenient(
-            h,
-            &[
-                "image",
-                "inspect",
-                &image,
-                "--format",
-                "{{json .RepoDigests}}",
-            ],
-        );
+        let digests = web_image_digests(h);
         assert!(
             digests.contains(rel1["manifest_digest"].as_str().unwrap()),
             "{h}: {digests}"

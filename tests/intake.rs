@@ -22,6 +22,26 @@ async fn deliveries(agent: &Agent) -> Vec<Value> {
     r.json::<Vec<Value>>().await.unwrap()
 }
 
+/// The signed GitHub delivery `delivery` of a push of commit `sha(n)` to acme/web's main.
+async fn push_main(
+    client: &reqwest::Client,
+    agent: &Agent,
+    delivery: &str,
+    n: u64,
+) -> reqwest::Response {
+    let body = github_push("acme/web", "refs/heads/main", &sha(n));
+    let headers = signed_headers(Forge::Github, delivery, SECRET, &body);
+    post(
+        client,
+        &format!("{}/hooks/github", agent.url),
+        &headers,
+        body,
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
 /// A few hundred concurrent signed deliveries, `kill -9` in the middle, restart: every
 /// delivery that got 202 is there exactly once, and every stored row is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,17 +149,7 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
 
     // The forge retries what got no answer: each is accepted (or recognised) once, nothing twice.
     for i in &not_accepted {
-        let body = github_push("acme/web", "refs/heads/main", &sha(i + 1));
-        let headers = signed_headers(Forge::Github, &format!("delivery-{i}"), SECRET, &body);
-        let r = post(
-            &client,
-            &format!("{}/hooks/github", agent.url),
-            &headers,
-            body,
-        )
-        .send()
-        .await
-        .unwrap();
+        let r = push_main(&client, &agent, &format!("delivery-{i}"), i + 1).await;
         assert_eq!(r.status(), 202);
     }
     let rows = deliveries(&agent).await;
@@ -158,17 +168,7 @@ async fn sigterm_finishes_writes_and_exits_0() {
     let mut agent = Agent::start(dir.path(), "");
     let client = reqwest::Client::new();
     for i in 0..20 {
-        let body = github_push("acme/web", "refs/heads/main", &sha(1000 + i));
-        let headers = signed_headers(Forge::Github, &format!("t-{i}"), SECRET, &body);
-        let r = post(
-            &client,
-            &format!("{}/hooks/github", agent.url),
-            &headers,
-            body,
-        )
-        .send()
-        .await
-        .unwrap();
+        let r = push_main(&client, &agent, &format!("t-{i}"), 1000 + i).await;
         assert_eq!(r.status(), 202);
     }
     assert_eq!(agent.terminate().code(), Some(0));

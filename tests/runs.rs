@@ -222,6 +222,24 @@ async fn secrets_are_masked_and_push_data_is_never_shell_text() {
     assert!(!marker.exists(), "the branch name was executed");
 }
 
+/// Wait (at most 30 s) until acme/app has a run of `commit`, which only the poller can have
+/// queued when no webhook was sent; returns that run.
+async fn wait_polled(agent: &Agent, commit: &str) -> Value {
+    let of_commit = |runs: &Value| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["commit"] == commit)
+            .cloned()
+    };
+    let what = format!("a list with a run of {commit}, queued by the poller");
+    let runs = wait_for(agent, "/runs?repo=acme/app", &what, 30, |runs| {
+        of_commit(runs).is_some()
+    })
+    .await;
+    of_commit(&runs).unwrap()
+}
+
 #[tokio::test]
 async fn the_poller_finds_a_push_whose_webhook_never_came() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,26 +251,7 @@ async fn the_poller_finds_a_push_whose_webhook_never_came() {
     assert_eq!(wait_end(&agent, r1).await["status"], "success");
     // This push's webhook is lost.
     let c2 = repo.commit("main", "lost webhook", &[("x", "2")]);
-    let runs = wait_for(
-        &agent,
-        "/runs?repo=acme/app",
-        &format!("a list with a run of {c2}, queued by the poller"),
-        30,
-        |runs| {
-            runs.as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["commit"] == c2.as_str())
-        },
-    )
-    .await;
-    let found = runs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["commit"] == c2.as_str())
-        .unwrap()
-        .clone();
+    let found = wait_polled(&agent, &c2).await;
     assert_eq!(found["trigger"], "poll");
     let run = wait_end(&agent, found["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "success");
@@ -262,19 +261,7 @@ async fn the_poller_finds_a_push_whose_webhook_never_came() {
     // after c2's run was already there.
     for (n, message) in [(3, "first probe"), (4, "second probe")] {
         let probe = repo.commit("probe", message, &[("x", &n.to_string())]);
-        wait_for(
-            &agent,
-            "/runs?repo=acme/app",
-            &format!("a list with a run of {probe}, queued by the poller"),
-            30,
-            |runs| {
-                runs.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|r| r["commit"] == probe.as_str())
-            },
-        )
-        .await;
+        wait_polled(&agent, &probe).await;
     }
     let runs = api(&agent, "/runs?repo=acme/app").await;
     assert_eq!(
