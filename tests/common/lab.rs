@@ -141,9 +141,15 @@ pub fn free_port() -> u16 {
 }
 
 /// `scripts/lab up`: brings back what a test took down (a killed dockerd).
+///
+/// It runs with stdin, stdout and stderr only. The daemons it starts outlive the test, and the
+/// test inherited the lab lock's descriptor from `flock /tmp/hoist-lab.lock cargo test`: a
+/// dockerd started with that descriptor open would hold the lab lock for ever.
 pub fn up() -> ExitStatus {
-    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab"))
-        .arg("up")
+    let close_inherited = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null; fi; done; exec "$0" up"#;
+    Command::new("bash")
+        .args(["-c", close_inherited])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab"))
         .status()
         .unwrap()
 }
