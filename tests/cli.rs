@@ -3,18 +3,11 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-use common::{Agent, GitRepo, TOKEN, api, builder, push_github};
+use common::lab;
+use common::{
+    Agent, GitRepo, api, api_post, hoist, hoist_client, push_github, token_toml, wait_until,
+};
 use serde_json::{Value, json};
-
-fn hoist(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn validate_prints_file_line_col_and_exits_1() {
@@ -26,12 +19,7 @@ fn validate_prints_file_line_col_and_exits_1() {
     )
     .unwrap();
     let out = hoist(&["validate", good.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
 
     let bad = dir.path().join("bad.yml");
     std::fs::write(
@@ -40,8 +28,8 @@ fn validate_prints_file_line_col_and_exits_1() {
     )
     .unwrap();
     let out = hoist(&["validate", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, Some(1));
+    let text = &out.stdout;
     let first = text.lines().next().unwrap_or("");
     assert!(
         first.starts_with(&format!("{}:5:5: ", bad.display())),
@@ -53,21 +41,15 @@ fn validate_prints_file_line_col_and_exits_1() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines")).unwrap() {
         let path = entry.unwrap().path();
         let out = hoist(&["validate", path.to_str().unwrap()]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert_eq!(out.code, Some(0), "{}: {}", path.display(), out.stdout);
     }
     let out = hoist(&["validate", dir.path().join("missing.yml").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.code, Some(2));
 }
 
 #[test]
 fn run_executes_a_local_checkout_without_a_server() {
-    let docker = builder();
+    let docker = lab::builder_url();
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::new(dir.path());
     let yml = "app: web\nsteps:\n  - name: test\n    image: lab/busybox:1\n    commands: [\"cat hello.txt\", \"echo on $HOIST_BRANCH\"]\n  - name: local\n    shell: [\"echo local step in $(basename $PWD)\"]\n";
@@ -77,13 +59,8 @@ fn run_executes_a_local_checkout_without_a_server() {
         &[(".hoist.yml", yml), ("hello.txt", "hello locally\n")],
     );
     let out = hoist(&["run", "--docker", &docker, repo.work.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = &out.stdout;
+    assert_eq!(out.code, Some(0), "{text}\n{}", out.stderr);
     assert!(
         text.contains("hello locally")
             && text.contains("on main")
@@ -105,8 +82,8 @@ fn run_executes_a_local_checkout_without_a_server() {
         failing.to_str().unwrap(),
         repo.work.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("command exited with 4"));
+    assert_eq!(out.code, Some(1));
+    assert!(out.stdout.contains("command exited with 4"));
 }
 
 #[tokio::test]
@@ -115,50 +92,30 @@ async fn runs_logs_follow_manual_run_and_replay() {
     let repo = GitRepo::new(dir.path());
     let yml = "app: web\nsteps:\n  - name: test\n    image: lab/busybox:1\n    commands: [\"echo one\", \"sleep 1\", \"echo two\"]\n";
     let commit = repo.commit("main", "follow me", &[(".hoist.yml", yml)]);
-    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n\
-         [[token]]\nname = \"e2e\"\nsha256 = \"{token_hash}\"\n",
+         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n{}",
         dir.path().join("data"),
-        builder(),
-        repo.bare
+        lab::builder_url(),
+        repo.bare,
+        token_toml()
     );
     let agent = Agent::launch(dir.path(), &config);
-    let client = reqwest::Client::new();
 
     // A manual run of the branch head (no commit given: hoist asks the remote).
-    let r = client
-        .post(format!("{}/api/v1/repos/acme/app/runs", agent.url))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "ref": "refs/heads/main" }))
-        .send()
-        .await
-        .unwrap();
+    let r = api_post(
+        &agent,
+        "/repos/acme/app/runs",
+        Some(json!({ "ref": "refs/heads/main" })),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     let run = r.json::<Value>().await.unwrap()["run"].as_i64().unwrap();
 
     // `hoist logs --follow` prints the output live and exits 0 when the run succeeds.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args([
-            "logs",
-            "--follow",
-            &run.to_string(),
-            "--server",
-            &agent.url,
-            "--token",
-            TOKEN,
-        ])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = hoist_client(&agent, &["logs", "--follow", &run.to_string()]);
+    let text = &out.stdout;
+    assert_eq!(out.code, Some(0), "{text}{}", out.stderr);
     assert!(text.contains("one") && text.contains("two"), "{text}");
     let detail = api(&agent, &format!("/runs/{run}")).await;
     assert_eq!(detail["commit"], commit.as_str());
@@ -167,37 +124,33 @@ async fn runs_logs_follow_manual_run_and_replay() {
     // A delivery, then its replay: a second run of the same commit.
     let answer = push_github(&agent, "acme/app", "main", &commit, "follow me").await;
     let delivery = answer["delivery"].as_i64().unwrap();
-    let replay: Value = client
-        .post(format!("{}/api/v1/deliveries/{delivery}/replay", agent.url))
-        .bearer_auth(TOKEN)
-        .send()
+    let replay: Value = api_post(&agent, &format!("/deliveries/{delivery}/replay"), None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let replayed = replay["runs"][0].as_i64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = hoist(&["runs", "--server", &agent.url, "--token", TOKEN]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert_eq!(out.status.code(), Some(0));
-        let line = text
+    let what = format!("`hoist runs` to list replayed run {replayed} as a success");
+    wait_until(&what, 60, || async {
+        let out = hoist_client(&agent, &["runs"]);
+        assert_eq!(out.code, Some(0));
+        let line = out
+            .stdout
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{replayed} ")))
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
         if line.contains("success") {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "replayed run {replayed} did not succeed: {}",
+                out.stdout
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "replayed run {replayed} did not succeed: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // Without a token, client commands say what to do.
     let out = hoist(&["runs", "--server", &agent.url]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HOIST_TOKEN"));
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("HOIST_TOKEN"));
 }

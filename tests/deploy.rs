@@ -11,37 +11,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Agent, GitRepo, TOKEN, api, builder, push_github, run_log, wait_for};
+use common::lab::{self, HOSTS as HOST_NAMES, NGINX, address, docker_lenient};
+use common::{
+    Agent, GitRepo, api, api_post, hoist_client, push_github, run_log, token_toml, wait_for,
+};
 use serde_json::{Value, json};
 
 static HOSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const HOST_NAMES: [&str; 3] = ["h1", "h2", "h3"];
-const NGINX: &str = "http://127.0.0.1:8088";
-
-fn socket(h: &str) -> String {
-    format!("unix:///var/lib/hoist-lab/{h}/docker.sock")
-}
-
-fn address(h: &str) -> String {
-    format!("10.203.0.1{}", &h[1..])
-}
-
-fn docker(h: &str, args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(["-H", &socket(h)])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Remove every container hoist made on the lab hosts (leftovers of earlier runs or the demo).
 fn clean_hosts() {
     for h in HOST_NAMES {
-        let ids = docker(h, &["ps", "-aq", "--filter", "label=hoist.app=web"]);
+        let ids = docker_lenient(h, &["ps", "-aq", "--filter", "label=hoist.app=web"]);
         for id in ids.split_whitespace() {
-            docker(h, &["rm", "-f", id]);
+            docker_lenient(h, &["rm", "-f", id]);
         }
     }
 }
@@ -54,7 +37,10 @@ fn pipeline(extra_args: &str) -> String {
         "/examples/demo-app/.hoist.yml"
     ))
     .unwrap()
-    .replace("10.203.0.1:5000/acme/web", "10.203.0.1:5000/hoist-e2e/web")
+    .replace(
+        &format!("{}/acme/web", lab::REGISTRY),
+        &format!("{}/hoist-e2e/web", lab::REGISTRY),
+    )
     .replace("/usr/local/lib/hoist/hooks", hooks)
     .replace(
         "args: { VERSION: \"${commit_short}\" }",
@@ -77,20 +63,20 @@ fn app_repo(dir: &Path) -> GitRepo {
 }
 
 fn agent(dir: &Path, repo: &GitRepo) -> Agent {
-    builder();
-    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = [\"h1\", \"h2\", \"h3\"]\n\
-         [[registry]]\nhost = \"10.203.0.1:5000\"\ninsecure = true\n[[token]]\nname = \"e2e\"\nsha256 = \"{token_hash}\"\n",
+         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\n\
+         [[registry]]\nhost = {:?}\ninsecure = true\n{}",
         dir.join("data"),
-        builder(),
-        repo.bare
+        lab::builder_url(),
+        repo.bare,
+        lab::REGISTRY,
+        token_toml()
     );
     for h in HOST_NAMES {
         config.push_str(&format!(
             "[host.{h}]\ndocker = {:?}\naddress = {:?}\n",
-            socket(h),
+            lab::socket(h),
             address(h)
         ));
     }
@@ -130,25 +116,31 @@ async fn last_deployment(agent: &Agent) -> Value {
     api(agent, &format!("/deployments/{id}")).await
 }
 
+/// The repo digests (JSON) of the image host `h`'s container `web` runs, read with the docker
+/// CLI, independently of hoist.
+fn web_image_digests(h: &str) -> String {
+    let image = docker_lenient(h, &["inspect", "web", "--format", "{{.Image}}"]);
+    docker_lenient(
+        h,
+        &[
+            "image",
+            "inspect",
+            &image,
+            "--format",
+            "{{json .RepoDigests}}",
+        ],
+    )
+}
+
 /// Read back, with the docker CLI (independently of hoist), what each host runs as `web`:
 /// the repo digest of the running container's image, and its node page.
 fn host_digests(release_digest: &str) -> Vec<(String, bool, String)> {
     HOST_NAMES
         .iter()
         .map(|h| {
-            let image = docker(h, &["inspect", "web", "--format", "{{.Image}}"]);
             let running =
-                docker(h, &["inspect", "web", "--format", "{{.State.Running}}"]) == "true";
-            let digests = docker(
-                h,
-                &[
-                    "image",
-                    "inspect",
-                    &image,
-                    "--format",
-                    "{{json .RepoDigests}}",
-                ],
-            );
+                docker_lenient(h, &["inspect", "web", "--format", "{{.State.Running}}"]) == "true";
+            let digests = web_image_digests(h);
             (
                 h.to_string(),
                 running && digests.contains(release_digest),
@@ -296,7 +288,7 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
     assert_hosts_on(&rel1);
     // Distinct per-host values.
     for h in HOST_NAMES {
-        let node = reqwest::get(format!("http://{}:8080/node", address(h)))
+        let node = reqwest::get(format!("http://{}:{}/node", address(h), lab::APP_PORT))
             .await
             .unwrap()
             .text()
@@ -381,18 +373,9 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
     );
 
     // Manual rollback from the CLI: back to release 1 (the last good one before 2), its settings.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(["rollback", "web", "--server", &agent.url, "--token", TOKEN])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = hoist_client(&agent, &["rollback", "web"]);
+    let text = &out.stdout;
+    assert_eq!(out.code, Some(0), "{text}{}", out.stderr);
     assert!(text.contains("to release 1: succeeded"), "{text}");
     assert_hosts_on(&rel1);
     let hosts = api(&agent, "/apps/web/hosts").await;
@@ -403,25 +386,13 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
     }
 
     // The lock: while a deployment holds the app, a second one is refused, naming it.
-    let client = reqwest::Client::new();
-    let first: Value = client
-        .post(format!("{}/api/v1/apps/web/rollback", agent.url))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "to": 2 }))
-        .send()
+    let first: Value = api_post(&agent, "/apps/web/rollback", Some(json!({ "to": 2 })))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let id = first["deployment"].as_i64().expect("a deployment id");
-    let second = client
-        .post(format!("{}/api/v1/apps/web/rollback", agent.url))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "to": 1 }))
-        .send()
-        .await
-        .unwrap();
+    let second = api_post(&agent, "/apps/web/rollback", Some(json!({ "to": 1 }))).await;
     assert_eq!(second.status(), 409);
     assert!(
         second
@@ -484,34 +455,23 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
         |l| l.as_array().is_some_and(|a| a.len() >= 2),
     )
     .await;
-    let pid = std::fs::read_to_string("/var/lib/hoist-lab/h3/docker.pid").unwrap();
+    let pid = std::fs::read_to_string(lab::pidfile("h3")).unwrap();
     let killed = Command::new("kill")
         .args(["-9", pid.trim()])
         .status()
         .unwrap();
     assert!(killed.success());
     let result = run_end(&agent, run).await;
-    let lab = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab"))
-        .arg("up")
-        .status()
-        .unwrap();
-    assert!(lab.success(), "scripts/lab up could not bring h3 back");
+    assert!(
+        lab::up().success(),
+        "scripts/lab up could not bring h3 back"
+    );
     assert_eq!(result["status"], "failed");
     let d = last_deployment(&agent).await;
     assert_eq!(d["failing_host"], "h3", "{d:#}");
     assert_eq!(d["status"], "rolled_back", "{d:#}");
     for h in &HOST_NAMES[..2] {
-        let image = docker(h, &["inspect", "web", "--format", "{{.Image}}"]);
-        let digests = docker(
-            h,
-            &[
-                "image",
-                "inspect",
-                &image,
-                "--format",
-                "{{json .RepoDigests}}",
-            ],
-        );
+        let digests = web_image_digests(h);
         assert!(
             digests.contains(rel1["manifest_digest"].as_str().unwrap()),
             "{h}: {digests}"
@@ -519,18 +479,8 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     }
     // Bring h3 back on release 1 for what follows (its dockerd restart stopped its containers).
     clean_hosts();
-    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args([
-            "rollback", "web", "--to", "1", "--server", &agent.url, "--token", TOKEN,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = hoist_client(&agent, &["rollback", "web", "--to", "1"]);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert_hosts_on(&rel1);
 
     // kill -9 of the agent mid-rollout: on restart the journal is resolved and every host
@@ -580,7 +530,7 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     );
     assert_hosts_on(&rel1);
     for h in HOST_NAMES {
-        let names = docker(
+        let names = docker_lenient(
             h,
             &[
                 "ps",

@@ -7,13 +7,15 @@
 //! uses container names and host ports of its own. A guard removes what the test made on the
 //! hosts and the builder, even when the test fails.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
+use common::lab::{self, BUILDER, REGISTRY, address, engine, free_port};
 use hoist::deploy::health::{check_once, wait_healthy};
 use hoist::deploy::host::{
     self, APP_LABEL, COMMIT_LABEL, DIGEST_LABEL, RELEASE_LABEL, Target, kept_name,
@@ -21,42 +23,14 @@ use hoist::deploy::host::{
 use hoist::pipeline::{ContainerSpec, HealthCheck, HealthSpec};
 use tokio_util::sync::CancellationToken;
 
-const LAB: &str = "/var/lib/hoist-lab";
-const REGISTRY: &str = "10.203.0.1:5000";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn sock(engine: &str) -> String {
-    format!("unix://{LAB}/{engine}/docker.sock")
-}
-
-fn address(h: &str) -> String {
-    format!("10.203.0.1{}", &h[1..])
-}
-
-/// A lab engine; panics with what to do when it cannot be reached.
-async fn engine(name: &str) -> Docker {
-    match hoist::engine::connect(&sock(name), None).await {
-        Ok(d) => d,
-        Err(e) => panic!(
-            "{e:#}\nThese tests need the lab (hosts h1, h2 and the builder hb): start it with \
-             `scripts/lab up`, check it with `scripts/lab status`."
-        ),
-    }
-}
-
-/// A host port in 18000..18999 that no other test of this process uses.
-fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = (std::process::id() as u16).wrapping_mul(37) % 1000;
-    18000 + (base + NEXT.fetch_add(1, Ordering::Relaxed) * 7) % 1000
-}
 
 /// What a test made; removed on drop, through the docker CLI so that it also works while
 /// unwinding from a failed assertion.
 struct Lab {
     /// Unique to this test: `hoisttest-<random>`; container names start with it.
     id: String,
-    /// `10.203.0.1:5000/hoist-test/host-<random>`.
+    /// `REGISTRY/hoist-test/host-<random>`.
     repo: String,
     /// (host, image reference) pulled onto hosts.
     pulled: std::sync::Mutex<Vec<(String, String)>>,
@@ -78,7 +52,7 @@ impl Lab {
         }
     }
 
-    /// Build `FROM lab/busybox:1` serving `/www` (healthz holds `version`) with `cmd`, push it
+    /// Build `FROM BASE_IMAGE` serving `/www` (healthz holds `version`) with `cmd`, push it
     /// as `REPO:version`, and return (image by digest, digest).
     async fn image(&self, version: &str, extra: &str, cmd: &str) -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -91,22 +65,23 @@ impl Lab {
         .unwrap();
         std::fs::write(
             dir.path().join("Dockerfile"),
-            format!("FROM lab/busybox:1\nCOPY www /www\n{extra}\nCMD {cmd}\n"),
+            format!(
+                "FROM {}\nCOPY www /www\n{extra}\nCMD {cmd}\n",
+                lab::BASE_IMAGE
+            ),
         )
         .unwrap();
         let tag = format!("{}:{version}", self.repo);
         self.built.lock().unwrap().push(tag.clone());
-        docker_cli(
-            "hb",
+        lab::docker(
+            BUILDER,
             &["build", "-q", "-t", &tag, dir.path().to_str().unwrap()],
-        )
-        .await;
-        docker_cli("hb", &["push", "-q", &tag]).await;
-        let reference = docker_cli(
-            "hb",
+        );
+        lab::docker(BUILDER, &["push", "-q", &tag]);
+        let reference = lab::docker(
+            BUILDER,
             &["inspect", "--format", "{{index .RepoDigests 0}}", &tag],
-        )
-        .await;
+        );
         let (repo, digest) = reference.trim().split_once('@').unwrap();
         assert_eq!(repo, self.repo);
         (format!("{repo}@{digest}"), digest.to_string())
@@ -137,54 +112,23 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let run = |engine: &str, args: &[&str]| {
-            std::process::Command::new("docker")
-                .arg("-H")
-                .arg(sock(engine))
-                .args(args)
-                .output()
-                .ok()
-        };
         for h in &self.hosts {
             let filter = format!("name={}", self.id);
-            if let Some(out) = run(h, &["ps", "-aq", "--filter", &filter]) {
-                let ids = String::from_utf8_lossy(&out.stdout).to_string();
-                let ids: Vec<&str> = ids.split_whitespace().collect();
-                if !ids.is_empty() {
-                    let mut args = vec!["rm", "-f", "-v"];
-                    args.extend(ids);
-                    run(h, &args);
-                }
+            let ids = lab::docker_lenient(h, &["ps", "-aq", "--filter", &filter]);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids);
+                lab::docker_lenient(h, &args);
             }
         }
         for (h, image) in self.pulled.lock().unwrap().iter() {
-            run(h, &["rmi", image]);
+            lab::docker_lenient(h, &["rmi", image]);
         }
         for tag in self.built.lock().unwrap().iter() {
-            run("hb", &["rmi", tag]);
+            lab::docker_lenient(BUILDER, &["rmi", tag]);
         }
     }
-}
-
-/// Run the docker CLI against a lab engine; panics with its output when it fails.
-async fn docker_cli(engine: &str, args: &[&str]) -> String {
-    let out = tokio::process::Command::new("docker")
-        .arg("-H")
-        .arg(sock(engine))
-        .args(args)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .await
-        .expect("run the docker CLI");
-    assert!(
-        out.status.success(),
-        "docker -H {} {}: {}\n{}\n(is the lab up? `scripts/lab status`)",
-        sock(engine),
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn container(name: &str, ports: &[String], env: &[(&str, &str)]) -> ContainerSpec {
@@ -571,7 +515,7 @@ async fn tcp_command_and_env() {
     .await
     .unwrap_err();
     assert!(
-        reason.starts_with("not healthy within 1s: TCP 10.203.0.12:"),
+        reason.starts_with(&format!("not healthy within 1s: TCP {addr}:")),
         "{reason}"
     );
     assert!(t0.elapsed() < Duration::from_secs(4));

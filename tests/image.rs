@@ -5,6 +5,8 @@
 //! running at the same time, here or in another checkout on the same lab, never share a tag.
 //! Images built on the builder are removed afterwards (best effort, also when a test fails).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -12,32 +14,24 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
+use common::lab::{self, BASE_IMAGE as BASE, BUILDER, REGISTRY};
 use hoist::config::RegistryConfig;
 use hoist::image::{self, BuildRequest};
 use hoist::runner::LogSink;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const BUILDER: &str = "unix:///var/lib/hoist-lab/hb/docker.sock";
-const REGISTRY: &str = "10.203.0.1:5000";
 /// Nothing listens here: a registry that is down.
 const DEAD_REGISTRY: &str = "10.203.0.1:5999";
-const BASE: &str = "lab/busybox:1";
 
-/// The lab's build engine; panics with what to do when it cannot be reached.
+/// The lab's build engine; fails the test saying what to do when it is down.
 async fn builder() -> Docker {
-    match hoist::engine::connect(BUILDER, None).await {
-        Ok(docker) => docker,
-        Err(e) => panic!("{e:#}\nThese tests need the lab: start it with `scripts/lab up`."),
-    }
+    lab::engine(BUILDER).await
 }
 
-/// The lab registry's `[[registry]]` entry; panics with what to do when it is down.
+/// The lab registry's `[[registry]]` entry; fails the test saying what to do when it is down.
 fn registry() -> RegistryConfig {
-    let addr = REGISTRY.parse().unwrap();
-    if let Err(e) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        panic!("the lab registry {REGISTRY} is down ({e}): start it with `scripts/lab up`");
-    }
+    lab::check_registry();
     RegistryConfig {
         host: REGISTRY.to_string(),
         insecure: true,
@@ -61,20 +55,9 @@ fn unique_repo(registry: &str, name: &str) -> String {
     )
 }
 
-/// The docker CLI against the builder; panics with its output when it fails.
+/// The docker CLI against the builder; fails the test with its output when it fails.
 fn cli(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(["-H", BUILDER])
-        .args(args)
-        .output()
-        .expect("the docker CLI is needed (apt-get install docker.io)");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    lab::docker(BUILDER, args)
 }
 
 /// References to untag (and so remove, when nothing else names the image) when dropped,
@@ -86,9 +69,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for r in &self.0 {
             // By reference, never by ID: an alias of lab/busybox:1 must only lose its tag.
-            let _ = Command::new("docker")
-                .args(["-H", BUILDER, "rmi", r])
-                .output();
+            lab::docker_lenient(BUILDER, &["rmi", r]);
         }
     }
 }

@@ -6,19 +6,40 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Agent, SECRET, TOKEN, github_push, post, sha, signed_headers};
+use common::{
+    Agent, SECRET, api, api_request, api_request_as, github_push, hoist, post, sha, signed_headers,
+};
 use hoist::forge::Forge;
+use reqwest::Method;
 use serde_json::Value;
 
-async fn deliveries(client: &reqwest::Client, agent: &Agent) -> Vec<Value> {
-    let r = client
-        .get(format!("{}/api/v1/deliveries?limit=1000", agent.url))
-        .bearer_auth(TOKEN)
+async fn deliveries(agent: &Agent) -> Vec<Value> {
+    let r = api_request(agent, Method::GET, "/deliveries?limit=1000")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     r.json::<Vec<Value>>().await.unwrap()
+}
+
+/// The signed GitHub delivery `delivery` of a push of commit `sha(n)` to acme/web's main.
+async fn push_main(
+    client: &reqwest::Client,
+    agent: &Agent,
+    delivery: &str,
+    n: u64,
+) -> reqwest::Response {
+    let body = github_push("acme/web", "refs/heads/main", &sha(n));
+    let headers = signed_headers(Forge::Github, delivery, SECRET, &body);
+    post(
+        client,
+        &format!("{}/hooks/github", agent.url),
+        &headers,
+        body,
+    )
+    .send()
+    .await
+    .unwrap()
 }
 
 /// A few hundred concurrent signed deliveries, `kill -9` in the middle, restart: every
@@ -35,31 +56,36 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     let url = format!("{}/hooks/github", agent.url);
 
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a_third = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
     for i in 0..N {
-        let (client, url, answered) = (client.clone(), url.clone(), answered.clone());
+        let (client, url, answered, a_third) = (
+            client.clone(),
+            url.clone(),
+            answered.clone(),
+            a_third.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let body = github_push("acme/web", "refs/heads/main", &sha(i + 1));
             let headers = signed_headers(Forge::Github, &format!("delivery-{i}"), SECRET, &body);
             // Spread the sends so that the kill lands in the middle of the stream.
             tokio::time::sleep(Duration::from_micros(i * 250)).await;
             let r = post(&client, &url, &headers, body).send().await;
-            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == N / 3 {
+                a_third.notify_one();
+            }
             match r {
                 Ok(r) => (i, Some(r.status().as_u16()), r.json::<Value>().await.ok()),
                 Err(_) => (i, None, None),
             }
         }));
     }
-    // Kill when about a third has been answered (bounded wait).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while answered.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deliveries were not answered within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Kill as soon as a third has been answered (bounded wait): the task whose answer makes
+    // the third says so, which lands the kill closer to the middle than any poll would.
+    let answered_in_time = tokio::time::timeout(Duration::from_secs(30), a_third.notified())
+        .await
+        .is_ok();
+    assert!(answered_in_time, "deliveries were not answered within 30 s");
     agent.kill9();
 
     let mut accepted: HashMap<u64, i64> = HashMap::new();
@@ -88,7 +114,7 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
     );
 
     let mut agent = Agent::start(dir.path(), "");
-    let rows = deliveries(&client, &agent).await;
+    let rows = deliveries(&agent).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for row in &rows {
         // Whole rows only: every field present and consistent with what was sent.
@@ -123,20 +149,10 @@ async fn kill_9_mid_stream_loses_no_accepted_delivery() {
 
     // The forge retries what got no answer: each is accepted (or recognised) once, nothing twice.
     for i in &not_accepted {
-        let body = github_push("acme/web", "refs/heads/main", &sha(i + 1));
-        let headers = signed_headers(Forge::Github, &format!("delivery-{i}"), SECRET, &body);
-        let r = post(
-            &client,
-            &format!("{}/hooks/github", agent.url),
-            &headers,
-            body,
-        )
-        .send()
-        .await
-        .unwrap();
+        let r = push_main(&client, &agent, &format!("delivery-{i}"), i + 1).await;
         assert_eq!(r.status(), 202);
     }
-    let rows = deliveries(&client, &agent).await;
+    let rows = deliveries(&agent).await;
     assert_eq!(
         rows.len() as u64,
         N,
@@ -152,22 +168,12 @@ async fn sigterm_finishes_writes_and_exits_0() {
     let mut agent = Agent::start(dir.path(), "");
     let client = reqwest::Client::new();
     for i in 0..20 {
-        let body = github_push("acme/web", "refs/heads/main", &sha(1000 + i));
-        let headers = signed_headers(Forge::Github, &format!("t-{i}"), SECRET, &body);
-        let r = post(
-            &client,
-            &format!("{}/hooks/github", agent.url),
-            &headers,
-            body,
-        )
-        .send()
-        .await
-        .unwrap();
+        let r = push_main(&client, &agent, &format!("t-{i}"), 1000 + i).await;
         assert_eq!(r.status(), 202);
     }
     assert_eq!(agent.terminate().code(), Some(0));
     let agent = Agent::start(dir.path(), "");
-    assert_eq!(deliveries(&client, &agent).await.len(), 20);
+    assert_eq!(deliveries(&agent).await.len(), 20);
 }
 
 /// What a forge and a person see for each kind of delivery.
@@ -203,7 +209,7 @@ async fn http_contract() {
         .await
         .unwrap();
     assert_eq!(same_push.json::<Value>().await.unwrap(), first);
-    assert_eq!(deliveries(&client, &agent).await.len(), 1);
+    assert_eq!(deliveries(&agent).await.len(), 1);
 
     // Refusals store nothing and say what to do.
     let check_refused = |status: u16, r: reqwest::Response| async move {
@@ -297,7 +303,7 @@ async fn http_contract() {
         assert!(answer.contains("larger than 25 MiB"), "{answer}");
     }
     assert_eq!(
-        deliveries(&client, &agent).await.len(),
+        deliveries(&agent).await.len(),
         1,
         "refused deliveries stored nothing"
     );
@@ -354,35 +360,26 @@ async fn http_contract() {
     assert_eq!(r.status(), 202);
 
     // The API needs a token; lists are newest first and paged.
-    let r = client
-        .get(format!("{}/api/v1/deliveries", agent.url))
+    let r = api_request_as(&agent, Method::GET, "/deliveries", None)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client
-        .get(format!("{}/api/v1/deliveries", agent.url))
-        .bearer_auth("wrong")
+    let r = api_request_as(&agent, Method::GET, "/deliveries", Some("wrong"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let rows = deliveries(&client, &agent).await;
+    let rows = deliveries(&agent).await;
     assert_eq!(rows.len(), 3);
     assert!(rows[0]["id"].as_i64() > rows[1]["id"].as_i64());
     assert_eq!(rows[0]["repo"], "acme/api");
-    let page = client
-        .get(format!(
-            "{}/api/v1/deliveries?limit=1&before={}",
-            agent.url, rows[0]["id"]
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json::<Vec<Value>>()
-        .await
-        .unwrap();
+    let page = api(
+        &agent,
+        &format!("/deliveries?limit=1&before={}", rows[0]["id"]),
+    )
+    .await;
+    let page = page.as_array().unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0]["id"], rows[1]["id"]);
     let r = client
@@ -466,13 +463,9 @@ fn bad_config_exits_2_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hoist.toml");
     std::fs::write(&path, "listen = \"127.0.0.1:0\"\n[[repo]]\nname = \"a/b\"\nurl = \"/x\"\nforge = \"github\"\nsecret = \"hunter2\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = hoist(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2));
+    let err = &out.stderr;
     assert!(
         err.contains("hoist.toml:6:10: repo a/b secret: a literal secret is refused"),
         "{err}"

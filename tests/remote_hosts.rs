@@ -21,27 +21,20 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
-use common::{Agent, TOKEN};
+use common::lab::{self, BASE_IMAGE as LAB_IMAGE, address, free_port, socket};
+use common::{Agent, api_request, hoist, token_toml, wait_until_blocking};
 use hoist::config::TlsConfig;
 use hoist::deploy::host::APP_LABEL;
+use reqwest::Method;
 use serde_json::Value;
-
-const LAB: &str = "/var/lib/hoist-lab";
-/// On every lab host (`scripts/lab status`: "image ok").
-const LAB_IMAGE: &str = "lab/busybox:1";
-
-fn sock(engine: &str) -> String {
-    format!("unix://{LAB}/{engine}/docker.sock")
-}
 
 // ------------------------------------------------------------------ tools and processes
 
@@ -78,15 +71,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Parent pid of `pid`, from /proc/PID/stat (the field after the parenthesised name).
@@ -164,10 +148,10 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what} ({cmd:?}): {e}"));
         let mut server = Server { child, what, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let listening = format!("{what} to listen on 127.0.0.1:{port}");
+        wait_until_blocking(&listening, 10, || {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
+                return Ok(());
             }
             if let Some(status) = server.child.try_wait().unwrap() {
                 panic!(
@@ -175,13 +159,9 @@ impl Server {
                     server.log_text()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what} does not listen on 127.0.0.1:{port} after 10 s: {}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            Err(format!("{what} does not listen yet: {}", server.log_text()))
+        });
+        server
     }
 
     fn log_text(&self) -> String {
@@ -209,20 +189,9 @@ impl Drop for Server {
 
 // ------------------------------------------------------------------ lab engines
 
-/// A lab engine over its unix socket; fails the test saying what to do when the lab is down.
-async fn lab_engine(name: &str) -> Docker {
-    match hoist::engine::connect(&sock(name), None).await {
-        Ok(d) => d,
-        Err(e) => panic!(
-            "{e:#}\nThese tests need the lab's engines h1 and h2: start the lab with \
-             `scripts/lab up`, check it with `scripts/lab status`."
-        ),
-    }
-}
-
 /// Engine version and engine ID of a lab engine, over its unix socket.
 async fn lab_identity(name: &str) -> (String, String) {
-    let docker = lab_engine(name).await;
+    let docker = lab::engine(name).await;
     let info = hoist::deploy::host::describe(&docker).await.unwrap();
     let id = docker.info().await.unwrap().id.unwrap();
     (info.version, id)
@@ -251,7 +220,7 @@ impl Marker {
         let options = CreateContainerOptionsBuilder::default()
             .name(&marker.name)
             .build();
-        lab_engine(engine)
+        lab::engine(engine)
             .await
             .create_container(Some(options), body)
             .await
@@ -267,11 +236,7 @@ impl Marker {
 
 impl Drop for Marker {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["-H", &sock(self.engine), "rm", "-f", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        lab::docker_lenient(self.engine, &["rm", "-f", &self.name]);
     }
 }
 
@@ -279,10 +244,7 @@ impl Drop for Marker {
 
 /// `GET /api/v1/hosts` of a running agent, as host name -> entry.
 async fn hosts(agent: &Agent) -> HashMap<String, Value> {
-    let resp = reqwest::Client::new()
-        .get(format!("{}/api/v1/hosts", agent.url))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(60))
+    let resp = api_request(agent, Method::GET, "/hosts")
         .send()
         .await
         .unwrap();
@@ -302,52 +264,13 @@ fn container_names(entry: &Value) -> Vec<&str> {
 
 /// Starts `hoist serve` with `hosts_toml` for its hosts and `env` added to its environment.
 fn launch_agent(dir: &Path, hosts_toml: &str, env: &[(&str, String)]) -> Agent {
-    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
-    let config = dir.join("hoist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[runner]\npoll_interval = \"0s\"\n\n\
-             [[token]]\nname = \"e2e\"\nsha256 = \"{token_hash}\"\n\n{hosts_toml}",
-            dir.join("data")
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoist"));
-    cmd.args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start hoist");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(url) = line.strip_prefix("hoist listening on ") {
-                let _ = tx.send(url.to_string());
-            }
-        }
-    });
-    let url = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(url) => url,
-        Err(_) => {
-            let _ = child.kill();
-            panic!("hoist did not print its listening address within 20 s (config {config:?})");
-        }
-    };
-    Agent {
-        child,
-        url,
-        dir: dir.to_path_buf(),
-    }
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[runner]\npoll_interval = \"0s\"\n\n\
+         {}\n{hosts_toml}",
+        dir.join("data"),
+        token_toml()
+    );
+    Agent::launch_with_env(dir, &config, env)
 }
 
 // ------------------------------------------------------------------ tcp + mutual TLS
@@ -477,7 +400,10 @@ impl TlsEndpoint {
             d.join("server.key").display(),
             d.join("ca.pem").display()
         ))
-        .arg(format!("UNIX-CONNECT:{LAB}/h1/docker.sock"));
+        .arg(format!(
+            "UNIX-CONNECT:{}",
+            socket("h1").trim_start_matches("unix://")
+        ));
         let server = Server::start("socat", cmd, d.join("socat.log"), port);
         TlsEndpoint {
             url: format!("tcp://127.0.0.1:{port}"),
@@ -539,7 +465,7 @@ async fn refused(url: &str, tls: &TlsConfig) -> String {
 
 #[tokio::test]
 async fn tls_engine_refuses_a_missing_or_foreign_client_certificate() {
-    let _ = lab_engine("h1").await;
+    let _ = lab::engine("h1").await;
     let ep = TlsEndpoint::start();
 
     // No client certificate at all: the files do not exist.
@@ -650,7 +576,7 @@ impl SshEndpoint {
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
                  SetEnv DOCKER_HOST={}\n",
-                sock("h2")
+                socket("h2")
             ),
         )
         .unwrap();
@@ -732,8 +658,9 @@ async fn agent_reaches_an_ssh_host_through_the_system_ssh() {
     let mut agent = launch_agent(
         dir.path(),
         &format!(
-            "[host.sshhost]\ndocker = \"ssh://root@{SSH_ALIAS}\"\naddress = \"10.203.0.12\"\n\n\
-             [host.sshwrongkey]\ndocker = \"ssh://root@{SSH_ALIAS_WRONG_KEY}\"\naddress = \"10.203.0.12\"\n"
+            "[host.sshhost]\ndocker = \"ssh://root@{SSH_ALIAS}\"\naddress = \"{h2}\"\n\n\
+             [host.sshwrongkey]\ndocker = \"ssh://root@{SSH_ALIAS_WRONG_KEY}\"\naddress = \"{h2}\"\n",
+            h2 = address("h2")
         ),
         &ep.agent_env(),
     );
@@ -780,13 +707,9 @@ fn an_ssh_url_with_a_port_is_refused_with_what_to_write_instead() {
         "listen = \"127.0.0.1:0\"\n[host.sshhost]\ndocker = \"ssh://root@127.0.0.1:2222\"\naddress = \"10.203.0.12\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = hoist(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2));
+    let err = &out.stderr;
     assert!(
         err.contains("host.sshhost.docker") && err.contains("~/.ssh/config"),
         "{err}"

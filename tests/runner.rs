@@ -4,6 +4,8 @@
 //! Every test labels its containers with a run id of its own, so tests running at the same
 //! time (here or in another checkout on the same lab) never see each other's containers.
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
@@ -13,26 +15,20 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::ListContainersOptionsBuilder;
+use common::lab::{self, BASE_IMAGE as IMAGE};
+use common::wait_until;
 use hoist::runner::{
     self, LogSink, Outcome, RUN_LABEL, STEP_LABEL, StepContext, run_container, run_shell,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const DEFAULT_BUILDER: &str = "unix:///var/lib/hoist-lab/hb/docker.sock";
-const IMAGE: &str = "lab/busybox:1";
 const DATABASE_URL: &str = "postgres://hoist:s3cr3t-pw@db.internal/app";
 
-/// The lab's build engine; panics with what to do when it cannot be reached.
+/// The lab's build engine (or `HOIST_TEST_BUILDER`'s); fails the test saying what to do when
+/// it is down.
 async fn builder() -> Docker {
-    let url = std::env::var("HOIST_TEST_BUILDER").unwrap_or_else(|_| DEFAULT_BUILDER.to_string());
-    match hoist::engine::connect(&url, None).await {
-        Ok(docker) => docker,
-        Err(e) => panic!(
-            "{e:#}\nThese tests need the lab's build engine: start it with `scripts/lab up`, \
-             or point HOIST_TEST_BUILDER at another engine that has {IMAGE}."
-        ),
-    }
+    lab::engine(lab::BUILDER).await
 }
 
 /// A run id no other test, and no other test process, uses.
@@ -319,14 +315,18 @@ async fn container_of_a_dropped_step_is_removed() {
         _ = cancel_when_logged(&mut s.log, "started\n", &never_cancelled) => {}
     }
     // The step's future is gone; its container must follow without anyone waiting for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while containers_of(&docker, s.run).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the dropped step's container is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (docker, run) = (&docker, s.run);
+    wait_until(
+        "the dropped step's container to be removed",
+        10,
+        || async move {
+            match containers_of(docker, run).await {
+                0 => Ok(()),
+                n => Err(format!("the dropped step's container is still there ({n})")),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -385,7 +385,7 @@ async fn container_step_fails_clearly_when_the_image_is_missing() {
     let docker = builder().await;
     let mut s = step("missing-image");
     // On the lab's own registry, so that the pull fails at once instead of going online.
-    let image = format!("10.203.0.1:5000/hoist-test/absent-{}:1", s.run);
+    let image = format!("{}/hoist-test/absent-{}:1", lab::REGISTRY, s.run);
     let outcome = within(
         Duration::from_secs(30),
         "the step with a missing image",
@@ -501,14 +501,14 @@ fn background_pid(log: &str) -> u32 {
 }
 
 async fn assert_process_ends(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !process_ended(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} of the step still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the step's process to end", 5, || async move {
+        if process_ended(pid) {
+            Ok(())
+        } else {
+            Err(format!("process {pid} of the step still runs"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

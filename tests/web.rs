@@ -3,11 +3,12 @@
 
 mod common;
 
+use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
-use common::{Agent, TOKEN};
+use common::{Agent, api_request, api_request_as, wait_until_blocking};
+use reqwest::Method;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -35,6 +36,23 @@ fn attribute_values<'a>(html: &'a str, name: &str) -> Vec<&'a str> {
     out
 }
 
+/// How a Chromium run ended and what it printed.
+struct Output {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// A browser this test started: killed when dropped, also when the test fails.
+struct Browser(Child);
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Run Chromium headless with `args` then `url`; fail the test after 90 s.
 fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
     assert!(
@@ -42,7 +60,13 @@ fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
         "{CHROMIUM} is missing: this test renders the page in Debian's headless Chromium; \
          install it with `apt-get install -y chromium` (scripts/lab's PACKAGES should list chromium)"
     );
-    let mut child = Command::new(CHROMIUM)
+    // Output to files, not pipes: a chatty browser never blocks on a full pipe, and what it
+    // said so far can be read while it runs.
+    let (out_path, err_path) = (
+        profile.with_extension("stdout"),
+        profile.with_extension("stderr"),
+    );
+    let child = Command::new(CHROMIUM)
         .args([
             "--headless",
             "--no-sandbox",
@@ -60,42 +84,24 @@ fn chromium(profile: &Path, args: &[&str], url: &str) -> Output {
         .arg(url)
         .env("HOME", profile)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
         .spawn()
         .expect("start chromium");
-    // Read both pipes on threads so a chatty browser never blocks on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut v).ok();
-        v
+    let mut browser = Browser(child);
+    let what = format!("chromium {args:?} to finish");
+    let status = wait_until_blocking(&what, 90, || {
+        browser.0.try_wait().unwrap().ok_or_else(|| {
+            format!(
+                "stderr:\n{}",
+                String::from_utf8_lossy(&std::fs::read(&err_path).unwrap_or_default())
+            )
+        })
     });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut v).ok();
-        v
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "chromium {args:?} did not finish within 90 s; stderr:\n{}",
-                String::from_utf8_lossy(&err.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
     Output {
         status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
     }
 }
 
@@ -151,15 +157,12 @@ async fn page_is_self_contained_and_renders_in_chromium() {
     assert!(!html.contains("location.hash") && !html.contains("URLSearchParams"));
 
     // Serving the page opens nothing else: the API still wants a token.
-    let api = client
-        .get(format!("{}/api/v1/runs", agent.url))
+    let api = api_request_as(&agent, Method::GET, "/runs", None)
         .send()
         .await
         .unwrap();
     assert_eq!(api.status(), 401);
-    let ok = client
-        .get(format!("{}/api/v1/runs", agent.url))
-        .bearer_auth(TOKEN)
+    let ok = api_request(&agent, Method::GET, "/runs")
         .send()
         .await
         .unwrap();

@@ -1,16 +1,32 @@
-//! Shared helpers for the end-to-end tests: start the real `hoist` binary with a config of
-//! our own, and make signed deliveries like a forge would.
+//! Shared helpers for the end-to-end tests: the lab (`lab`), the real `hoist` binary started
+//! with a config of our own, the one way to call its API (`api_request` and what is built on
+//! it) and its command line (`hoist`, `hoist_client`), bounded waits (`wait_until`,
+//! `wait_for`), signed deliveries like a forge's, and git repositories to push from.
 #![allow(dead_code)]
 
+pub mod lab;
+
+/// The build engine's URL, checked; benches/runs.rs includes this module and uses the name.
+#[allow(unused_imports)]
+pub use lab::builder_url as builder;
+
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hoist::forge::{self, Forge};
+use reqwest::Method;
 
 pub const SECRET: &str = "e2e-hook-secret";
 pub const TOKEN: &str = "hoist_e2e_token";
+
+/// The `[[token]]` table that lets `TOKEN` (named "e2e") in, for a test's own hoist.toml.
+pub fn token_toml() -> String {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
+    format!("[[token]]\nname = \"e2e\"\nsha256 = \"{hash}\"\n")
+}
 
 /// A running agent, killed when dropped.
 pub struct Agent {
@@ -22,36 +38,49 @@ pub struct Agent {
 impl Agent {
     /// Start `hoist serve` with the config text `config` (written to DIR/hoist.toml once).
     pub fn launch(dir: &Path, config: &str) -> Agent {
+        Agent::launch_with_env(dir, config, &[])
+    }
+
+    /// `launch`, with `env` added to the agent's environment.
+    pub fn launch_with_env(dir: &Path, config: &str, env: &[(&str, String)]) -> Agent {
         let path = dir.join("hoist.toml");
         if !path.exists() {
             std::fs::write(&path, config).unwrap();
         }
-        Agent::start(dir, "")
+        Agent::spawn(dir, env)
     }
 
     /// Start `hoist serve` on a free port with `dir` as data_dir. `extra` is appended to the config.
     pub fn start(dir: &Path, extra: &str) -> Agent {
         let config = dir.join("hoist.toml");
         if !config.exists() {
-            let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
             let text = format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[runner]\npoll_interval = \"0s\"\n\n\
                  [[repo]]\nname = \"acme/web\"\nurl = \"/nonexistent/acme/web.git\"\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n\n\
                  [[repo]]\nname = \"acme/api\"\nurl = \"/nonexistent/acme/api.git\"\nforge = \"gitea\"\nsecret = \"env:E2E_HOOK_SECRET\"\n\n\
-                 [[token]]\nname = \"e2e\"\nsha256 = \"{token_hash}\"\n{extra}",
-                dir.join("data")
+                 {}{extra}",
+                dir.join("data"),
+                token_toml()
             );
             std::fs::write(&config, text).unwrap();
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
-            .args(["serve", "--config"])
+        Agent::spawn(dir, &[])
+    }
+
+    /// `hoist serve --config DIR/hoist.toml`, once it printed the address it listens on.
+    fn spawn(dir: &Path, env: &[(&str, String)]) -> Agent {
+        let config = dir.join("hoist.toml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoist"));
+        cmd.args(["serve", "--config"])
             .arg(&config)
             .env("E2E_HOOK_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start hoist");
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start hoist");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -61,9 +90,13 @@ impl Agent {
                 }
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("hoist did not print its listening address within 20 s");
+        let url = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("hoist did not print its listening address within 20 s (config {config:?})");
+            }
+        };
         Agent {
             child,
             url,
@@ -84,17 +117,9 @@ impl Agent {
             .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hoist did not exit within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_blocking("hoist to exit after SIGTERM", 10, || {
+            self.child.try_wait().unwrap().ok_or("still running")
+        })
     }
 }
 
@@ -152,23 +177,6 @@ pub fn post(
 /// A 40-hex commit id made from a number.
 pub fn sha(n: u64) -> String {
     format!("{n:040x}")
-}
-
-/// The lab's build engine. Fails the test, saying what to do, when the lab is down.
-pub fn builder() -> String {
-    let url = std::env::var("HOIST_TEST_BUILDER")
-        .unwrap_or_else(|_| "unix:///var/lib/hoist-lab/hb/docker.sock".into());
-    let path = url.trim_start_matches("unix://");
-    let ok = Command::new("docker")
-        .args(["-H", &url, "version", "--format", "{{.Server.Version}}"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "the lab's build engine does not answer at {url} ({path}); start the lab with `scripts/lab up` (scripts/test does)"
-    );
-    url
 }
 
 /// A bare repository under `dir` with a work tree beside it, for pushing commits.
@@ -269,17 +277,99 @@ pub fn git_out(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `METHOD /api/v1{path}` on `agent` with `token` (`None`: no `Authorization` at all), bounded
+/// by 60 s so that a hung agent fails the test instead of hanging it. Every API call of the
+/// tests is built here; add a body or headers, then send.
+pub fn api_request_as(
+    agent: &Agent,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let request = reqwest::Client::new()
+        .request(method, format!("{}/api/v1{path}", agent.url))
+        .timeout(Duration::from_secs(60));
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// `METHOD /api/v1{path}` with the test token.
+pub fn api_request(agent: &Agent, method: Method, path: &str) -> reqwest::RequestBuilder {
+    api_request_as(agent, method, path, Some(TOKEN))
+}
+
 /// GET an API path (after `/api/v1`) with the test token; the JSON answer.
 pub async fn api(agent: &Agent, path: &str) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1{path}", agent.url))
-        .bearer_auth(TOKEN)
+    api_request(agent, Method::GET, path)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+/// POST to an API path with the test token, `body` as JSON when given; the answer, whose
+/// status and body the caller checks.
+pub async fn api_post(
+    agent: &Agent,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let request = api_request(agent, Method::POST, path);
+    match body {
+        Some(body) => request.json(&body),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Call `check` until it returns `Ok`, for at most `secs`; its value. Past the deadline the
+/// test fails naming `what` and the last `Err` (what was seen instead).
+pub async fn wait_until<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let seen = match check().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "waited {secs} s for {what}, in vain: {seen}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `wait_until` for code that is not async (it sleeps the calling thread between looks).
+pub fn wait_until_blocking<T, E: std::fmt::Display>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let seen = match check() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "waited {secs} s for {what}, in vain: {seen}"
+        );
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Poll an API path (bounded by `secs`) until `done` holds for its answer; returns it.
@@ -290,18 +380,17 @@ pub async fn wait_for(
     secs: u64,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    let what = format!("{path} to become {what}");
+    let done = &done;
+    wait_until(&what, secs, || async move {
         let v = api(agent, path).await;
         if done(&v) {
-            return v;
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not become {what} within {secs} s: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// A run's whole stored log as text.
@@ -337,4 +426,32 @@ pub async fn push_github(
         .unwrap();
     assert_eq!(r.status(), 202);
     r.json().await.unwrap()
+}
+
+/// How a `hoist` command ended and what it printed.
+pub struct Cli {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the built `hoist` binary with `args` until it ends. It blocks the calling thread; an
+/// agent it talks to is another process, so an async test loses nothing by that.
+pub fn hoist(args: &[&str]) -> Cli {
+    let out = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(args)
+        .output()
+        .expect("run hoist");
+    Cli {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `hoist ARGS --server URL --token TOKEN`: a client command against `agent`.
+pub fn hoist_client(agent: &Agent, args: &[&str]) -> Cli {
+    let mut all = args.to_vec();
+    all.extend(["--server", &agent.url, "--token", TOKEN]);
+    hoist(&all)
 }

@@ -1,0 +1,155 @@
+//! The test lab that `scripts/lab up` runs on this machine: where its engines, hosts, registry
+//! and nginx are (the facts `scripts/lab env` exports), connecting to them, and the docker CLI
+//! against them. A test that needs the lab fails, saying what to do, when it is down; it never
+//! skips.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use bollard::Docker;
+
+/// Where the lab keeps its state (`LAB_DIR`).
+pub const DIR: &str = "/var/lib/hoist-lab";
+/// The namespace of the build engine (`LAB_BUILDER` is its socket).
+pub const BUILDER: &str = "hb";
+/// The hosts `scripts/lab up` makes by default (`LAB_HOSTS`).
+pub const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+/// The registry, plain HTTP (`LAB_REGISTRY`).
+pub const REGISTRY: &str = "10.203.0.1:5000";
+/// nginx, in front of every host's `APP_PORT` (`LAB_NGINX`).
+pub const NGINX: &str = "http://127.0.0.1:8088";
+/// The port nginx sends to on every host (`LAB_APP_PORT`).
+pub const APP_PORT: u16 = 8080;
+/// On the builder and on every host (`LAB_BASE_IMAGE`).
+pub const BASE_IMAGE: &str = "lab/busybox:1";
+
+/// What every failure that means "the lab is not there" ends with.
+pub const DOWN: &str = "lab is down: run scripts/lab up (scripts/lab status says which part)";
+
+/// The unix socket of lab engine `engine` ("hb", "h1", …): `LAB_HOST_<engine>_DOCKER`.
+pub fn socket(engine: &str) -> String {
+    format!("unix://{DIR}/{engine}/docker.sock")
+}
+
+/// The URL tests reach `engine` at: its socket, except that `HOIST_TEST_BUILDER`, when set,
+/// points the builder elsewhere (an engine that has `BASE_IMAGE`).
+pub fn engine_url(engine: &str) -> String {
+    match std::env::var("HOIST_TEST_BUILDER") {
+        Ok(url) if engine == BUILDER => url,
+        _ => socket(engine),
+    }
+}
+
+/// The bridge address of lab engine `engine`: 10.203.0.10 for the builder, 10.203.0.1N for hN.
+pub fn address(engine: &str) -> String {
+    if engine == BUILDER {
+        "10.203.0.10".to_string()
+    } else {
+        format!("10.203.0.1{}", &engine[1..])
+    }
+}
+
+/// The pid file of lab engine `engine`'s dockerd (`LAB_HOST_<engine>_PIDFILE`).
+pub fn pidfile(engine: &str) -> PathBuf {
+    PathBuf::from(format!("{DIR}/{engine}/docker.pid"))
+}
+
+/// A connection to lab engine `engine`; fails the test saying what to do when it is down.
+pub async fn engine(engine: &str) -> Docker {
+    let url = engine_url(engine);
+    match hoist::engine::connect(&url, None).await {
+        Ok(docker) => docker,
+        Err(e) => panic!("{e:#}\nthe engine {engine} does not answer at {url}: {DOWN}"),
+    }
+}
+
+/// The build engine's URL for a config or `hoist run --docker`, once the docker CLI got an
+/// answer from it; fails the test saying what to do when it is down.
+pub fn builder_url() -> String {
+    let url = engine_url(BUILDER);
+    let answers = Command::new("docker")
+        .args(["-H", &url, "version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        answers,
+        "the lab's build engine does not answer at {url}: {DOWN}"
+    );
+    url
+}
+
+/// Fails the test saying what to do unless the registry accepts connections.
+pub fn check_registry() {
+    let addr = REGISTRY.parse().unwrap();
+    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        panic!("the registry {REGISTRY} does not answer ({e}): {DOWN}");
+    }
+}
+
+/// The docker CLI against lab engine `engine`; its trimmed stdout. Fails the test with its
+/// output when it fails.
+pub fn docker(engine: &str, args: &[&str]) -> String {
+    let url = engine_url(engine);
+    let out =
+        docker_command(&url, args).expect("the docker CLI is needed (apt-get install docker.io)");
+    assert!(
+        out.status.success(),
+        "docker -H {url} {}: {}\n{}\n(is the lab up? `scripts/lab status`)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The docker CLI against lab engine `engine`, whatever its exit status; its trimmed stdout.
+/// For clean-ups, which also run while a failed test unwinds, and for read-backs that an
+/// assertion judges afterwards. Never panics: a panic while unwinding would abort the tests.
+pub fn docker_lenient(engine: &str, args: &[&str]) -> String {
+    docker_command(&engine_url(engine), args)
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn docker_command(url: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("docker")
+        .args(["-H", url])
+        .args(args)
+        // `docker build -q` prints the image ID only with the classic builder.
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+}
+
+/// A port in 18000..18999 that no other test of this process was given, and that nothing
+/// listens on at 127.0.0.1 right now: for ports published on the lab hosts (where only tests
+/// of this process publish, so the first matters) and for servers on loopback (the second).
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = std::process::id().wrapping_mul(37) % 1000;
+    for _ in 0..1000 {
+        // A step of 7 visits all 1000 ports before it comes back to one.
+        let n = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = 18000 + ((base + n * 7) % 1000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 18000..18999 on 127.0.0.1");
+}
+
+/// `scripts/lab up`: brings back what a test took down (a killed dockerd).
+///
+/// It runs with stdin, stdout and stderr only. The daemons it starts outlive the test, and the
+/// test inherited the lab lock's descriptor from `flock /tmp/hoist-lab.lock cargo test`: a
+/// dockerd started with that descriptor open would hold the lab lock for ever.
+pub fn up() -> ExitStatus {
+    let close_inherited = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null; fi; done; exec "$0" up"#;
+    Command::new("bash")
+        .args(["-c", close_inherited])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab"))
+        .status()
+        .unwrap()
+}
