@@ -855,13 +855,12 @@ mod tests {
                 .local_addr()
                 .unwrap()
                 .port();
-            let child = Command::new("git")
-                .args([
-                    "daemon",
-                    "--export-all",
-                    "--reuseaddr",
-                    "--listen=127.0.0.1",
-                ])
+            // `git daemon` would run git-daemon as a child of its own, which killing `git`
+            // leaves behind (holding our inherited descriptors); run git-daemon itself.
+            let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+            let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+            let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+                .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
                 .arg(format!("--port={port}"))
                 .arg(format!("--base-path={}", base.display()))
                 .arg(base)
