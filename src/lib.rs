@@ -9,7 +9,7 @@
 //! - [`api`]: the HTTP surface: webhooks, the JSON API, health.
 //! - [`web`]: the operator's page at `GET /`: one static HTML file that reads the JSON API.
 //! - [`pipeline`]: `.hoist.yml`: the model, validation, triggers, placeholders.
-//! - [`queue`]: the one way work comes in (`accept`, `enqueue`); hands queued runs to [`run`]; cancellation.
+//! - [`queue`]: the one way work comes in (`accept`, `enqueue`); hands queued runs to the work it is given ([`run::execute`]); cancellation.
 //! - [`run`]: executes one run: fetch, match triggers, plan, checkout, steps.
 //! - [`logs`]: a step's log pump into the store, and live-log channels for followers.
 //! - [`checkout`]: git: per-repo mirrors and their locks, exact-commit fetch, workspaces, remote heads.
