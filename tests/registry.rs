@@ -29,7 +29,7 @@ const WRONG_PASSWORD: &str = "not-the-lab-password-7391";
 struct App {
     /// The app, its container's name, and its repository's last component.
     name: &'static str,
-    /// The host port the container publishes (its 8080), which health checks reach.
+    /// The host port the container publishes (its 8080, where health checks go).
     port: u16,
     dir: PathBuf,
     repo: GitRepo,
@@ -97,7 +97,7 @@ impl App {
              \x20       ports: [\"{port}:8080\"]\n\
              \x20       env: {{ NODE_ID: \"${{host}}\" }}\n\
              \x20     health:\n\
-             \x20       http: {{ port: {port}, path: /healthz }}\n\
+             \x20       http: {{ port: 8080, path: /healthz }}\n\
              \x20       interval: 200ms\n\
              \x20       timeout: 1s\n\
              \x20       healthy_for: 1s\n\
