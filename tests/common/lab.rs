@@ -96,8 +96,19 @@ pub fn check_registry() {
 }
 
 /// Fails the test saying what to do unless the private registry refuses an anonymous client
-/// (401) and lets the lab's user in.
+/// (401) and lets the lab's user in, and every lab engine trusts it over plain HTTP (an older
+/// `scripts/lab up` started them without `--insecure-registry` for it).
 pub async fn check_auth_registry() {
+    for e in std::iter::once(BUILDER).chain(HOSTS) {
+        let url = engine_url(e);
+        let config = docker_command(&url, &["info", "--format", "{{json .RegistryConfig}}"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(
+            config.contains(&format!("\"{AUTH_REGISTRY}\"")),
+            "the engine {e} at {url} does not list {AUTH_REGISTRY} as an insecure registry ({config}): {DOWN}"
+        );
+    }
     let url = format!("http://{AUTH_REGISTRY}/v2/");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
