@@ -386,6 +386,10 @@ async fn a_wrong_password_fails_the_deploy_naming_the_registry_and_changes_no_ho
         )),
         "{d:#}"
     );
+    assert!(
+        reason.contains("pull failed before anything on the host was stopped"),
+        "{d:#}"
+    );
     assert_eq!(d["failing_host"], "h1", "{d:#}");
     assert!(!format!("{d}").contains(WRONG_PASSWORD), "{d:#}");
     let after: Vec<_> = HOSTS.iter().map(|h| app.on_host(h)).collect();

@@ -38,7 +38,12 @@ impl Deployer {
         let pulls = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)).await;
         for (on, pulled) in hosts.iter().zip(pulls) {
             let h = on.host;
-            let id = pulled.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
+            let id = pulled.map_err(|e| {
+                Failure::on(
+                    h,
+                    format!("pull failed before anything on the host was stopped: {e:#}"),
+                )
+            })?;
             let expected = HostUpdate {
                 expected: Some(b.manifest_digest.clone()),
                 ..Default::default()
