@@ -283,7 +283,8 @@ async fn first_release(app: &App, agent: &Agent) -> Value {
 async fn a_private_registry_serves_rollouts_and_a_rollback_to_a_pruned_release() {
     lab::check_auth_registry().await;
     let dir = tempfile::tempdir().unwrap();
-    // Before h3 switches, release 1 disappears from h1: its revert must pull it again.
+    // Before h3 switches (once: the revert runs before_host too), release 1 disappears from
+    // h1: its revert must pull it again.
     let prune = dir.path().join("prune-h1");
     let app = App::new(dir.path(), "regroll", 17481, Some(&prune));
     std::fs::write(
@@ -324,7 +325,7 @@ async fn a_private_registry_serves_rollouts_and_a_rollback_to_a_pruned_release()
         rel1["manifest_digest"].as_str().unwrap()
     );
     let script = format!(
-        "#!/bin/sh\ndocker -H {sock} rm -f {name}-r1 >/dev/null\n\
+        "#!/bin/sh\nrm -f \"$0\"\ndocker -H {sock} rm -f {name}-r1 >/dev/null\n\
          id=$(docker -H {sock} image inspect --format '{{{{.Id}}}}' {image})\n\
          docker -H {sock} rmi -f \"$id\" >/dev/null\n",
         sock = lab::socket("h1"),
@@ -340,9 +341,19 @@ async fn a_private_registry_serves_rollouts_and_a_rollback_to_a_pruned_release()
     .unwrap();
     let run = app.run(&agent, "v2 broken on h3", &[]).await;
     assert_eq!(run["status"], "failed", "{run:#}");
+    println!(
+        "{}",
+        run["log"]
+            .as_str()
+            .unwrap_or_default()
+            .split("── step deploy (deploy)")
+            .last()
+            .unwrap_or_default()
+    );
     let d = app.last_deployment(&agent).await;
     assert_eq!(d["status"], "rolled_back", "{d:#}");
     assert_eq!(d["failing_host"], "h3", "{d:#}");
+    assert!(!now.exists(), "the hook that prunes h1 never ran");
     app.assert_hosts_on(&rel1);
     let (h1_after, _, _) = app.on_host("h1");
     assert_ne!(
@@ -380,6 +391,7 @@ async fn a_wrong_password_fails_the_deploy_naming_the_registry_and_changes_no_ho
     let mut agent = app.agent(Some(WRONG_PASSWORD));
     let d = rollback_to_1(&app, &agent).await;
     let reason = d["reason"].as_str().unwrap_or_default();
+    println!("wrong password: deployment {}: {reason}", d["status"]);
     assert!(
         reason.contains(&format!(
             "the registry {AUTH_REGISTRY} refused the credentials of its [[registry]] entry (host = \"{AUTH_REGISTRY}\")"
