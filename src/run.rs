@@ -337,8 +337,7 @@ async fn push_and_verify(
 ) -> anyhow::Result<image::Verified> {
     let mut verified: Option<image::Verified> = None;
     for reference in references {
-        let (host, _, _) = image::parse_reference(reference)?;
-        let registry = q.config.registries.iter().find(|r| r.host == host);
+        let registry = image::registry_for(&q.config.registries, reference);
         let engine_digest = image::push(docker, reference, registry, &ctx.log).await?;
         let v = image::verify(reference, registry, &engine_digest, image_id).await?;
         let _ = ctx.log.send(

@@ -104,7 +104,7 @@ impl Lab {
             .lock()
             .unwrap()
             .push((h.to_string(), image.to_string()));
-        host::pull(docker, image, digest)
+        host::pull(docker, image, digest, None)
             .await
             .unwrap_or_else(|e| panic!("pull {image} on {h}: {e:#}"))
     }
@@ -218,7 +218,7 @@ async fn roll_forward_and_back_on_one_host() {
     // Pull by digest, verified; a second pull finds it present and agrees.
     let id1 = lab.pull(&h1, "h1", &v1.0, &v1.1).await;
     assert!(id1.starts_with("sha256:"), "{id1}");
-    assert_eq!(host::pull(&h1, &v1.0, &v1.1).await.unwrap(), id1);
+    assert_eq!(host::pull(&h1, &v1.0, &v1.1, None).await.unwrap(), id1);
     let id2 = lab.pull(&h1, "h1", &v2.0, &v2.1).await;
     assert_ne!(id1, id2);
 
@@ -342,18 +342,18 @@ async fn pull_is_by_digest_and_verified() {
     let h2 = engine("h2").await;
     let v1 = lab.web("v1", "").await;
 
-    let err = host::pull(&h2, &format!("{}:v1", lab.repo), &v1.1)
+    let err = host::pull(&h2, &format!("{}:v1", lab.repo), &v1.1, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not pinned by digest"), "{err:#}");
 
     let other = format!("sha256:{}", "0".repeat(64));
-    let err = host::pull(&h2, &v1.0, &other).await.unwrap_err();
+    let err = host::pull(&h2, &v1.0, &other, None).await.unwrap_err();
     assert!(err.to_string().contains("does not carry"), "{err:#}");
 
     // A digest the registry does not have: the error names the image.
     let missing = format!("{}@{other}", lab.repo);
-    let err = host::pull(&h2, &missing, &other).await.unwrap_err();
+    let err = host::pull(&h2, &missing, &other, None).await.unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("could not pull") && msg.contains(&missing),

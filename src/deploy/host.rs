@@ -30,6 +30,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::config::RegistryConfig;
+use crate::image;
 use crate::pipeline::ContainerSpec;
 
 /// Label naming the app on every container hoist creates.
@@ -125,7 +127,17 @@ pub fn kept_name(name: &str, release: i64) -> String {
 
 /// Pull `image` (`repo@sha256:…`) unless it is already present, and verify what arrived: the
 /// local image's RepoDigests must contain `repo@digest`. Returns the local image ID.
-pub async fn pull(docker: &Docker, image: &str, digest: &str) -> anyhow::Result<String> {
+///
+/// `registry` is the `[[registry]]` entry of the image's registry host (see
+/// [`image::registry_for`]): its username and password go with the pull, since a host's engine
+/// has no credentials of its own for the API (a `docker login` on the host is the CLI's).
+/// A refusal is [`PullError::Refused`], which names the entry to fix; nothing retries it.
+pub async fn pull(
+    docker: &Docker,
+    image: &str,
+    digest: &str,
+    registry: Option<&RegistryConfig>,
+) -> anyhow::Result<String> {
     let (repo, named) = image.split_once('@').ok_or_else(|| {
         anyhow!(
             "image {image:?} is not pinned by digest (REPO@sha256:…); hoist deploys by digest only"
@@ -141,14 +153,10 @@ pub async fn pull(docker: &Docker, image: &str, digest: &str) -> anyhow::Result<
     let options = CreateImageOptionsBuilder::default()
         .from_image(image)
         .build();
-    let mut progress = docker.create_image(Some(options), None, None);
+    let credentials = image::engine_credentials(registry);
+    let mut progress = docker.create_image(Some(options), None, credentials);
     while let Some(item) = progress.next().await {
-        item.map_err(|e| {
-            anyhow!(
-                "the host's Docker engine could not pull {image}: {e}; is the registry reachable \
-                 from the host (and listed in its --insecure-registry when it is plain HTTP)?"
-            )
-        })?;
+        item.map_err(|e| pull_error(&e, image, registry))?;
     }
     match verified_local(docker, image, repo, digest).await? {
         Some(id) => Ok(id),
@@ -164,6 +172,35 @@ pub async fn pull(docker: &Docker, image: &str, digest: &str) -> anyhow::Result<
                  not {repo}@{digest}: what arrived is not provably the release; refusing to run it"
             )
         }
+    }
+}
+
+/// Why the host's engine could not pull a release.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The registry refused the credentials, or wanted some hoist has none for: retrying
+    /// cannot help; the message names the `[[registry]]` entry to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else the engine reported (registry unreachable, unknown manifest, …).
+    #[error(
+        "the host's Docker engine could not pull {image}: {message}; is the registry reachable \
+         from the host (and listed in its --insecure-registry when it is plain HTTP)?"
+    )]
+    Engine { image: String, message: String },
+}
+
+/// Sorts the engine's pull error: refused credentials name the registry and its entry.
+fn pull_error(e: &DockerError, image: &str, registry: Option<&RegistryConfig>) -> PullError {
+    let message = image::engine_message(e);
+    match image::registry_host(image) {
+        Some(host) if image::refused_credentials(&message) => {
+            PullError::Refused(image::refusal(host, registry, &message))
+        }
+        _ => PullError::Engine {
+            image: image.to_string(),
+            message,
+        },
     }
 }
 
@@ -680,6 +717,45 @@ fn port_bindings(ports: &[String]) -> anyhow::Result<(Vec<String>, PortMap)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_pull_names_the_registry_entry_and_other_failures_the_engine() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        let image = format!("10.203.0.1:5001/acme/web@{d}");
+        let entry = RegistryConfig {
+            host: "10.203.0.1:5001".into(),
+            insecure: true,
+            username: Some(crate::config::Secret::new("ci")),
+            password: Some(crate::config::Secret::new("wrong-pw")),
+        };
+        let refused = DockerError::DockerResponseServerError {
+            status_code: 500,
+            message: format!(
+                "Head \"http://10.203.0.1:5001/v2/acme/web/manifests/{d}\": no basic auth credentials"
+            ),
+        };
+        let e = pull_error(&refused, &image, Some(&entry));
+        assert!(matches!(e, PullError::Refused(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("the registry 10.203.0.1:5001 refused the credentials"),
+            "{text}"
+        );
+        assert!(!text.contains("wrong-pw"), "{text}");
+        let without = pull_error(&refused, &image, None).to_string();
+        assert!(
+            without.contains("add a [[registry]] entry with host = \"10.203.0.1:5001\""),
+            "{without}"
+        );
+        let down = DockerError::DockerResponseServerError {
+            status_code: 500,
+            message: "dial tcp 10.203.0.1:5001: connect: connection refused".into(),
+        };
+        assert!(matches!(
+            pull_error(&down, &image, Some(&entry)),
+            PullError::Engine { .. }
+        ));
+    }
 
     #[test]
     fn ports_become_bindings() {

@@ -47,6 +47,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::bail;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as DockerError;
 
 use crate::config::RegistryConfig;
@@ -192,6 +193,76 @@ fn repository_and_tag(reference: &str) -> anyhow::Result<(String, String)> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Registry entries and credentials, for the build engine's pushes and the hosts' pulls alike
+
+/// The registry host of an image reference, by tag (`host/path:tag`) or by digest
+/// (`host/path@sha256:…`): its first component, when that names a host (hoist never guesses
+/// Docker Hub, see [`parse_reference`]).
+pub fn registry_host(reference: &str) -> Option<&str> {
+    let (host, _) = reference.split_once('/')?;
+    (host.contains('.') || host.contains(':') || host == "localhost").then_some(host)
+}
+
+/// The `[[registry]]` entry whose `host` is the reference's registry host.
+pub fn registry_for<'a>(
+    registries: &'a [RegistryConfig],
+    reference: &str,
+) -> Option<&'a RegistryConfig> {
+    let host = registry_host(reference)?;
+    registries.iter().find(|r| r.host == host)
+}
+
+/// The registry entry's login as a Docker engine takes it (push and create-image); None when
+/// there is no entry or it has no username and password, and the engine goes anonymously.
+/// The engine does the registry's token exchange (bearer challenges) from these itself.
+pub fn engine_credentials(registry: Option<&RegistryConfig>) -> Option<DockerCredentials> {
+    let r = registry?;
+    let (username, password) = login(r)?;
+    Some(DockerCredentials {
+        username: Some(username.to_string()),
+        password: Some(password.to_string()),
+        serveraddress: Some(r.host.clone()),
+        ..Default::default()
+    })
+}
+
+/// Whether an engine's or registry's message says the credentials were refused or are missing
+/// (401, denied, unauthorized, "no basic auth credentials").
+pub fn refused_credentials(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "no basic auth credentials",
+        "incorrect username or password",
+        "401",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
+}
+
+/// What to tell a person whose registry refused hoist: which `[[registry]]` entry to fix, or
+/// that one is missing. `message` is the engine's or registry's own words (never credentials:
+/// neither the engine nor oci-client repeats a password).
+pub fn refusal(host: &str, registry: Option<&RegistryConfig>, message: &str) -> String {
+    match registry {
+        Some(r) if login(r).is_some() => format!(
+            "the registry {host} refused the credentials of its [[registry]] entry (host = {host:?}): \
+             fix that entry's username and password in the agent's config ({message})"
+        ),
+        Some(_) => format!(
+            "the registry {host} requires credentials: its [[registry]] entry (host = {host:?}) has \
+             none; add username and password to it in the agent's config ({message})"
+        ),
+        None => format!(
+            "the registry {host} requires credentials: add a [[registry]] entry with host = {host:?}, \
+             username and password to the agent's config ({message})"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shared helpers
 
 /// The username and password of a registry's entry, when it has both; without them push and
@@ -201,7 +272,7 @@ fn login(r: &RegistryConfig) -> Option<(&str, &str)> {
 }
 
 /// The engine's own message, without bollard's wrapping ("Docker responded with status code …").
-fn engine_message(e: &DockerError) -> String {
+pub fn engine_message(e: &DockerError) -> String {
     match e {
         DockerError::DockerResponseServerError { message, .. } => message.clone(),
         DockerError::DockerStreamError { error } => error.clone(),
@@ -279,5 +350,79 @@ mod tests {
             format!("10.203.0.1:5000/acme/web@{d}")
         );
         assert!(digest_reference("10.203.0.1:5000/acme/web:abc", "sha256:xyz").is_err());
+    }
+
+    fn entry(host: &str, login: Option<(&str, &str)>) -> RegistryConfig {
+        RegistryConfig {
+            host: host.into(),
+            insecure: true,
+            username: login.map(|(u, _)| crate::config::Secret::new(u)),
+            password: login.map(|(_, p)| crate::config::Secret::new(p)),
+        }
+    }
+
+    #[test]
+    fn a_reference_finds_its_registry_entry_by_host_by_tag_or_by_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let registries = [
+            entry("10.203.0.1:5000", None),
+            entry("10.203.0.1:5001", Some(("ci", "pw"))),
+        ];
+        let by_digest = format!("10.203.0.1:5001/acme/web@{d}");
+        assert_eq!(registry_host(&by_digest), Some("10.203.0.1:5001"));
+        assert_eq!(
+            registry_for(&registries, &by_digest).map(|r| r.host.as_str()),
+            Some("10.203.0.1:5001")
+        );
+        assert_eq!(
+            registry_for(&registries, "10.203.0.1:5000/acme/web:abc").map(|r| r.host.as_str()),
+            Some("10.203.0.1:5000")
+        );
+        // Another port is another registry; a path without a host is no registry at all.
+        assert!(registry_for(&registries, "10.203.0.1:5002/acme/web:abc").is_none());
+        assert_eq!(registry_host("acme/web:abc"), None);
+        assert_eq!(registry_host("localhost/web:abc"), Some("localhost"));
+    }
+
+    #[test]
+    fn engine_credentials_come_from_an_entry_with_a_login_only() {
+        let with = entry("r.example", Some(("ci", "pw")));
+        let creds = engine_credentials(Some(&with)).unwrap();
+        assert_eq!(creds.username.as_deref(), Some("ci"));
+        assert_eq!(creds.password.as_deref(), Some("pw"));
+        assert_eq!(creds.serveraddress.as_deref(), Some("r.example"));
+        assert!(engine_credentials(Some(&entry("r.example", None))).is_none());
+        assert!(engine_credentials(None).is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_entry_to_fix_and_never_the_password() {
+        let with = entry("r.example:5001", Some(("ci", "s3cret-pw")));
+        let msg = "unauthorized: authentication required";
+        assert!(refused_credentials(msg));
+        assert!(refused_credentials(
+            "Head \"http://r/v2/x/manifests/y\": no basic auth credentials"
+        ));
+        assert!(!refused_credentials("manifest unknown"));
+        let wrong = refusal("r.example:5001", Some(&with), msg);
+        assert!(
+            wrong.contains(
+                "refused the credentials of its [[registry]] entry (host = \"r.example:5001\")"
+            ),
+            "{wrong}"
+        );
+        assert!(!wrong.contains("s3cret-pw"), "{wrong}");
+        let missing = refusal("r.example:5001", None, msg);
+        assert!(
+            missing.contains(
+                "add a [[registry]] entry with host = \"r.example:5001\", username and password"
+            ),
+            "{missing}"
+        );
+        let no_login = refusal("r.example:5001", Some(&entry("r.example:5001", None)), msg);
+        assert!(
+            no_login.contains("has none; add username and password"),
+            "{no_login}"
+        );
     }
 }

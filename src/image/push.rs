@@ -10,7 +10,9 @@ use bollard::query_parameters::PushImageOptionsBuilder;
 use futures_util::StreamExt;
 
 use super::retry::{Failure, with_retries};
-use super::{engine_message, is_sha256_digest, login, parse_reference, say};
+use super::{
+    engine_credentials, engine_message, is_sha256_digest, parse_reference, refused_credentials, say,
+};
 use crate::config::RegistryConfig;
 use crate::runner::LogSink;
 
@@ -28,23 +30,11 @@ pub async fn push(
 ) -> anyhow::Result<String> {
     let (host, path, tag) = parse_reference(reference)?;
     let repo = format!("{host}/{path}");
-    let credentials = credentials(registry);
+    let credentials = engine_credentials(registry);
     let attempt = || push_once(docker, &repo, &tag, credentials.clone(), log);
-    let digest = with_retries(&host, registry.is_some(), Some(log), attempt).await?;
+    let digest = with_retries(&host, registry, Some(log), attempt).await?;
     say(log, format!("Pushed {reference}: {digest}"));
     Ok(digest)
-}
-
-/// The registry entry's login as the engine takes it, for the registry it names.
-fn credentials(registry: Option<&RegistryConfig>) -> Option<DockerCredentials> {
-    let r = registry?;
-    let (username, password) = login(r)?;
-    Some(DockerCredentials {
-        username: Some(username.to_string()),
-        password: Some(password.to_string()),
-        serveraddress: Some(r.host.clone()),
-        ..Default::default()
-    })
 }
 
 /// One push: streams the engine's progress into `log` and returns the digest it reported.
@@ -149,14 +139,6 @@ impl Failure {
     /// Sorts an engine's error message, which is all the engine gives about the registry.
     fn classify(message: String) -> Failure {
         let m = message.to_ascii_lowercase();
-        let refused = [
-            "unauthorized",
-            "authentication required",
-            "denied",
-            "no basic auth credentials",
-            "incorrect username or password",
-            "401",
-        ];
         let unavailable = [
             "connection refused",
             "no route to host",
@@ -172,7 +154,7 @@ impl Failure {
             "503 service unavailable",
             "504 gateway timeout",
         ];
-        if refused.iter().any(|s| m.contains(s)) {
+        if refused_credentials(&m) {
             Failure::Credentials(message)
         } else if unavailable.iter().any(|s| m.contains(s)) {
             Failure::Unavailable(message)

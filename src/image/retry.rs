@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::say;
+use super::{refusal, say};
+use crate::config::RegistryConfig;
 use crate::runner::LogSink;
 
 /// How many times a registry that is down or answers 5xx is tried before giving up.
@@ -37,7 +38,7 @@ pub(super) enum Failure {
 /// [`FIRST_BACKOFF`], then twice as long each time. Retry notices go to `log` when given.
 pub(super) async fn with_retries<T, F, Fut>(
     host: &str,
-    has_entry: bool,
+    registry: Option<&RegistryConfig>,
     log: Option<&LogSink>,
     mut attempt: F,
 ) -> anyhow::Result<T>
@@ -50,14 +51,7 @@ where
     for n in 1..=ATTEMPTS {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(Failure::Credentials(msg)) if has_entry => {
-                bail!(
-                    "the registry {host} refused the credentials of its [[registry]] entry: {msg}"
-                )
-            }
-            Err(Failure::Credentials(msg)) => bail!(
-                "the registry {host} requires credentials: add a [[registry]] entry with host = {host:?}, username and password to the agent's config ({msg})"
-            ),
+            Err(Failure::Credentials(msg)) => bail!("{}", refusal(host, registry, &msg)),
             Err(Failure::Other(msg)) => bail!("{msg}"),
             Err(Failure::Unavailable(msg)) if n == ATTEMPTS => bail!(
                 "the registry {host} is unavailable: {ATTEMPTS} attempts over {} failed; last error: {msg}",
@@ -89,7 +83,13 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_at_once_on_refused_credentials() {
         let mut calls = 0;
-        let err = with_retries::<(), _, _>("r.example", true, None, || {
+        let entry = RegistryConfig {
+            host: "r.example".into(),
+            insecure: false,
+            username: Some(crate::config::Secret::new("ci")),
+            password: Some(crate::config::Secret::new("hunter2-secret")),
+        };
+        let err = with_retries::<(), _, _>("r.example", Some(&entry), None, || {
             calls += 1;
             async { Err(Failure::Credentials("401".into())) }
         })
@@ -103,5 +103,6 @@ mod tests {
             ),
             "{err}"
         );
+        assert!(!err.contains("hunter2-secret"), "{err}");
     }
 }

@@ -69,7 +69,7 @@ pub async fn verify(
             .await
             .map_err(|e| Failure::from_oci(e, reference, &host))
     };
-    let (bytes, header_digest) = with_retries(&host, registry.is_some(), None, attempt).await?;
+    let (bytes, header_digest) = with_retries(&host, registry, None, attempt).await?;
 
     let manifest_digest = check_digests(&bytes, &header_digest, engine_digest, reference, &host)?;
     let config_digest = check_config(&bytes, &manifest_digest, image_id, reference)?;

@@ -19,6 +19,12 @@ pub const BUILDER: &str = "hb";
 pub const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 /// The registry, plain HTTP (`LAB_REGISTRY`).
 pub const REGISTRY: &str = "10.203.0.1:5000";
+/// The private registry, plain HTTP with htpasswd auth (`LAB_AUTH_REGISTRY`).
+pub const AUTH_REGISTRY: &str = "10.203.0.1:5001";
+/// Its lab user (`LAB_AUTH_REGISTRY_USER`).
+pub const AUTH_REGISTRY_USER: &str = "hoist-lab";
+/// Its lab password (`LAB_AUTH_REGISTRY_PASSWORD`).
+pub const AUTH_REGISTRY_PASSWORD: &str = "lab-registry-pw-5001";
 /// nginx, in front of every host's `APP_PORT` (`LAB_NGINX`).
 pub const NGINX: &str = "http://127.0.0.1:8088";
 /// The port nginx sends to on every host (`LAB_APP_PORT`).
@@ -86,6 +92,42 @@ pub fn check_registry() {
     let addr = REGISTRY.parse().unwrap();
     if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
         panic!("the registry {REGISTRY} does not answer ({e}): {DOWN}");
+    }
+}
+
+/// Fails the test saying what to do unless the private registry refuses an anonymous client
+/// (401) and lets the lab's user in, and every lab engine trusts it over plain HTTP (an older
+/// `scripts/lab up` started them without `--insecure-registry` for it).
+pub async fn check_auth_registry() {
+    for e in std::iter::once(BUILDER).chain(HOSTS) {
+        let url = engine_url(e);
+        let config = docker_command(&url, &["info", "--format", "{{json .RegistryConfig}}"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(
+            config.contains(&format!("\"{AUTH_REGISTRY}\"")),
+            "the engine {e} at {url} does not list {AUTH_REGISTRY} as an insecure registry ({config}): {DOWN}"
+        );
+    }
+    let url = format!("http://{AUTH_REGISTRY}/v2/");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let anonymous = client.get(&url).send().await;
+    let ok = client
+        .get(&url)
+        .basic_auth(AUTH_REGISTRY_USER, Some(AUTH_REGISTRY_PASSWORD))
+        .send()
+        .await;
+    match (anonymous, ok) {
+        (Ok(a), Ok(o)) if a.status() == 401 && o.status().is_success() => {}
+        (a, o) => panic!(
+            "the private registry {AUTH_REGISTRY} should answer 401 without and 200 with the lab's credentials; \
+             it answered {:?} and {:?}: {DOWN}",
+            a.map(|r| r.status()),
+            o.map(|r| r.status())
+        ),
     }
 }
 

@@ -47,7 +47,17 @@ impl Agent {
         if !path.exists() {
             std::fs::write(&path, config).unwrap();
         }
-        Agent::spawn(dir, env)
+        Agent::spawn(dir, env, None)
+    }
+
+    /// `launch_with_env`, with the agent's stderr (its log) appended to `log` instead of the
+    /// test's, for tests that read what the agent logged.
+    pub fn launch_logged(dir: &Path, config: &str, env: &[(&str, String)], log: &Path) -> Agent {
+        let path = dir.join("hoist.toml");
+        if !path.exists() {
+            std::fs::write(&path, config).unwrap();
+        }
+        Agent::spawn(dir, env, Some(log))
     }
 
     /// Start `hoist serve` on a free port with `dir` as data_dir. `extra` is appended to the config.
@@ -64,11 +74,11 @@ impl Agent {
             );
             std::fs::write(&config, text).unwrap();
         }
-        Agent::spawn(dir, &[])
+        Agent::spawn(dir, &[], None)
     }
 
     /// `hoist serve --config DIR/hoist.toml`, once it printed the address it listens on.
-    fn spawn(dir: &Path, env: &[(&str, String)]) -> Agent {
+    fn spawn(dir: &Path, env: &[(&str, String)], log: Option<&Path>) -> Agent {
         let config = dir.join("hoist.toml");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoist"));
         cmd.args(["serve", "--config"])
@@ -76,7 +86,16 @@ impl Agent {
             .env("E2E_HOOK_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .unwrap(),
+                ),
+                None => Stdio::inherit(),
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -18,8 +18,10 @@ use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
 use super::{Deployer, Failure, Started, release_text};
+use crate::config::RegistryConfig;
 use crate::deploy::health::{self, HealthReport, Unhealthy};
 use crate::deploy::host;
+use crate::image;
 use crate::pipeline::{ContainerSpec, DeploySpec, HealthSpec, Vars};
 use crate::store::{HostState, HostUpdate, Release};
 
@@ -36,7 +38,12 @@ impl Deployer {
         let pulls = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)).await;
         for (on, pulled) in hosts.iter().zip(pulls) {
             let h = on.host;
-            let id = pulled.map_err(|e| Failure::on(h, format!("pull failed: {e:#}")))?;
+            let id = pulled.map_err(|e| {
+                Failure::on(
+                    h,
+                    format!("pull failed before anything on the host was stopped: {e:#}"),
+                )
+            })?;
             let expected = HostUpdate {
                 expected: Some(b.manifest_digest.clone()),
                 ..Default::default()
@@ -197,13 +204,24 @@ impl<'a> OnHost<'a> {
         })
     }
 
+    /// The `[[registry]]` entry a release's image is pulled with (matched by registry host).
+    fn registry(&self, release: &Release) -> Option<&'a RegistryConfig> {
+        image::registry_for(&self.d.config.registries, &release.image())
+    }
+
     // pull B -----------------------------------------------------------------------------
 
     /// (+) Pull B by digest and verify what arrived; returns the local image ID. (−) Nothing:
     /// what serves is untouched, and retention prunes the image later.
     async fn pull_b(&self) -> anyhow::Result<String> {
         let b = &self.s.plan.to;
-        host::pull(self.docker, &b.image(), &b.manifest_digest).await
+        host::pull(
+            self.docker,
+            &b.image(),
+            &b.manifest_digest,
+            self.registry(b),
+        )
+        .await
     }
 
     // keep A -----------------------------------------------------------------------------
@@ -227,7 +245,13 @@ impl<'a> OnHost<'a> {
         if serving || host::restore_kept(self.docker, self.name, a.number).await? {
             return Ok(());
         }
-        host::pull(self.docker, &a.image(), &a.manifest_digest).await?;
+        host::pull(
+            self.docker,
+            &a.image(),
+            &a.manifest_digest,
+            self.registry(a),
+        )
+        .await?;
         let container = render_container(&a_spec.container, vars)?;
         self.start(a, &container).await?;
         Ok(())
