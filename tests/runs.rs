@@ -278,7 +278,9 @@ async fn the_poller_finds_a_push_whose_webhook_never_came() {
 async fn kill_9_mid_run_then_restart_requeues_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::new(dir.path());
-    let yml = "app: app\nsteps:\n  - name: slow\n    image: lab/busybox:1\n    commands: [\"sleep 2\", \"echo finished\"]\n";
+    // A step name no other test uses: tests run in parallel on one builder, and each agent
+    // numbers its runs from 1, so the run label alone may name another test's container.
+    let yml = "app: app\nsteps:\n  - name: slow-across-a-kill\n    image: lab/busybox:1\n    commands: [\"sleep 2\", \"echo finished\"]\n";
     let commit = repo.commit("main", "slow", &[(".hoist.yml", yml)]);
     let mut first = agent(dir.path(), &repo, "0s");
     let id = push(&first, "main", &commit, "slow").await[0];
@@ -296,7 +298,14 @@ async fn kill_9_mid_run_then_restart_requeues_and_finishes() {
     // The killed agent's container was removed, and the second attempt's too.
     let left = lab::docker_lenient(
         lab::BUILDER,
-        &["ps", "-aq", "--filter", &format!("label=hoist.run={id}")],
+        &[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=hoist.run={id}"),
+            "--filter",
+            "label=hoist.step=slow-across-a-kill",
+        ],
     );
     assert_eq!(left, "", "orphaned step containers remain");
 }
