@@ -236,10 +236,19 @@ pub fn refused_credentials(message: &str) -> bool {
         "denied",
         "no basic auth credentials",
         "incorrect username or password",
-        "401",
     ]
     .iter()
     .any(|s| m.contains(s))
+        || has_status_401(&m)
+}
+
+/// "401" as a status of its own, not digits inside a word: a pull's message names the
+/// manifest by digest, and 64 hex digits hold "401" often enough to matter.
+fn has_status_401(m: &str) -> bool {
+    m.match_indices("401").any(|(i, _)| {
+        let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+        !alnum(m[..i].chars().next_back()) && !alnum(m[i + 3..].chars().next())
+    })
 }
 
 /// What to tell a person whose registry refused hoist: which `[[registry]]` entry to fix, or
@@ -404,6 +413,10 @@ mod tests {
             "Head \"http://r/v2/x/manifests/y\": no basic auth credentials"
         ));
         assert!(!refused_credentials("manifest unknown"));
+        assert!(refused_credentials("unexpected http status: 401"));
+        assert!(!refused_credentials(
+            "Head \"http://r/v2/x/manifests/sha256:9a401f\": connection refused"
+        ));
         let wrong = refusal("r.example:5001", Some(&with), msg);
         assert!(
             wrong.contains(
