@@ -56,6 +56,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let dispatcher = tokio::spawn(queue.clone().dispatch(crate::run::execute));
     let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
+    let janitor = tokio::spawn(crate::janitor::keep_tidy(queue.clone()));
 
     let state = AppState {
         config,
@@ -79,6 +80,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = dispatcher.await;
     recovery.abort();
     let _ = poller.await;
+    let _ = janitor.await;
     queue.tasks.close();
     if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait())
         .await

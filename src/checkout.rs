@@ -54,6 +54,12 @@ fn parse_commit(commit: &str) -> anyhow::Result<Oid> {
     Ok(Oid::from_str(commit)?)
 }
 
+/// Pack files a mirror may hold before a fetch consolidates them. Every exact-commit fetch
+/// writes a pack of its own and libgit2 has no gc, so without this a busy repository's mirror
+/// holds a pack per run and every object lookup walks all their indexes (800 runs: 800
+/// packs, and hoist's work before a step grew from 20 ms to 290 ms).
+pub const MAX_PACKS: usize = 16;
+
 /// Every configured repository's mirror under `data_dir/repos`, one lock per repository.
 pub struct Mirrors {
     /// `data_dir/repos`: one bare repository per configured repository.
@@ -107,12 +113,25 @@ impl Mirrors {
         repo: &RepoConfig,
         git_ref: &str,
         commit: &str,
-    ) -> anyhow::Result<(Mirror, Option<String>)> {
+    ) -> anyhow::Result<Option<String>> {
         let (git_ref, commit) = (git_ref.to_string(), commit.to_string());
         self.with_mirror(repo, move |mirror| {
             mirror.fetch(&commit, &git_ref)?;
-            let text = mirror.read_file(&commit, crate::pipeline::FILE_NAME)?;
-            Ok((mirror, text))
+            mirror.compact(MAX_PACKS);
+            mirror.read_file(&commit, crate::pipeline::FILE_NAME)
+        })
+        .await
+    }
+
+    /// Consolidate the mirror's packs when it has more than one (the janitor's scheduled
+    /// pass; fetches compact at [`MAX_PACKS`] on their own). Under the repository's lock.
+    pub async fn compact(&self, repo: &RepoConfig) -> anyhow::Result<()> {
+        if !self.path(&repo.name).exists() {
+            return Ok(());
+        }
+        self.with_mirror(repo, |mirror| {
+            mirror.compact(1);
+            Ok(())
         })
         .await
     }
@@ -341,6 +360,58 @@ impl Mirror {
         Ok(())
     }
 
+    /// Pack files under objects/pack.
+    pub fn packs(&self) -> usize {
+        fs::read_dir(self.path.join("objects/pack")).map_or(0, |d| {
+            d.flatten()
+                .filter(|f| f.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+    }
+
+    /// When the mirror holds more than `bound` packs, consolidate them with
+    /// `git repack -d --geometric=2`: packs are merged until each is at least twice the size
+    /// of all smaller ones together, so the pack count stays logarithmic in the repository's
+    /// size and a repack's cost is that of the small packs, not a rewrite of the whole history.
+    /// Loose objects are packed too. libgit2 cannot repack; the git CLI can, and the agent's
+    /// install brings it. Callers hold the repository's lock, so no fetch runs meanwhile.
+    /// A failing repack costs speed, never a run: it is logged, and the next fetch tries again.
+    pub fn compact(&self, bound: usize) {
+        let before = self.packs();
+        if before <= bound {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("git")
+            .args(["-c", "gc.auto=0", "repack", "-d", "-q", "--geometric=2"])
+            .env("GIT_DIR", &self.path)
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .env_remove("GIT_OBJECT_DIRECTORY")
+            .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => tracing::info!(
+                mirror = %self.path.display(),
+                packs_before = before,
+                packs_after = self.packs(),
+                ms = started.elapsed().as_millis() as u64,
+                "repacked mirror"
+            ),
+            Ok(o) => tracing::warn!(
+                mirror = %self.path.display(),
+                "cannot repack the mirror (git repack {}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => tracing::warn!(
+                mirror = %self.path.display(),
+                "cannot repack the mirror: cannot run git ({e}); install git so that mirrors stay compact"
+            ),
+        }
+    }
+
     fn repo(&self) -> anyhow::Result<Repository> {
         Repository::open_bare(&self.path)
             .with_context(|| format!("cannot open the mirror {}", self.path.display()))
@@ -415,16 +486,37 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Copy `oid` and its history (and nothing else) from `from` into `to` as one pack.
+/// Commits of history a workspace holds: the run's commit and its nearest ancestors, like
+/// Woodpecker's default clone depth. Copying all of it would make every run's checkout cost
+/// grow with the repository's age (10 000 commits: tens of thousands of objects per run).
+pub const WORKSPACE_DEPTH: usize = 50;
+
+/// Copy `oid` and at most [`WORKSPACE_DEPTH`] commits of its history (nothing else) from
+/// `from` into `to` as one pack, and mark `to` shallow where the history was cut, as
+/// `git clone --depth` does (`.git/shallow`), so that `git log` there ends cleanly.
 ///
 /// Not a fetch over the local transport: libgit2's local transport ignores the wanted
 /// objects and sends everything reachable from every ref of the source, so a workspace
 /// would receive all branches of the mirror. The pack is streamed, never held in memory.
 fn copy_history(from: &Repository, to: &Repository, oid: Oid) -> anyhow::Result<()> {
     let mut walk = from.revwalk()?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
     walk.push(oid)?;
+    let commits = walk
+        .take(WORKSPACE_DEPTH)
+        .collect::<Result<std::collections::HashSet<Oid>, _>>()?;
     let mut pack = from.packbuilder()?;
-    pack.insert_walk(&mut walk)?;
+    let mut cut = Vec::new();
+    for &c in &commits {
+        pack.insert_commit(c)?;
+        if from
+            .find_commit(c)?
+            .parent_ids()
+            .any(|p| !commits.contains(&p))
+        {
+            cut.push(c.to_string());
+        }
+    }
     let odb = to.odb()?;
     let mut writer = odb.packwriter()?;
     let mut written = Ok(());
@@ -434,6 +526,12 @@ fn copy_history(from: &Repository, to: &Repository, oid: Oid) -> anyhow::Result<
     })?;
     written?;
     writer.commit()?;
+    if !cut.is_empty() {
+        cut.sort_unstable();
+        let shallow = to.path().join("shallow");
+        fs::write(&shallow, cut.join("\n") + "\n")
+            .with_context(|| format!("cannot write {}", shallow.display()))?;
+    }
     Ok(())
 }
 
@@ -1042,6 +1140,69 @@ mod tests {
         .map(|(r, c)| (r.to_string(), c.to_string()))
         .collect();
         assert_eq!(refs, expected);
+    }
+
+    #[test]
+    fn workspaces_hold_a_bounded_shallow_history() {
+        let f = Fixture::new();
+        let first = f.commit("main", &[("a", "0")]);
+        for _ in 1..WORKSPACE_DEPTH + 10 {
+            git(&f.work, &["commit", "-q", "--allow-empty", "-m", "more"]);
+        }
+        let last = f.commit("main", &[("a", "1")]);
+        let m = f.mirror();
+        m.fetch(&last, "refs/heads/main").unwrap();
+
+        let dest = f.tmp.path().join("ws/run-1");
+        m.checkout(&last, &dest).unwrap();
+        let log = git(&dest, &["log", "--format=%H"]);
+        assert_eq!(log.lines().count(), WORKSPACE_DEPTH);
+        assert_eq!(log.lines().next(), Some(last.as_str()));
+        assert!(
+            !log.contains(&first),
+            "history beyond the depth is not copied"
+        );
+        assert_eq!(
+            git(&dest, &["rev-parse", "--is-shallow-repository"]),
+            "true"
+        );
+        assert_eq!(git(&dest, &["status", "--porcelain"]), "");
+        git(&dest, &["fsck", "--no-dangling"]);
+
+        // A short history is copied whole and the workspace is not shallow.
+        let g = Fixture::new();
+        let only = g.commit("main", &[("a", "0")]);
+        let m = g.mirror();
+        m.fetch(&only, "refs/heads/main").unwrap();
+        let dest = g.tmp.path().join("ws/run-1");
+        m.checkout(&only, &dest).unwrap();
+        assert_eq!(
+            git(&dest, &["rev-parse", "--is-shallow-repository"]),
+            "false"
+        );
+    }
+
+    #[test]
+    fn compact_consolidates_the_packs_fetches_leave() {
+        let f = Fixture::new();
+        let m = f.mirror();
+        let mut commits = Vec::new();
+        for i in 0..6 {
+            let c = f.commit("main", &[("n", &i.to_string())]);
+            m.fetch(&c, "refs/heads/main").unwrap();
+            commits.push(c);
+        }
+        let before = m.packs();
+        assert!(before >= 6, "a pack per fetch: {before}");
+        m.compact(before);
+        assert_eq!(m.packs(), before, "at or under the bound nothing happens");
+        m.compact(2);
+        let after = m.packs();
+        assert!(after <= 2, "{before} packs repacked into {after}");
+        for c in &commits {
+            assert!(mirror_has(&m, c), "{c} survives the repack");
+        }
+        git(&m.path, &["fsck", "--no-dangling"]);
     }
 
     #[test]

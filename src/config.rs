@@ -55,6 +55,20 @@ pub struct RunnerConfig {
     /// How often every repo's heads are listed to find pushes whose webhook never came
     /// (default 60s; 0s disables).
     pub poll_interval: Duration,
+    /// What finished runs (their rows, steps and logs) and deliveries are kept.
+    pub retention: Retention,
+    /// Failed runs' workspaces kept for debugging, newest first (default 5).
+    pub keep_workspaces: usize,
+}
+
+/// How many finished runs, and for how long, the store keeps per repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many finished runs of each repository are kept (default 1000).
+    pub keep_runs: u32,
+    /// Finished runs older than this are pruned whatever their number (default 90 days;
+    /// None: no age limit).
+    pub keep_for: Option<Duration>,
 }
 
 /// A repository hoist accepts pushes for.
@@ -187,6 +201,12 @@ struct RawRunner {
     max_parallel: Spanned<u32>,
     #[serde(default = "default_poll_interval", with = "duration")]
     poll_interval: Duration,
+    #[serde(default = "default_keep_runs")]
+    keep_runs: Spanned<u32>,
+    #[serde(default = "default_keep_runs_for", with = "duration")]
+    keep_runs_for: Duration,
+    #[serde(default = "default_keep_workspaces")]
+    keep_workspaces: usize,
 }
 
 impl Default for RawRunner {
@@ -194,8 +214,23 @@ impl Default for RawRunner {
         RawRunner {
             max_parallel: default_max_parallel(),
             poll_interval: default_poll_interval(),
+            keep_runs: default_keep_runs(),
+            keep_runs_for: default_keep_runs_for(),
+            keep_workspaces: default_keep_workspaces(),
         }
     }
+}
+
+fn default_keep_runs() -> Spanned<u32> {
+    Spanned::new(0..0, 1000)
+}
+
+fn default_keep_runs_for() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
+
+fn default_keep_workspaces() -> usize {
+    5
 }
 
 #[derive(Deserialize)]
@@ -362,9 +397,20 @@ impl Doc<'_> {
                 "runner.max_parallel must be at least 1",
             ));
         }
+        if *runner.keep_runs.get_ref() == 0 {
+            return Err(self.at(
+                runner.keep_runs.span(),
+                "runner.keep_runs must be at least 1 (the runs kept per repository; use keep_runs_for to bound their age)",
+            ));
+        }
         Ok(RunnerConfig {
             max_parallel: runner.max_parallel.into_inner(),
             poll_interval: runner.poll_interval,
+            retention: Retention {
+                keep_runs: runner.keep_runs.into_inner(),
+                keep_for: Some(runner.keep_runs_for).filter(|d| !d.is_zero()),
+            },
+            keep_workspaces: runner.keep_workspaces,
         })
     }
 
@@ -780,7 +826,7 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     fn errors_name_the_key_and_line() {
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"),
-            "hoist.toml:6:1: unknown field `max_paralel`, expected `max_parallel` or `poll_interval`",
+            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`",
         );
         check(
             &GOOD.replace("\"file:/secret/hook\"", "\"hunter2\""),
@@ -825,6 +871,40 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_parallel = 0"),
             "hoist.toml:6:16: runner.max_parallel must be at least 1",
+        );
+    }
+
+    #[test]
+    fn retention_keys_have_defaults_and_bounds() {
+        let c = Config::parse("hoist.toml", GOOD, &Fake).unwrap();
+        assert_eq!(
+            c.runner.retention,
+            Retention {
+                keep_runs: 1000,
+                keep_for: Some(Duration::from_secs(90 * 24 * 3600)),
+            }
+        );
+        assert_eq!(c.runner.keep_workspaces, 5);
+        let c = Config::parse(
+            "hoist.toml",
+            &GOOD.replace(
+                "[runner]",
+                "[runner]\nkeep_runs = 20\nkeep_runs_for = \"0s\"\nkeep_workspaces = 0",
+            ),
+            &Fake,
+        )
+        .unwrap();
+        assert_eq!(
+            c.runner.retention,
+            Retention {
+                keep_runs: 20,
+                keep_for: None,
+            }
+        );
+        assert_eq!(c.runner.keep_workspaces, 0);
+        check(
+            &GOOD.replace("[runner]", "[runner]\nkeep_runs = 0"),
+            "hoist.toml:6:13: runner.keep_runs must be at least 1 (the runs kept per repository; use keep_runs_for to bound their age)",
         );
     }
 

@@ -32,6 +32,7 @@ pub mod deploy;
 pub mod engine;
 pub mod forge;
 pub mod image;
+pub mod janitor;
 pub mod local;
 pub mod logs;
 pub mod pipeline;

@@ -44,6 +44,8 @@ pub struct Queue {
     pub logs: Arc<LiveLogs>,
     /// Wakes the dispatcher: a run was queued or a run ended.
     wake: Notify,
+    /// Wakes the janitor: a run ended, so there may be something to prune.
+    pub finished: Notify,
     /// Runs being executed now. A std Mutex: held only for map operations, never across `.await`.
     running: Mutex<HashMap<i64, Running>>,
     /// Set when the agent stops.
@@ -63,6 +65,7 @@ impl Queue {
             config,
             logs: Arc::default(),
             wake: Notify::new(),
+            finished: Notify::new(),
             running: Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
@@ -176,6 +179,7 @@ impl Queue {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&id);
                     q.wake.notify_one();
+                    q.finished.notify_one();
                 });
             }
             tokio::select! {

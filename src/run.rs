@@ -6,9 +6,9 @@
 //! queue, never the other way round.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use tokio_util::sync::CancellationToken;
@@ -22,8 +22,6 @@ use crate::queue::Queue;
 use crate::runner::{self, Outcome, StepContext};
 use crate::store::{DeploymentKind, DeploymentStatus, NewRelease, Release, Run, Status, StepKind};
 
-/// Failed workspaces kept for debugging.
-const KEEP_FAILED_WORKSPACES: usize = 5;
 /// Longest a deploy step waits for another deployment of its app to finish.
 const DEPLOY_WAIT: Duration = Duration::from_secs(600);
 
@@ -97,27 +95,37 @@ async fn execute_run(
         .config
         .repo(&run.repo)
         .with_context(|| format!("repository {} is no longer in hoist.toml", run.repo))?;
-    let (mirror, text) = q
+    let started = Instant::now();
+    let text = q
         .mirrors
         .fetch_pipeline(repo, &run.git_ref, &run.commit)
         .await?;
+    let fetched = Instant::now();
     let pipeline = match plan(q, run, text).await? {
         Ok(p) => p,
         Err(verdict) => return Ok(verdict),
     };
+    let planned = Instant::now();
     let workspaces = Workspaces::new(
         &q.config.data_dir.join("workspaces"),
-        KEEP_FAILED_WORKSPACES,
+        q.config.runner.keep_workspaces,
     )?;
-    let workspace = {
-        let (ws, id, commit) = (workspaces.clone(), run.id, run.commit.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
-            let dir = ws.create(id)?;
-            mirror.checkout(&commit, &dir)?;
-            Ok(dir)
-        })
-        .await??
+    let dir = {
+        let (ws, id) = (workspaces.clone(), run.id);
+        tokio::task::spawn_blocking(move || ws.create(id)).await??
     };
+    let workspace = q
+        .mirrors
+        .checkout(repo, &run.git_ref, &run.commit, dir)
+        .await?;
+    // hoist's own work before the first step, phase by phase (`scripts/soak` reads these).
+    tracing::info!(
+        run = run.id,
+        fetch_ms = ms(fetched - started),
+        plan_ms = ms(planned - fetched),
+        checkout_ms = ms(planned.elapsed()),
+        "run prepared"
+    );
     let verdict = run_steps(q, run, &pipeline, &workspace, cancel).await;
     let failed = verdict
         .as_ref()
@@ -128,6 +136,11 @@ async fn execute_run(
         tracing::warn!(run = id, "cannot clean the workspace: {e:#}");
     }
     verdict
+}
+
+/// A duration in milliseconds, for log fields.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Decide what the run does with the commit's pipeline file (`None`: it has none): the
