@@ -525,6 +525,22 @@ pub async fn restore_kept(
     Ok(true)
 }
 
+/// Whether the container `name` was created with every `NAME=value` of `env` (true when no
+/// such container exists): a kept release created with a secret's old value is not restored.
+pub async fn env_has(
+    docker: &Docker,
+    name: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<bool> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(true);
+    };
+    let have = c.config.and_then(|cfg| cfg.env).unwrap_or_default();
+    Ok(env
+        .iter()
+        .all(|(k, v)| have.iter().any(|e| *e == format!("{k}={v}"))))
+}
+
 /// Read back what the host runs as `name`: the container's image, and that image's manifest
 /// digest in `repository` from the engine's RepoDigests.
 ///

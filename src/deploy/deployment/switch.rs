@@ -264,7 +264,15 @@ impl<'a> OnHost<'a> {
             .is_some_and(|c| {
                 c.running && c.release == Some(a.number) && c.app.as_deref() == Some(self.app)
             });
-        if serving || host::restore_kept(self.docker, self.name, self.app, a.number).await? {
+        if serving {
+            return Ok(());
+        }
+        // A kept A made with a secret's earlier value gives way to A afresh with today's.
+        let kept = host::kept_name(self.name, a.number);
+        if !host::env_has(self.docker, &kept, secrets).await? {
+            host::remove(self.docker, &kept, self.app).await?;
+        }
+        if host::restore_kept(self.docker, self.name, self.app, a.number).await? {
             return Ok(());
         }
         host::pull(
