@@ -461,7 +461,7 @@ async fn http_404_fails_at_the_deadline_with_the_status() {
     assert_eq!(
         reason,
         format!(
-            "not healthy within 2s: GET http://{}:{port}/nope answered 404 Not Found",
+            "not healthy within 2s: GET http://{}:{port}/nope answered 404 Not Found (healthy: 200-399)",
             address("h2")
         )
     );
