@@ -62,14 +62,25 @@ fn app_repo(dir: &Path) -> GitRepo {
     repo
 }
 
+/// The demo app's `container.secrets: [DATABASE_URL]`, from a file of the test's own.
+fn database_url(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("database-url");
+    if !path.exists() {
+        std::fs::write(&path, "postgres://e2e:e2e-database-pw@db/web").unwrap();
+    }
+    path
+}
+
 fn agent(dir: &Path, repo: &GitRepo) -> Agent {
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\n\
+         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\nsecrets = [\"DATABASE_URL\"]\n\
+         [secrets]\nDATABASE_URL = \"file:{}\"\n\
          [[registry]]\nhost = {:?}\ninsecure = true\n{}",
         dir.join("data"),
         lab::builder_url(),
         repo.bare,
+        database_url(dir).display(),
         lab::REGISTRY,
         token_toml()
     );
