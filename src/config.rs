@@ -874,6 +874,15 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     }
 
     #[test]
+    fn the_annotated_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent/hoist.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::parse("agent/hoist.toml", &text, &Fake).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.repos[0].secrets, ["DATABASE_URL"]);
+        assert_eq!(c.hosts["h2"].vars["node_id"], "demo-2");
+    }
+
+    #[test]
     fn repo_secrets_and_host_vars() {
         let text = GOOD
             .replace(

@@ -472,3 +472,62 @@ pub fn render_container(c: &ContainerSpec, vars: &Vars) -> anyhow::Result<Contai
         ..c.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretSource;
+    use std::path::Path;
+
+    struct NoSecrets;
+    impl SecretSource for NoSecrets {
+        fn env(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn file(&self, _: &Path) -> std::io::Result<String> {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+    }
+
+    fn config() -> Config {
+        let text = "[host.a]\ndocker = \"unix:///a.sock\"\naddress = \"10.0.0.1\"\nvars = { id = \"n-a\", peer = \"10.0.0.1:7000\" }\n\
+                    [host.b]\ndocker = \"unix:///b.sock\"\naddress = \"10.0.0.2\"\nvars = { id = \"n-b\" }\n";
+        Config::parse("hoist.toml", text, &NoSecrets).unwrap()
+    }
+
+    #[test]
+    fn per_host_fields_follow_the_steps_host_order_and_name_a_missing_key() {
+        let config = config();
+        let hosts = vec!["b".to_string(), "a".to_string()];
+        let spec = ContainerSpec {
+            name: "web".into(),
+            env: [
+                ("ID".to_string(), "${host.id}".to_string()),
+                (
+                    "ALL".to_string(),
+                    "${hosts.name}@${hosts.address}".to_string(),
+                ),
+            ]
+            .into(),
+            args: vec!["--me=${host.address}".into()],
+            hostname: Some("${host}-${release}".into()),
+            ..ContainerSpec::default()
+        };
+        let vars = vars_for(&config, &Vars::default(), &hosts, "a", 7);
+        let c = render_container(&spec, &vars).unwrap();
+        assert_eq!(c.env["ID"], "n-a");
+        assert_eq!(c.env["ALL"], "b,a@10.0.0.2,10.0.0.1");
+        assert_eq!(c.args, ["--me=10.0.0.1"]);
+        assert_eq!(c.hostname.as_deref(), Some("a-7"));
+
+        let peers = ContainerSpec {
+            env: [("SEEDS".to_string(), "${hosts.peer}".to_string())].into(),
+            ..spec
+        };
+        let err = render_container(&peers, &vars).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "host b has no `peer` in its vars, which \"${hosts.peer}\" uses; add peer = \"…\" to vars of [host.b] in hoist.toml"
+        );
+    }
+}
