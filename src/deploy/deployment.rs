@@ -119,6 +119,10 @@ pub enum StartError {
         "app {app} is being deployed by deployment {deployment}; wait for it (GET /api/v1/deployments/{deployment})"
     )]
     Busy { app: String, deployment: i64 },
+    /// The deployment would break a rule (a secret the repository may not use, a per-host
+    /// key a host lacks, a container of another app): asking again cannot help.
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
 }
@@ -161,14 +165,25 @@ impl Deployer {
         let app = plan.to.app.clone();
         let hosts = self.allowed_hosts(&plan)?;
         let what = format!("container {}", plan.spec.container.name);
+        let refused = |e: anyhow::Error| StartError::Refused(e.context("nothing was changed"));
         let secrets = self
             .config
             .secret_values(&plan.to.repo, &plan.spec.container.secrets, &what)
-            .context("nothing was changed")?;
-        self.prerender(&plan).context("nothing was changed")?;
-        let (engines, before) = self
-            .connect(&hosts, &plan.spec.container.name, &app)
-            .await?;
+            .map_err(refused)?;
+        self.prerender(&plan).map_err(refused)?;
+        let name = &plan.spec.container.name;
+        let (engines, before) = self.connect(&hosts, name).await?;
+        let owners = hosts.iter().map(|h| {
+            let (engines, app) = (&engines, &app);
+            async move {
+                host::check_owner(&engines[h], name, app)
+                    .await
+                    .with_context(|| format!("host {h}"))
+            }
+        });
+        for owned in futures_util::future::join_all(owners).await {
+            owned.map_err(refused)?;
+        }
         let per_batch = plan.spec.rollout.max_parallel.max(1) as usize;
         let batches = hosts
             .iter()
@@ -254,13 +269,11 @@ impl Deployer {
         Ok(plan.spec.hosts.clone())
     }
 
-    /// Connect every host in parallel, check that `name` and its kept releases there are
-    /// `app`'s, and read the release each serves as `name`.
+    /// Connect every host in parallel and read the release each serves as `name`.
     async fn connect(
         &self,
         hosts: &[String],
         name: &str,
-        app: &str,
     ) -> anyhow::Result<(BTreeMap<String, Docker>, BTreeMap<String, Option<i64>>)> {
         let connects = hosts.iter().map(|h| {
             let conf = self.config.hosts[h].clone();
@@ -268,9 +281,6 @@ impl Deployer {
                 let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref())
                     .await
                     .with_context(|| format!("host {h} is unreachable; nothing was changed"))?;
-                host::check_owner(&docker, name, app)
-                    .await
-                    .with_context(|| format!("host {h}: nothing was changed"))?;
                 let current = host::current(&docker, name)
                     .await
                     .with_context(|| format!("host {h}"))?;

@@ -225,17 +225,23 @@ impl<'a> OnHost<'a> {
 
     // pull B -----------------------------------------------------------------------------
 
-    /// (+) Pull B by digest and verify what arrived; returns the local image ID. (−) Nothing:
-    /// what serves is untouched, and retention prunes the image later.
+    /// (+) Pull B by digest and verify what arrived, and make sure its network exists; returns
+    /// the local image ID. (−) Nothing: what serves is untouched, and retention prunes the
+    /// image later (a network is left: other containers may use it).
     async fn pull_b(&self) -> anyhow::Result<String> {
         let b = &self.s.plan.to;
-        host::pull(
+        let id = host::pull(
             self.docker,
             &b.image(),
             &b.manifest_digest,
             self.registry(b),
         )
-        .await
+        .await?;
+        // The network too, before anything serving is stopped (B's start would make it anyway).
+        if let Some(network) = &self.s.plan.spec.container.network {
+            host::ensure_network(self.docker, network).await?;
+        }
+        Ok(id)
     }
 
     // keep A -----------------------------------------------------------------------------
