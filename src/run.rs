@@ -165,9 +165,6 @@ async fn plan(
             )));
         }
     };
-    if let Err(e) = allowed_secrets(&q.config, &run.repo, &pipeline) {
-        return Ok(Err(Verdict::new(Status::Failed, format!("{e:#}"))));
-    }
     if !pipeline.on.matches(run.kind, &run.name) {
         let (noun, key) = if run.kind == RefKind::Tag {
             ("tag", "tags")
@@ -184,6 +181,9 @@ async fn plan(
                 .await?;
         }
         return Ok(Err(Verdict::new(Status::Skipped, why)));
+    }
+    if let Err(e) = allowed_secrets(&q.config, &run.repo, &pipeline) {
+        return Ok(Err(Verdict::new(Status::Failed, format!("{e:#}"))));
     }
     let steps = pipeline
         .steps
