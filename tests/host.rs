@@ -670,3 +670,64 @@ async fn prune_keeps_only_what_is_asked() {
     );
     assert!(host::current(&h2, &decoy).await.unwrap().is_some());
 }
+
+/// Every host action checks `hoist.app`: another app's container of the same name, serving or
+/// kept, is never stopped, renamed, removed, restored or pruned; the check before a
+/// deployment names its owner.
+#[tokio::test]
+async fn another_apps_container_is_refused_by_every_action() {
+    let lab = Lab::new("owner", &["h1"]);
+    let h1 = engine("h1").await;
+    let v1 = lab.web("v1", "").await;
+    lab.pull(&h1, "h1", &v1.0, &v1.1).await;
+    let name = lab.name("web");
+    let spec = container(&name, &[], &[]);
+    let theirs = |release| Target {
+        app: "hoisttest-other",
+        ..target(release, &v1, &spec)
+    };
+    host::start(&h1, &theirs(1)).await.unwrap();
+    host::keep_current(&h1, &name, "hoisttest-other")
+        .await
+        .unwrap();
+    host::start(&h1, &theirs(2)).await.unwrap();
+    let before = (
+        host::current(&h1, &name).await.unwrap(),
+        host::current(&h1, &kept_name(&name, 1)).await.unwrap(),
+    );
+    assert!(before.0.as_ref().is_some_and(|c| c.running));
+
+    let owner = |e: anyhow::Error| {
+        let e = format!("{e:#}");
+        assert!(e.contains("belongs to app hoisttest-other"), "{e}");
+    };
+    owner(
+        host::check_owner(&h1, &name, "hoisttest")
+            .await
+            .unwrap_err(),
+    );
+    owner(
+        host::keep_current(&h1, &name, "hoisttest")
+            .await
+            .unwrap_err(),
+    );
+    owner(host::remove(&h1, &name, "hoisttest").await.unwrap_err());
+    owner(
+        host::restore_kept(&h1, &name, "hoisttest", 1)
+            .await
+            .unwrap_err(),
+    );
+    let pruned = host::prune(&h1, &name, "hoisttest", &BTreeSet::new())
+        .await
+        .unwrap();
+    assert!(pruned.is_empty(), "{pruned:?}");
+    let after = (
+        host::current(&h1, &name).await.unwrap(),
+        host::current(&h1, &kept_name(&name, 1)).await.unwrap(),
+    );
+    assert_eq!(after, before);
+    // Its own app passes the check.
+    host::check_owner(&h1, &name, "hoisttest-other")
+        .await
+        .unwrap();
+}
