@@ -103,6 +103,24 @@ async fn first_release(dir: &Path) -> (Agent, GitRepo, Value) {
     let agent = agent(dir, &repo);
     let run = run_end(&agent, push(&agent, &c1).await).await;
     assert_eq!(run["status"], "success", "{run:#}");
+    // The demo app's DATABASE_URL came from [secrets]: each host serves its hash, and the
+    // peer list of the step's hosts.
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(database_url(dir)).unwrap(),
+    ));
+    let peers = HOST_NAMES.map(address).join(",");
+    for h in HOST_NAMES {
+        let url = |page: &str| format!("http://{}:{}/{page}", address(h), lab::APP_PORT);
+        let db = reqwest::get(url("db")).await.unwrap().text().await.unwrap();
+        assert_eq!(db.trim(), want, "{h}");
+        let seen = reqwest::get(url("peers"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(seen.trim(), peers, "{h}");
+    }
     let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
     (agent, repo, rel1)
 }
