@@ -249,6 +249,11 @@ impl Deployer {
                 }
             }
         }
+        let vars = switch::vars_after_deploy(&self.config, &plan.vars, &spec.hosts, plan.to.number);
+        for a in spec.hooks.after_deploy.iter().flatten() {
+            vars.render(a)
+                .map_err(|e| anyhow::anyhow!("after_deploy hook: {e}"))?;
+        }
         Ok(())
     }
 
@@ -437,8 +442,13 @@ impl Deployer {
         }
         self.bake(s, say, lost).await?;
         if let Some(argv) = &s.plan.spec.hooks.after_deploy {
-            let mut vars = s.plan.vars.clone();
-            vars.release = Some(s.plan.to.number as u64);
+            let spec = &s.plan.spec;
+            let vars = switch::vars_after_deploy(
+                &self.config,
+                &s.plan.vars,
+                &spec.hosts,
+                s.plan.to.number,
+            );
             self.hook(s, "after_deploy", argv, &vars, say)
                 .await
                 .map_err(|e| Failure::general(format!("{e:#}")))?;

@@ -102,8 +102,9 @@ pub struct FleetHost {
 /// commas in the step's host order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fleet {
-    /// The host being rendered for.
-    pub this: FleetHost,
+    /// The host being rendered for; None where no one host is (`after_deploy`): `${host.*}`
+    /// then renders as "", like `${host}`.
+    pub this: Option<FleetHost>,
     /// Every host of the deploy step, in its order.
     pub all: Vec<FleetHost>,
 }
@@ -208,7 +209,10 @@ impl Vars {
             let values = fleet.all.iter().map(one).collect::<Result<Vec<_>, _>>()?;
             Ok(Some(values.join(",")))
         } else {
-            one(&fleet.this).map(Some)
+            fleet
+                .this
+                .as_ref()
+                .map_or(Ok(Some(String::new())), |h| one(h).map(Some))
         }
     }
 
@@ -349,7 +353,7 @@ mod tests {
         let v = Vars {
             host: Some("web2".into()),
             fleet: Some(Fleet {
-                this: all[1].clone(),
+                this: Some(all[1].clone()),
                 all: all.clone(),
             }),
             ..vars()

@@ -448,9 +448,25 @@ pub(super) fn vars_for(
     v.host = Some(h.to_string());
     v.release = Some(release as u64);
     v.fleet = Some(Fleet {
-        this: one(h),
+        this: Some(one(h)),
         all: hosts.iter().map(|n| one(n)).collect(),
     });
+    v
+}
+
+/// The placeholder values of `after_deploy`: `base` with `release`, and the step's `hosts`
+/// for `${hosts.*}` (no one host: `${host}` and `${host.*}` are "").
+pub(super) fn vars_after_deploy(
+    config: &Config,
+    base: &Vars,
+    hosts: &[String],
+    release: i64,
+) -> Vars {
+    let mut v = vars_for(config, base, hosts, "", release);
+    v.host = base.host.clone();
+    if let Some(f) = v.fleet.as_mut() {
+        f.this = None;
+    }
     v
 }
 
@@ -530,6 +546,13 @@ mod tests {
             env: [("SEEDS".to_string(), "${hosts.peer}".to_string())].into(),
             ..spec
         };
+        let after = vars_after_deploy(&config, &Vars::default(), &hosts, 7);
+        assert_eq!(
+            after
+                .render("${hosts.name} [${host}${host.id}] ${release}")
+                .unwrap(),
+            "b,a [] 7"
+        );
         let err = render_container(&peers, &vars).unwrap_err().to_string();
         assert_eq!(
             err,
