@@ -84,6 +84,9 @@ pub struct RepoConfig {
     pub secret: Secret,
     /// Hosts this repository may deploy to.
     pub hosts: Vec<String>,
+    /// Names of `[secrets]` this repository's pipelines may use, in steps and containers
+    /// (default: none).
+    pub secrets: Vec<String>,
     /// A newer push to a branch cancels its older queued or running run.
     pub cancel_superseded: bool,
 }
@@ -109,6 +112,9 @@ pub struct HostConfig {
     pub address: String,
     /// Client certificate, key and CA for `tcp://` engines.
     pub tls: Option<TlsConfig>,
+    /// Per-host values for `${host.KEY}` and `${hosts.KEY}` in deploy fields (default none).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +248,8 @@ struct RawRepo {
     secret: Spanned<String>,
     #[serde(default = "no_hosts")]
     hosts: Spanned<Vec<String>>,
+    #[serde(default = "no_hosts")]
+    secrets: Spanned<Vec<String>>,
     #[serde(default = "default_true")]
     cancel_superseded: bool,
 }
@@ -338,7 +346,8 @@ impl Config {
         let runner = doc.runner(raw.runner)?;
         let builder = doc.builder(raw.builder)?;
         let hosts = doc.hosts(raw.host)?;
-        let repos = doc.repos(raw.repo, &hosts, source)?;
+        let secret_names: Vec<&str> = raw.secrets.keys().map(String::as_str).collect();
+        let repos = doc.repos(raw.repo, &hosts, &secret_names, source)?;
         let registries = doc.registries(raw.registry, source)?;
         let secrets = doc.secrets(raw.secrets, source)?;
         let tokens = doc.tokens(raw.token)?;
@@ -358,6 +367,32 @@ impl Config {
     /// The configured repository of this name, whatever its forge.
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
         self.repos.iter().find(|r| r.name == name)
+    }
+
+    /// The values of the secrets `names` for a pipeline of repository `repo`, each allowed by
+    /// its `[[repo]] secrets`; `what` says who asks ("step test", "container web"). The error
+    /// names the list to extend.
+    pub fn secret_values(
+        &self,
+        repo: &str,
+        names: &[String],
+        what: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let allowed = self.repo(repo).map(|r| r.secrets.as_slice()).unwrap_or(&[]);
+        let mut values = Vec::new();
+        for name in names {
+            if !allowed.contains(name) {
+                anyhow::bail!(
+                    "{what} asks for secret {name}, which repository {repo} may not use; add \
+                     \"{name}\" to secrets of its [[repo]] entry in hoist.toml"
+                );
+            }
+            let value = self.secrets.get(name).ok_or_else(|| {
+                anyhow::anyhow!("secret {name} is not in [secrets] of hoist.toml; add it there")
+            })?;
+            values.push((name.clone(), value.expose().to_string()));
+        }
+        Ok(values)
     }
 }
 
@@ -446,6 +481,18 @@ impl Doc<'_> {
                     format!("host.{name}.address is empty; give the address health checks reach"),
                 ));
             }
+            if let Some(key) = host.vars.keys().find(|k| {
+                !crate::pipeline::is_var_key(k) || ["name", "address"].contains(&k.as_str())
+            }) {
+                return Err(self.at(
+                    span,
+                    format!(
+                        "host.{name}.vars: key {key:?} cannot be a placeholder: use letters, \
+                         digits, `_` and `-`, and not `name` or `address` (${{host.address}} is the \
+                         host's own address)"
+                    ),
+                ));
+            }
             hosts.insert(name, host);
         }
         Ok(hosts)
@@ -455,11 +502,12 @@ impl Doc<'_> {
         &self,
         raw: Vec<RawRepo>,
         hosts: &BTreeMap<String, HostConfig>,
+        secrets: &[&str],
         source: &dyn SecretSource,
     ) -> Result<Vec<RepoConfig>, ConfigError> {
         let mut repos: Vec<RepoConfig> = Vec::new();
         for r in raw {
-            let repo = self.repo(r, &repos, hosts, source)?;
+            let repo = self.repo(r, &repos, hosts, secrets, source)?;
             repos.push(repo);
         }
         Ok(repos)
@@ -471,6 +519,7 @@ impl Doc<'_> {
         r: RawRepo,
         earlier: &[RepoConfig],
         hosts: &BTreeMap<String, HostConfig>,
+        secrets: &[&str],
         source: &dyn SecretSource,
     ) -> Result<RepoConfig, ConfigError> {
         let name = r.name.get_ref().clone();
@@ -513,12 +562,24 @@ impl Doc<'_> {
                 format!("repo {name}: host {h:?} has no [host.{h}] entry"),
             ));
         }
+        if let Some(n) = r
+            .secrets
+            .get_ref()
+            .iter()
+            .find(|n| !secrets.contains(&n.as_str()))
+        {
+            return Err(self.at(
+                r.secrets.span(),
+                format!("repo {name}: secret {n:?} is not in [secrets]; add {n} = \"env:…\" there"),
+            ));
+        }
         Ok(RepoConfig {
             name,
             url: r.url.into_inner(),
             forge,
             secret,
             hosts: r.hosts.into_inner(),
+            secrets: r.secrets.into_inner(),
             cancel_superseded: r.cancel_superseded,
         })
     }
@@ -855,6 +916,60 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         check(
             &GOOD.replace("file:/secret/hook", "file:/nope"),
             "hoist.toml:12:10: repo acme/web secret: cannot read /nope: No such file",
+        );
+    }
+
+    #[test]
+    fn the_annotated_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent/hoist.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::parse("agent/hoist.toml", &text, &Fake).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.repos[0].secrets, ["DATABASE_URL"]);
+        assert_eq!(c.hosts["h2"].vars["node_id"], "demo-2");
+    }
+
+    #[test]
+    fn repo_secrets_and_host_vars() {
+        let text = GOOD
+            .replace(
+                "hosts = [\"web1\"]",
+                "hosts = [\"web1\"]\nsecrets = [\"DATABASE_URL\"]",
+            )
+            .replace(
+                "address = \"10.0.0.11\"",
+                "address = \"10.0.0.11\"\nvars = { node_id = \"n1\", peer = \"10.0.0.11:7000\" }",
+            );
+        let c = Config::parse("hoist.toml", &text, &Fake).unwrap();
+        assert_eq!(c.repos[0].secrets, ["DATABASE_URL"]);
+        assert_eq!(c.hosts["web1"].vars["node_id"], "n1");
+        assert_eq!(
+            c.secret_values("acme/web", &["DATABASE_URL".into()], "container web")
+                .unwrap(),
+            [(
+                "DATABASE_URL".to_string(),
+                "value-of-DATABASE_URL".to_string()
+            )]
+        );
+        // The default is none: a repository that lists no secrets may use none.
+        let plain = Config::parse("hoist.toml", GOOD, &Fake).unwrap();
+        let err = plain
+            .secret_values("acme/web", &["DATABASE_URL".into()], "container web")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "container web asks for secret DATABASE_URL, which repository acme/web may not use; add \"DATABASE_URL\" to secrets of its [[repo]] entry in hoist.toml"
+        );
+        check(
+            &text.replace(
+                "secrets = [\"DATABASE_URL\"]",
+                "secrets = [\"DB_PASSWORD\"]",
+            ),
+            "hoist.toml:14:11: repo acme/web: secret \"DB_PASSWORD\" is not in [secrets]; add DB_PASSWORD = \"env:…\" there",
+        );
+        check(
+            &text.replace("node_id =", "address ="),
+            "hoist.toml:22:1: host.web1.vars: key \"address\" cannot be a placeholder: use letters, digits, `_` and `-`, and not `name` or `address` (${host.address} is the host's own address)",
         );
     }
 

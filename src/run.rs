@@ -195,6 +195,9 @@ async fn plan(
         }
         return Ok(Err(Verdict::new(Status::Skipped, why)));
     }
+    if let Err(e) = allowed_secrets(&q.config, &run.repo, &pipeline) {
+        return Ok(Err(Verdict::new(Status::Failed, format!("{e:#}"))));
+    }
     let steps = pipeline
         .steps
         .iter()
@@ -209,6 +212,24 @@ async fn plan(
             .await?;
     }
     Ok(Ok(pipeline))
+}
+
+/// Every secret the pipeline names (steps' `secrets`, containers' `container.secrets`) is
+/// allowed by the repository's `[[repo]] secrets` and configured: checked before any step
+/// runs, so that nothing changes on a run that could not finish.
+fn allowed_secrets(
+    config: &crate::config::Config,
+    repo: &str,
+    pipeline: &Pipeline,
+) -> anyhow::Result<()> {
+    for step in &pipeline.steps {
+        config.secret_values(repo, &step.secrets, &format!("step {}", step.name))?;
+        if let Action::Deploy(d) = &step.action {
+            let what = format!("step {} (container.secrets)", step.name);
+            config.secret_values(repo, &d.container.secrets, &what)?;
+        }
+    }
+    Ok(())
 }
 
 fn kind_of(a: &Action) -> StepKind {
@@ -240,6 +261,7 @@ pub fn vars_of(run: &Run, app: &str) -> Vars {
         host: None,
         release: None,
         run: Some(run.id),
+        fleet: None,
     }
 }
 
@@ -565,13 +587,9 @@ fn step_context(
         env.retain(|(name, _)| name != k);
         env.push((k.clone(), v));
     }
-    let mut secrets = Vec::new();
-    for name in &step.secrets {
-        let value = q.config.secrets.get(name).with_context(|| {
-            format!("secret {name} is not in [secrets] of hoist.toml; add it there")
-        })?;
-        secrets.push((name.clone(), value.expose().to_string()));
-    }
+    let secrets =
+        q.config
+            .secret_values(&run.repo, &step.secrets, &format!("step {}", step.name))?;
     let labels = HashMap::from([
         (runner::RUN_LABEL.to_string(), run.id.to_string()),
         (runner::STEP_LABEL.to_string(), step.name.clone()),

@@ -727,6 +727,15 @@ impl Masker {
         self.emit(self.pending.len())
     }
 
+    /// `text` with every secret masked: for whole messages (a deployment's lines, reasons,
+    /// journal details), where nothing is split across chunks.
+    pub fn mask_text(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_string();
+        }
+        String::from_utf8_lossy(&self.fresh().mask_all(text.as_bytes())).into_owned()
+    }
+
     /// A masker for the same values, with nothing pending.
     fn fresh(&self) -> Masker {
         Masker {

@@ -62,14 +62,25 @@ fn app_repo(dir: &Path) -> GitRepo {
     repo
 }
 
+/// The demo app's `container.secrets: [DATABASE_URL]`, from a file of the test's own.
+fn database_url(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("database-url");
+    if !path.exists() {
+        std::fs::write(&path, "postgres://e2e:e2e-database-pw@db/web").unwrap();
+    }
+    path
+}
+
 fn agent(dir: &Path, repo: &GitRepo) -> Agent {
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\n\
+         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\nsecrets = [\"DATABASE_URL\"]\n\
+         [secrets]\nDATABASE_URL = \"file:{}\"\n\
          [[registry]]\nhost = {:?}\ninsecure = true\n{}",
         dir.join("data"),
         lab::builder_url(),
         repo.bare,
+        database_url(dir).display(),
         lab::REGISTRY,
         token_toml()
     );
@@ -92,6 +103,24 @@ async fn first_release(dir: &Path) -> (Agent, GitRepo, Value) {
     let agent = agent(dir, &repo);
     let run = run_end(&agent, push(&agent, &c1).await).await;
     assert_eq!(run["status"], "success", "{run:#}");
+    // The demo app's DATABASE_URL came from [secrets]: each host serves its hash, and the
+    // peer list of the step's hosts.
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(database_url(dir)).unwrap(),
+    ));
+    let peers = HOST_NAMES.map(address).join(",");
+    for h in HOST_NAMES {
+        let url = |page: &str| format!("http://{}:{}/{page}", address(h), lab::APP_PORT);
+        let db = reqwest::get(url("db")).await.unwrap().text().await.unwrap();
+        assert_eq!(db.trim(), want, "{h}");
+        let seen = reqwest::get(url("peers"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(seen.trim(), peers, "{h}");
+    }
     let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
     (agent, repo, rel1)
 }

@@ -141,6 +141,7 @@ fn container(name: &str, ports: &[String], env: &[(&str, &str)]) -> ContainerSpe
             .collect::<BTreeMap<_, _>>(),
         args: Vec::new(),
         volumes: Vec::new(),
+        ..ContainerSpec::default()
     }
 }
 
@@ -156,6 +157,7 @@ fn target<'a>(
         image: &image.0,
         digest: &image.1,
         container,
+        secrets: &[],
     }
 }
 
@@ -166,6 +168,8 @@ fn health(check: HealthCheck, healthy_for_ms: u64, deadline_ms: u64) -> HealthSp
         timeout: Duration::from_secs(2),
         healthy_for: Duration::from_millis(healthy_for_ms),
         deadline: Duration::from_millis(deadline_ms),
+        start_period: Duration::ZERO,
+        fail_after: 0,
     }
 }
 
@@ -173,6 +177,8 @@ fn http(path: &str) -> HealthCheck {
     HealthCheck::Http {
         port: 8080,
         path: path.to_string(),
+        host: None,
+        status: Default::default(),
     }
 }
 
@@ -224,7 +230,10 @@ async fn roll_forward_and_back_on_one_host() {
 
     // Nothing runs as the name yet; keeping nothing is a no-op.
     assert_eq!(host::current(&h1, &name).await.unwrap(), None);
-    assert_eq!(host::keep_current(&h1, &name).await.unwrap(), None);
+    assert_eq!(
+        host::keep_current(&h1, &name, "hoisttest").await.unwrap(),
+        None
+    );
 
     // Release 1.
     let cid1 = host::start(&h1, &target(1, &v1, &spec)).await.unwrap();
@@ -260,7 +269,7 @@ async fn roll_forward_and_back_on_one_host() {
     assert_eq!(host::current(&h1, &name).await.unwrap().unwrap().id, cid1);
 
     // Keep release 1 (stopped, renamed), start release 2.
-    let kept = host::keep_current(&h1, &name).await.unwrap();
+    let kept = host::keep_current(&h1, &name, "hoisttest").await.unwrap();
     assert_eq!(kept.as_deref(), Some(kept_name(&name, 1).as_str()));
     assert_eq!(host::current(&h1, &name).await.unwrap(), None);
     let k = host::current(&h1, &kept_name(&name, 1))
@@ -317,9 +326,13 @@ async fn roll_forward_and_back_on_one_host() {
     );
 
     // Roll back: remove the new one, restore the kept one, read back release 1 running.
-    host::remove(&h1, &name).await.unwrap();
-    host::remove(&h1, &name).await.unwrap(); // already gone: still fine
-    assert!(host::restore_kept(&h1, &name, 1).await.unwrap());
+    host::remove(&h1, &name, "hoisttest").await.unwrap();
+    host::remove(&h1, &name, "hoisttest").await.unwrap(); // already gone: still fine
+    assert!(
+        host::restore_kept(&h1, &name, "hoisttest", 1)
+            .await
+            .unwrap()
+    );
     let rb = host::read_back(&h1, &name, &lab.repo).await.unwrap();
     assert_eq!(rb.digest.as_deref(), Some(v1.1.as_str()));
     assert!(rb.running);
@@ -331,8 +344,16 @@ async fn roll_forward_and_back_on_one_host() {
             .starts_with("v1 ")
     );
     // Nothing left to restore.
-    assert!(!host::restore_kept(&h1, &name, 1).await.unwrap());
-    assert!(!host::restore_kept(&h1, &name, 7).await.unwrap());
+    assert!(
+        !host::restore_kept(&h1, &name, "hoisttest", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !host::restore_kept(&h1, &name, "hoisttest", 7)
+            .await
+            .unwrap()
+    );
 }
 
 /// Only a digest reference whose arrival can be proven is pulled.
@@ -440,7 +461,7 @@ async fn http_404_fails_at_the_deadline_with_the_status() {
     assert_eq!(
         reason,
         format!(
-            "not healthy within 2s: GET http://{}:{port}/nope answered 404 Not Found",
+            "not healthy within 2s: GET http://{}:{port}/nope answered 404 Not Found (healthy: 200-399)",
             address("h2")
         )
     );
@@ -567,7 +588,7 @@ async fn prune_keeps_only_what_is_asked() {
             .await
             .unwrap();
         assert_eq!(
-            host::keep_current(&h2, &name).await.unwrap(),
+            host::keep_current(&h2, &name, "hoisttest").await.unwrap(),
             Some(kept_name(&name, release))
         );
     }
@@ -587,7 +608,9 @@ async fn prune_keeps_only_what_is_asked() {
         .build();
     h2.create_container(Some(options), body).await.unwrap();
 
-    let removed = host::prune(&h2, &name, &BTreeSet::from([2])).await.unwrap();
+    let removed = host::prune(&h2, &name, "hoisttest", &BTreeSet::from([2]))
+        .await
+        .unwrap();
     // Release 1's image serves as release 4, so only release 3's image goes.
     assert_eq!(
         removed,
@@ -621,10 +644,10 @@ async fn prune_keeps_only_what_is_asked() {
         .id
         .unwrap();
     // Release 4 is kept as NAME-r4; release 2 starts again and is kept over the old NAME-r2.
-    host::keep_current(&h2, &name).await.unwrap();
+    host::keep_current(&h2, &name, "hoisttest").await.unwrap();
     host::start(&h2, &target(2, &v2, &spec)).await.unwrap();
     assert_eq!(
-        host::keep_current(&h2, &name).await.unwrap(),
+        host::keep_current(&h2, &name, "hoisttest").await.unwrap(),
         Some(kept_name(&name, 2))
     );
     let now2 = h2
@@ -635,7 +658,9 @@ async fn prune_keeps_only_what_is_asked() {
         .unwrap();
     assert_ne!(kept2, now2);
 
-    let removed = host::prune(&h2, &name, &BTreeSet::new()).await.unwrap();
+    let removed = host::prune(&h2, &name, "hoisttest", &BTreeSet::new())
+        .await
+        .unwrap();
     assert!(removed.contains(&kept_name(&name, 2)), "{removed:?}");
     assert!(removed.contains(&kept_name(&name, 4)), "{removed:?}");
     // v2 stays: the decoy still uses it.
@@ -644,4 +669,65 @@ async fn prune_keeps_only_what_is_asked() {
         "{removed:?}"
     );
     assert!(host::current(&h2, &decoy).await.unwrap().is_some());
+}
+
+/// Every host action checks `hoist.app`: another app's container of the same name, serving or
+/// kept, is never stopped, renamed, removed, restored or pruned; the check before a
+/// deployment names its owner.
+#[tokio::test]
+async fn another_apps_container_is_refused_by_every_action() {
+    let lab = Lab::new("owner", &["h1"]);
+    let h1 = engine("h1").await;
+    let v1 = lab.web("v1", "").await;
+    lab.pull(&h1, "h1", &v1.0, &v1.1).await;
+    let name = lab.name("web");
+    let spec = container(&name, &[], &[]);
+    let theirs = |release| Target {
+        app: "hoisttest-other",
+        ..target(release, &v1, &spec)
+    };
+    host::start(&h1, &theirs(1)).await.unwrap();
+    host::keep_current(&h1, &name, "hoisttest-other")
+        .await
+        .unwrap();
+    host::start(&h1, &theirs(2)).await.unwrap();
+    let before = (
+        host::current(&h1, &name).await.unwrap(),
+        host::current(&h1, &kept_name(&name, 1)).await.unwrap(),
+    );
+    assert!(before.0.as_ref().is_some_and(|c| c.running));
+
+    let owner = |e: anyhow::Error| {
+        let e = format!("{e:#}");
+        assert!(e.contains("belongs to app hoisttest-other"), "{e}");
+    };
+    owner(
+        host::check_owner(&h1, &name, "hoisttest")
+            .await
+            .unwrap_err(),
+    );
+    owner(
+        host::keep_current(&h1, &name, "hoisttest")
+            .await
+            .unwrap_err(),
+    );
+    owner(host::remove(&h1, &name, "hoisttest").await.unwrap_err());
+    owner(
+        host::restore_kept(&h1, &name, "hoisttest", 1)
+            .await
+            .unwrap_err(),
+    );
+    let pruned = host::prune(&h1, &name, "hoisttest", &BTreeSet::new())
+        .await
+        .unwrap();
+    assert!(pruned.is_empty(), "{pruned:?}");
+    let after = (
+        host::current(&h1, &name).await.unwrap(),
+        host::current(&h1, &kept_name(&name, 1)).await.unwrap(),
+    );
+    assert_eq!(after, before);
+    // Its own app passes the check.
+    host::check_owner(&h1, &name, "hoisttest-other")
+        .await
+        .unwrap();
 }

@@ -19,7 +19,7 @@ const DB_URL: &str = "postgres://app:s3cr3t-pa55word@db/app";
 fn agent(dir: &Path, repo: &GitRepo, poll: &str) -> Agent {
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[builder]\ndocker = {:?}\n\n[runner]\npoll_interval = {poll:?}\n\n\
-         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n\n\
+         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nsecrets = [\"DATABASE_URL\"]\n\n\
          [secrets]\nDATABASE_URL = \"file:{}\"\n\n{}",
         dir.join("data"),
         lab::builder_url(),

@@ -4,6 +4,9 @@
 # the shell stays PID 1, forwards TERM and exits at once.
 echo "$VERSION" > /www/version
 echo "${NODE_ID:-unknown}" > /www/node
+echo "${PEERS:-}" > /www/peers
+# The database URL arrives from the agent's [secrets] at deploy time; the page shows only its hash.
+printf '%s' "${DATABASE_URL:-}" | sha256sum | cut -d' ' -f1 > /www/db
 if [ -n "$BROKEN_ON" ] && { [ "$BROKEN_ON" = all ] || [ "$BROKEN_ON" = "$NODE_ID" ]; }; then
   rm -f /www/healthz
 fi

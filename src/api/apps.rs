@@ -72,7 +72,9 @@ pub async fn rollback(
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
     let started = deployer.start(plan).await.map_err(|e| match e {
-        StartError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        StartError::Busy { .. } | StartError::Refused(_) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
         other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
     })?;
     let id = started.id();

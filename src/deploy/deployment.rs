@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::{health, host};
 use crate::config::Config;
 use crate::pipeline::{DeploySpec, Vars};
-use crate::runner::LogSink;
+use crate::runner::{LogSink, Masker};
 use crate::store::{
     Deployment, DeploymentHost, DeploymentKind, DeploymentStatus, HostState, HostUpdate, Lease,
     NewDeployment, Release, Store,
@@ -98,6 +98,11 @@ pub struct Started {
     /// Release each host ran before (read from its container's label).
     before: BTreeMap<String, Option<i64>>,
     engines: BTreeMap<String, Docker>,
+    /// B's `container.secrets` with their values, resolved when the deployment started (a
+    /// rollback gets the current values); never written anywhere.
+    secrets: Vec<(String, String)>,
+    /// Masks every `[secrets]` value in the deployment's log lines, journal and reasons.
+    masker: Masker,
 }
 
 impl Started {
@@ -114,6 +119,10 @@ pub enum StartError {
         "app {app} is being deployed by deployment {deployment}; wait for it (GET /api/v1/deployments/{deployment})"
     )]
     Busy { app: String, deployment: i64 },
+    /// The deployment would break a rule (a secret the repository may not use, a per-host
+    /// key a host lacks, a container of another app): asking again cannot help.
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
 }
@@ -155,7 +164,26 @@ impl Deployer {
     pub async fn start(&self, plan: Plan) -> Result<Started, StartError> {
         let app = plan.to.app.clone();
         let hosts = self.allowed_hosts(&plan)?;
-        let (engines, before) = self.connect(&hosts, &plan.spec.container.name).await?;
+        let what = format!("container {}", plan.spec.container.name);
+        let refused = |e: anyhow::Error| StartError::Refused(e.context("nothing was changed"));
+        let secrets = self
+            .config
+            .secret_values(&plan.to.repo, &plan.spec.container.secrets, &what)
+            .map_err(refused)?;
+        self.prerender(&plan).map_err(refused)?;
+        let name = &plan.spec.container.name;
+        let (engines, before) = self.connect(&hosts, name).await?;
+        let owners = hosts.iter().map(|h| {
+            let (engines, app) = (&engines, &app);
+            async move {
+                host::check_owner(&engines[h], name, app)
+                    .await
+                    .with_context(|| format!("host {h}"))
+            }
+        });
+        for owned in futures_util::future::join_all(owners).await {
+            owned.map_err(refused)?;
+        }
         let per_batch = plan.spec.rollout.max_parallel.max(1) as usize;
         let batches = hosts
             .iter()
@@ -192,7 +220,41 @@ impl Deployer {
             hosts,
             before,
             engines,
+            secrets,
+            masker: self.masker(),
         })
+    }
+
+    /// A masker for every `[secrets]` value: whichever release a deployment touches (B, or
+    /// A in a revert), none of them reaches its log.
+    fn masker(&self) -> Masker {
+        Masker::new(self.config.secrets.values().map(|v| v.expose().to_string()))
+    }
+
+    /// Render every per-host field for every host before anything changes: a placeholder
+    /// naming a key some host lacks fails here, naming the host and the key.
+    fn prerender(&self, plan: &Plan) -> anyhow::Result<()> {
+        let spec = &plan.spec;
+        for h in &spec.hosts {
+            let vars = switch::vars_for(&self.config, &plan.vars, &spec.hosts, h, plan.to.number);
+            render_container(&spec.container, &vars)
+                .with_context(|| format!("container {} for host {h}", spec.container.name))?;
+            for (which, argv) in [
+                ("before_host", &spec.hooks.before_host),
+                ("after_host", &spec.hooks.after_host),
+            ] {
+                for a in argv.iter().flatten() {
+                    vars.render(a)
+                        .map_err(|e| anyhow::anyhow!("{which} hook for host {h}: {e}"))?;
+                }
+            }
+        }
+        let vars = switch::vars_after_deploy(&self.config, &plan.vars, &spec.hosts, plan.to.number);
+        for a in spec.hooks.after_deploy.iter().flatten() {
+            vars.render(a)
+                .map_err(|e| anyhow::anyhow!("after_deploy hook: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The plan's hosts, each configured and allowed for the repository.
@@ -250,7 +312,11 @@ impl Deployer {
             lost.clone(),
             self.shutdown.clone(),
         ));
-        let verdict = self.drive(&s, &say_to(log), &lost).await;
+        let masker = &s.masker;
+        let say = |m: String| {
+            let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
+        };
+        let verdict = self.drive(&s, &say, &lost).await;
         renewer.abort();
         verdict
     }
@@ -335,6 +401,7 @@ impl Deployer {
         reason: Option<String>,
         failing_host: Option<String>,
     ) -> Verdict {
+        let reason = reason.map(|r| s.masker.mask_text(&r));
         if let Err(e) = self
             .store
             .finish_deployment(
@@ -375,8 +442,13 @@ impl Deployer {
         }
         self.bake(s, say, lost).await?;
         if let Some(argv) = &s.plan.spec.hooks.after_deploy {
-            let mut vars = s.plan.vars.clone();
-            vars.release = Some(s.plan.to.number as u64);
+            let spec = &s.plan.spec;
+            let vars = switch::vars_after_deploy(
+                &self.config,
+                &s.plan.vars,
+                &spec.hosts,
+                s.plan.to.number,
+            );
             self.hook(s, "after_deploy", argv, &vars, say)
                 .await
                 .map_err(|e| Failure::general(format!("{e:#}")))?;
@@ -449,9 +521,10 @@ impl Deployer {
 
     /// Best effort: the revert's error already goes into the verdict.
     async fn journal_revert_failed(&self, s: &Started, h: &str, e: &anyhow::Error) {
+        let why = s.masker.mask_text(&format!("{e:#}"));
         let u = HostUpdate {
             state: Some(HostState::Failed),
-            reason: Some(format!("{e:#}")),
+            reason: Some(why.clone()),
             ..Default::default()
         };
         let _ = self
@@ -460,7 +533,7 @@ impl Deployer {
                 s.lease.clone(),
                 h.to_string(),
                 "revert failed".into(),
-                Some(format!("{e:#}")),
+                Some(why),
                 u,
             )
             .await;
@@ -478,7 +551,8 @@ impl Deployer {
         keep.insert(s.plan.to.number);
         keep.extend(s.before.values().flatten());
         for h in &s.hosts {
-            match host::prune(&s.engines[h], &s.plan.spec.container.name, &keep).await {
+            let name = &s.plan.spec.container.name;
+            match host::prune(&s.engines[h], name, &s.plan.to.app, &keep).await {
                 Ok(removed) if !removed.is_empty() => {
                     say(format!("  {h}: pruned {}", removed.join(", ")))
                 }
@@ -491,7 +565,10 @@ impl Deployer {
     /// At start: resolve deployments a crash left running. If B had completed (every host
     /// verified on B), verify again and call it succeeded; otherwise revert every touched host.
     pub async fn recover(&self, log: &LogSink) -> anyhow::Result<Vec<Verdict>> {
-        let say = say_to(log);
+        let masker = self.masker();
+        let say = |m: String| {
+            let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
+        };
         let mut out = Vec::new();
         for d in self.store.running_deployments().await? {
             let (started, journal) = self.reopen(&d).await?;
@@ -539,7 +616,15 @@ impl Deployer {
                 }
             }
         }
+        let what = format!("container {}", spec.container.name);
+        // Recovery only reverts (or verifies); a revert resolves A's own secrets.
+        let secrets = self
+            .config
+            .secret_values(&release.repo, &spec.container.secrets, &what)
+            .unwrap_or_default();
         let started = Started {
+            secrets,
+            masker: self.masker(),
             lease,
             plan: Plan {
                 vars: Vars {
@@ -627,13 +712,6 @@ async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: 
             lost.cancel();
             return;
         }
-    }
-}
-
-/// Progress lines for a deployment's log.
-fn say_to(log: &LogSink) -> impl Fn(String) + '_ {
-    |m: String| {
-        let _ = log.send(format!("{m}\n").into_bytes());
     }
 }
 

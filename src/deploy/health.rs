@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{HealthCheck, HealthSpec};
+use crate::pipeline::{HealthCheck, HealthSpec, StatusRange};
 
 /// Lines of the container's log quoted when it exited.
 const LOG_TAIL_LINES: usize = 10;
@@ -95,6 +95,8 @@ pub async fn wait_healthy(
     let mut checks = 0u32;
     let mut healthy_since: Option<Instant> = None;
     let mut last_failure: Option<String> = None;
+    // Failing checks in a row after `start_period`, for `fail_after`.
+    let mut failing = 0u32;
     loop {
         let at = Instant::now();
         checks += 1;
@@ -104,6 +106,7 @@ pub async fn wait_healthy(
         };
         match outcome {
             Ok(()) => {
+                failing = 0;
                 let since = *healthy_since.get_or_insert(at);
                 if at.duration_since(since) >= spec.healthy_for {
                     return Ok(HealthReport {
@@ -115,6 +118,17 @@ pub async fn wait_healthy(
             Err(Fail::Fatal(reason)) => return Err(Unhealthy(reason)),
             Err(Fail::Retry(reason)) => {
                 healthy_since = None;
+                // Failures while the service may still be starting do not count.
+                if at.duration_since(started) >= spec.start_period {
+                    failing += 1;
+                }
+                if spec.fail_after > 0 && failing >= spec.fail_after {
+                    return Err(Unhealthy(format!(
+                        "{failing} failing check{} in a row (fail_after: {}): {reason}",
+                        if failing == 1 { "" } else { "s" },
+                        spec.fail_after
+                    )));
+                }
                 last_failure = Some(reason);
             }
         }
@@ -164,9 +178,19 @@ async fn check(
 ) -> Result<(), Fail> {
     let inspect = alive(docker, container).await?;
     match &spec.check {
-        HealthCheck::Http { port, path } => {
+        HealthCheck::Http {
+            port,
+            path,
+            host: header,
+            status,
+        } => {
             let (host, host_port) = published(&inspect, *port, address)?;
-            http_probe(&host, host_port, path, spec.timeout).await
+            let probe = HttpProbe {
+                path,
+                header: header.as_deref(),
+                status: *status,
+            };
+            http_probe(&host, host_port, &probe, spec.timeout).await
         }
         HealthCheck::Tcp(port) => {
             let (host, host_port) = published(&inspect, *port, address)?;
@@ -372,18 +396,46 @@ fn http_client() -> Result<&'static reqwest::Client, Fail> {
         })
 }
 
-async fn http_probe(host: &str, port: u16, path: &str, timeout: Duration) -> Result<(), Fail> {
+/// What an HTTP probe asks and accepts.
+struct HttpProbe<'a> {
+    /// Request path.
+    path: &'a str,
+    /// The `Host` header, when not the address.
+    header: Option<&'a str>,
+    /// Statuses that count as healthy.
+    status: StatusRange,
+}
+
+async fn http_probe(
+    host: &str,
+    port: u16,
+    probe: &HttpProbe<'_>,
+    timeout: Duration,
+) -> Result<(), Fail> {
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_string()
     };
+    let path = probe.path;
     let slash = if path.starts_with('/') { "" } else { "/" };
     let url = format!("http://{host}:{port}{slash}{path}");
     let client = http_client()?;
-    match client.get(&url).timeout(timeout).send().await {
-        Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
-        Ok(resp) => Err(Fail::Retry(format!("GET {url} answered {}", resp.status()))),
+    let mut request = client.get(&url).timeout(timeout);
+    if let Some(header) = probe.header {
+        request = request.header(reqwest::header::HOST, header);
+    }
+    match request.send().await {
+        Ok(resp) if probe.status.contains(resp.status().as_u16()) => Ok(()),
+        Ok(resp) => Err(Fail::Retry(format!(
+            "GET {url}{} answered {} (healthy: {})",
+            probe
+                .header
+                .map(|h| format!(" (Host: {h})"))
+                .unwrap_or_default(),
+            resp.status(),
+            probe.status
+        ))),
         Err(e) if e.is_timeout() => Err(Fail::Retry(format!(
             "GET {url}: no answer within {}",
             humantime::format_duration(timeout)

@@ -20,12 +20,12 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
-    HostConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, NetworkCreateRequest, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, RenameContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectNetworkOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -43,9 +43,6 @@ pub const COMMIT_LABEL: &str = "hoist.commit";
 /// Label naming the manifest digest (`sha256:…`) on every container hoist creates.
 pub const DIGEST_LABEL: &str = "hoist.digest";
 
-/// Seconds a serving container gets to stop gracefully before it is killed.
-const STOP_TIMEOUT_SECS: i32 = 10;
-
 /// What to run on a host: one release of one app.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
@@ -61,6 +58,8 @@ pub struct Target<'a> {
     pub digest: &'a str,
     /// The container, already rendered for this host (`${host}` and friends filled).
     pub container: &'a ContainerSpec,
+    /// The values of `container.secrets`, resolved now: set as env vars, never as labels.
+    pub secrets: &'a [(String, String)],
 }
 
 /// What runs as a container name now.
@@ -68,6 +67,8 @@ pub struct Target<'a> {
 pub struct Current {
     /// Container ID.
     pub id: String,
+    /// The `hoist.app` label; None for a container hoist did not create.
+    pub app: Option<String>,
     /// Its process runs (a restarting or paused container does not count).
     pub running: bool,
     /// The `hoist.release` label; None for a container hoist did not create.
@@ -243,6 +244,7 @@ pub async fn current(docker: &Docker, name: &str) -> anyhow::Result<Option<Curre
     let running = is_running(state.status);
     Ok(Some(Current {
         id: c.id.unwrap_or_default(),
+        app: labels.get(APP_LABEL).cloned(),
         running,
         release: labels.get(RELEASE_LABEL).and_then(|r| r.parse().ok()),
         digest: labels.get(DIGEST_LABEL).cloned(),
@@ -251,10 +253,71 @@ pub async fn current(docker: &Docker, name: &str) -> anyhow::Result<Option<Curre
     }))
 }
 
-/// Stop `name` (gracefully, up to 10 s) and rename it `NAME-r<release>` after its release
-/// label, replacing an older container of that kept name. Returns the kept name; Ok(None)
-/// when no container is named `name`.
-pub async fn keep_current(docker: &Docker, name: &str) -> anyhow::Result<Option<String>> {
+/// Refuse to act on a container of another app: `labels` are the container's, `name` its
+/// name. Ok when it belongs to `app`.
+fn owned_by(app: &str, name: &str, labels: Option<&HashMap<String, String>>) -> anyhow::Result<()> {
+    let labels = labels.cloned().unwrap_or_default();
+    match labels.get(APP_LABEL) {
+        Some(owner) if owner == app => Ok(()),
+        Some(owner) => bail!(
+            "container {name} on the host belongs to app {owner} (label {APP_LABEL}={owner}), \
+             not {app}: hoist never stops, renames, prunes or replaces another app's container; \
+             give one of the two apps another container.name"
+        ),
+        None => bail!(
+            "container {name} on the host was not started by hoist (it has no {APP_LABEL} \
+             label), so hoist will not replace it; remove or rename it (`docker rm -f {name}`) \
+             and deploy again"
+        ),
+    }
+}
+
+/// Before anything changes: the container `name` and the kept ones `NAME-r<N>` on the host
+/// are `app`'s (or absent). The error names the container and the app that owns it.
+pub async fn check_owner(docker: &Docker, name: &str, app: &str) -> anyhow::Result<()> {
+    let filters = HashMap::from([("name", vec![name.to_string()])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let listed = docker
+        .list_containers(Some(options))
+        .await
+        .context("the host's Docker engine cannot list containers")?;
+    let prefix = format!("{name}-r");
+    for c in listed {
+        for cname in c.names.iter().flatten().map(|n| n.trim_start_matches('/')) {
+            let kept = cname
+                .strip_prefix(&prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if cname == name {
+                owned_by(app, cname, c.labels.as_ref())?;
+            } else if kept && c.labels.as_ref().is_some_and(|l| l.contains_key(APP_LABEL)) {
+                // A kept name without hoist's labels is nobody's release: prune skips it.
+                owned_by(app, cname, c.labels.as_ref())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stop `name` (gracefully: its stop signal, then up to its stop timeout) and rename it
+/// `NAME-r<release>` after its release label, replacing an older container of that kept
+/// name. Returns the kept name; Ok(None) when no container is named `name`. Refuses a
+/// container of another app than `app`.
+pub async fn keep_current(
+    docker: &Docker,
+    name: &str,
+    app: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(None);
+    };
+    owned_by(
+        app,
+        name,
+        c.config.as_ref().and_then(|cfg| cfg.labels.as_ref()),
+    )?;
     let Some(cur) = current(docker, name).await? else {
         return Ok(None);
     };
@@ -266,14 +329,19 @@ pub async fn keep_current(docker: &Docker, name: &str) -> anyhow::Result<Option<
         );
     };
     let kept = kept_name(name, release);
-    let stop = StopContainerOptionsBuilder::default()
-        .t(STOP_TIMEOUT_SECS)
-        .build();
+    // Without `t`, the engine waits the container's own StopTimeout (`stop_timeout`, default
+    // 10 s) after its StopSignal.
+    let stop = StopContainerOptionsBuilder::default().build();
     docker
         .stop_container(&cur.id, Some(stop))
         .await
         .with_context(|| format!("the host's Docker engine could not stop container {name}"))?;
     if let Some(old) = inspect_named(docker, &kept).await? {
+        owned_by(
+            app,
+            &kept,
+            old.config.as_ref().and_then(|cfg| cfg.labels.as_ref()),
+        )?;
         force_remove(docker, old.id.as_deref().unwrap_or(&kept))
             .await
             .with_context(|| {
@@ -293,21 +361,45 @@ pub async fn start(docker: &Docker, t: &Target<'_>) -> anyhow::Result<String> {
     let spec = t.container;
     let name = spec.name.as_str();
     let (exposed, bindings) = port_bindings(&spec.ports)?;
-    let labels = HashMap::from([
+    // The user's labels first: hoist's own always win (validation refuses `hoist.*` anyway).
+    let mut labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.extend([
         (APP_LABEL.to_string(), t.app.to_string()),
         (RELEASE_LABEL.to_string(), t.release.to_string()),
         (COMMIT_LABEL.to_string(), t.commit.to_string()),
         (DIGEST_LABEL.to_string(), t.digest.to_string()),
     ]);
+    if let Some(network) = &spec.network {
+        ensure_network(docker, network).await?;
+    }
+    let env = spec
+        .env
+        .iter()
+        .chain(t.secrets.iter().map(|(k, v)| (k, v)))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let body = ContainerCreateBody {
         image: Some(t.image.to_string()),
         cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        entrypoint: spec.entrypoint.clone(),
+        env: Some(env),
         labels: Some(labels),
+        user: spec.user.clone(),
+        working_dir: spec.working_dir.clone(),
+        hostname: spec.hostname.clone(),
+        stop_signal: spec.stop_signal.clone(),
+        stop_timeout: spec.stop_timeout.map(|d| d.as_secs_f64().ceil() as i64),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+            network_mode: spec.network.clone(),
+            memory: spec.memory.map(|m| m as i64),
+            nano_cpus: spec.cpus.map(|c| (c * 1e9).round() as i64),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                 maximum_retry_count: None,
@@ -347,12 +439,46 @@ pub async fn start(docker: &Docker, t: &Target<'_>) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// The user-defined network `name` exists on the host: created (bridge driver, labelled
+/// `hoist.network`) when missing, so that containers on it resolve each other by name. An
+/// existing network of that name is used as it is, like compose's external networks.
+pub async fn ensure_network(docker: &Docker, name: &str) -> anyhow::Result<()> {
+    match docker
+        .inspect_network(name, None::<InspectNetworkOptions>)
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => bail!("the host's Docker engine cannot inspect network {name}: {e}"),
+    }
+    let request = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".to_string()),
+        labels: Some(HashMap::from([(
+            "hoist.network".to_string(),
+            "true".to_string(),
+        )])),
+        ..Default::default()
+    };
+    match docker.create_network(request).await {
+        Ok(_) => Ok(()),
+        // Another deployment created it meanwhile.
+        Err(e) if is_conflict(&e) => Ok(()),
+        Err(e) => bail!("the host's Docker engine could not create network {name}: {e}"),
+    }
+}
+
 /// Remove the container `name` (killing it if it runs), with its anonymous volumes. No-op
-/// when there is none.
-pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
+/// when there is none. Refuses a container of another app than `app`.
+pub async fn remove(docker: &Docker, name: &str, app: &str) -> anyhow::Result<()> {
     let Some(c) = inspect_named(docker, name).await? else {
         return Ok(());
     };
+    owned_by(
+        app,
+        name,
+        c.config.as_ref().and_then(|cfg| cfg.labels.as_ref()),
+    )?;
     force_remove(docker, c.id.as_deref().unwrap_or(name))
         .await
         .with_context(|| format!("the host's Docker engine could not remove container {name}"))
@@ -361,11 +487,21 @@ pub async fn remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
 /// Restore `NAME-r<release>` as `name` and start it: the old container with its old settings.
 /// Ok(false) when no such kept container exists. Fails, changing nothing, while a container
 /// named `name` exists.
-pub async fn restore_kept(docker: &Docker, name: &str, release: i64) -> anyhow::Result<bool> {
+pub async fn restore_kept(
+    docker: &Docker,
+    name: &str,
+    app: &str,
+    release: i64,
+) -> anyhow::Result<bool> {
     let kept = kept_name(name, release);
     let Some(old) = inspect_named(docker, &kept).await? else {
         return Ok(false);
     };
+    owned_by(
+        app,
+        &kept,
+        old.config.as_ref().and_then(|cfg| cfg.labels.as_ref()),
+    )?;
     if inspect_named(docker, name).await?.is_some() {
         bail!(
             "cannot restore {kept} as {name}: a container named {name} still exists; remove it first"
@@ -387,6 +523,22 @@ pub async fn restore_kept(docker: &Docker, name: &str, release: i64) -> anyhow::
         bail!(msg);
     }
     Ok(true)
+}
+
+/// Whether the container `name` was created with every `NAME=value` of `env` (true when no
+/// such container exists): a kept release created with a secret's old value is not restored.
+pub async fn env_has(
+    docker: &Docker,
+    name: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<bool> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(true);
+    };
+    let have = c.config.and_then(|cfg| cfg.env).unwrap_or_default();
+    Ok(env
+        .iter()
+        .all(|(k, v)| have.iter().any(|e| *e == format!("{k}={v}"))))
 }
 
 /// Read back what the host runs as `name`: the container's image, and that image's manifest
@@ -437,11 +589,12 @@ pub async fn read_back(docker: &Docker, name: &str, repository: &str) -> anyhow:
 pub async fn prune(
     docker: &Docker,
     name: &str,
+    app: &str,
     keep: &BTreeSet<i64>,
 ) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     let mut images = Vec::new();
-    for (cname, c) in stale_kept(docker, name, keep).await? {
+    for (cname, c) in stale_kept(docker, name, app, keep).await? {
         let Some(id) = c.id.as_deref() else { continue };
         force_remove(docker, id).await.with_context(|| {
             format!("the host's Docker engine could not remove kept container {cname}")
@@ -463,11 +616,12 @@ pub async fn prune(
     Ok(removed)
 }
 
-/// The kept containers `NAME-r<N>` with N not in `keep` and a release label saying N, oldest
-/// first, with their names.
+/// The kept containers `NAME-r<N>` of `app` with N not in `keep` and a release label saying
+/// N, oldest first, with their names.
 async fn stale_kept(
     docker: &Docker,
     name: &str,
+    app: &str,
     keep: &BTreeSet<i64>,
 ) -> anyhow::Result<Vec<(String, ContainerSummary)>> {
     // The name filter is a regular expression matched anywhere; it only narrows the listing.
@@ -505,7 +659,8 @@ async fn stale_kept(
             .as_ref()
             .and_then(|l| l.get(RELEASE_LABEL))
             .and_then(|r| r.parse::<i64>().ok());
-        if labelled != Some(release) {
+        let owner = c.labels.as_ref().and_then(|l| l.get(APP_LABEL));
+        if labelled != Some(release) || owner.map(String::as_str) != Some(app) {
             continue;
         }
         stale.push((release, cname.to_string(), c));

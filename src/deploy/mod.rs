@@ -116,6 +116,8 @@ pub async fn app_hosts_now(
     config: &Config,
     app: &str,
 ) -> anyhow::Result<Vec<AppHostNow>> {
+    let masker =
+        crate::runner::Masker::new(config.secrets.values().map(|v| v.expose().to_string()));
     let mut out = Vec::new();
     for h in store.app_hosts(app.to_string()).await? {
         let release = match h.release {
@@ -153,7 +155,8 @@ pub async fn app_hosts_now(
                     .await
                     {
                         Ok(()) => "healthy".into(),
-                        Err(why) => format!("unhealthy: {why}"),
+                        // The reason can quote the container's log, which can hold a secret.
+                        Err(why) => masker.mask_text(&format!("unhealthy: {why}")),
                     };
                 }
                 Err(e) => row.health = format!("unreachable: {e:#}"),

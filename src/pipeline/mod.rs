@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use triggers::skip_ci;
-pub use vars::{RenderError, TagError, Vars, sanitize_tag};
+pub use vars::{Fleet, FleetHost, RenderError, TagError, Vars, is_var_key, sanitize_tag};
 
 /// Where the pipeline lives, at the root of the application's repository.
 pub const FILE_NAME: &str = ".hoist.yml";
@@ -163,6 +163,41 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     /// Volumes, as `docker run -v` takes them.
     pub volumes: Vec<String>,
+    /// Names of agent `[secrets]` given to the container as env vars, resolved at deploy time
+    /// (a rollback gets the current value): only names are stored, never values.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// A user-defined Docker network the container joins (created on the host when missing),
+    /// so that containers on one host reach each other by name.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Memory limit in bytes (`memory: 512m` in the file).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (`cpus: "1.5"`).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Signal that stops the container (`SIGTERM` by default, the image's own when set there).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// Grace period between the stop signal and SIGKILL (engine default 10s).
+    #[serde(default, with = "opt_duration_text")]
+    pub stop_timeout: Option<Duration>,
+    /// The user the process runs as (`user: "1000:1000"`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The process's working directory.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Overrides the image's entrypoint; placeholders allowed.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// The container's hostname; placeholders allowed (`${host}`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Extra labels; `hoist.*` is hoist's own and refused.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Health checking of a freshly started container.
@@ -182,6 +217,13 @@ pub struct HealthSpec {
     /// Not healthy by then: the host failed (default 60s).
     #[serde(with = "duration_text")]
     pub deadline: Duration,
+    /// Failing checks before this do not count (default 0s); passing ones do.
+    #[serde(default, with = "duration_text")]
+    pub start_period: Duration,
+    /// N > 0: N failing checks in a row after `start_period` fail the host at once, without
+    /// waiting for the deadline (default 0: only the deadline fails it).
+    #[serde(default)]
+    pub fail_after: u32,
 }
 
 /// The probe of a [`HealthSpec`]. YAML: exactly one of `http: {port, path}`, `tcp: PORT`,
@@ -189,12 +231,18 @@ pub struct HealthSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheck {
-    /// GET `path` on the container's `port`; a 2xx answer is healthy.
+    /// GET `path` on the container's `port`; an answer in `status` is healthy.
     Http {
         /// Container port.
         port: u16,
         /// Request path, starting with `/` (default `/`).
         path: String,
+        /// The `Host` header to send (default: the host's address and port).
+        #[serde(default)]
+        host: Option<String>,
+        /// The statuses that count as healthy (default 200-399).
+        #[serde(default)]
+        status: StatusRange,
     },
     /// A TCP connection to this container port is accepted.
     Tcp(u16),
@@ -202,6 +250,39 @@ pub enum HealthCheck {
     Command(Vec<String>),
     /// The image's own `HEALTHCHECK` reports healthy.
     Docker,
+}
+
+/// An inclusive range of HTTP statuses, written "200-399" or "204".
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status that counts.
+    pub from: u16,
+    /// Highest status that counts.
+    pub to: u16,
+}
+
+impl Default for StatusRange {
+    /// 2xx and 3xx: the service answered and did not say it is broken.
+    fn default() -> Self {
+        StatusRange { from: 200, to: 399 }
+    }
+}
+
+impl StatusRange {
+    /// Whether `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.from..=self.to).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.from == self.to {
+            write!(f, "{}", self.from)
+        } else {
+            write!(f, "{}-{}", self.from, self.to)
+        }
+    }
 }
 
 /// How a deployment moves through the hosts.
@@ -404,16 +485,21 @@ steps:
                             env: map(&[("NODE_ID", "${host}")]),
                             args: vec![],
                             volumes: vec![],
+                            ..ContainerSpec::default()
                         },
                         health: HealthSpec {
                             check: HealthCheck::Http {
                                 port: 8080,
                                 path: "/healthz".into(),
+                                host: None,
+                                status: StatusRange::default(),
                             },
                             interval: secs(1),
                             timeout: secs(2),
                             healthy_for: secs(5),
                             deadline: secs(60),
+                            start_period: Duration::ZERO,
+                            fail_after: 0,
                         },
                         rollout: RolloutSpec {
                             max_parallel: 1,
@@ -526,7 +612,9 @@ steps:
             d.health.check,
             HealthCheck::Http {
                 port: 80,
-                path: "/".into()
+                path: "/".into(),
+                host: None,
+                status: StatusRange::default(),
             }
         );
     }

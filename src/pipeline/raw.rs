@@ -118,6 +118,48 @@ pub(super) struct RawContainer {
     pub(super) args: Vec<S<String>>,
     #[serde(default)]
     pub(super) volumes: Vec<S<String>>,
+    #[serde(default)]
+    pub(super) secrets: Vec<S<String>>,
+    pub(super) network: Option<S<String>>,
+    pub(super) memory: Option<S<Scalar>>,
+    pub(super) cpus: Option<S<Scalar>>,
+    pub(super) stop_signal: Option<S<String>>,
+    pub(super) stop_timeout: Option<S<String>>,
+    pub(super) user: Option<S<Scalar>>,
+    pub(super) working_dir: Option<S<String>>,
+    pub(super) entrypoint: Option<S<Vec<S<String>>>>,
+    pub(super) hostname: Option<S<String>>,
+    #[serde(default)]
+    pub(super) labels: BTreeMap<String, S<String>>,
+}
+
+/// A single value written as a string or a number (`cpus: 1.5`, `cpus: "1.5"`, `user: 1000`),
+/// kept as its text; what it must look like is a validation rule.
+pub(super) struct Scalar(pub(super) String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a single value, like \"1.5\" or 512m")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `deploy.health:`; exactly one check is a validation rule.
@@ -132,6 +174,8 @@ pub(super) struct RawHealth {
     pub(super) timeout: Option<S<String>>,
     pub(super) healthy_for: Option<S<String>>,
     pub(super) deadline: Option<S<String>>,
+    pub(super) start_period: Option<S<String>>,
+    pub(super) fail_after: Option<S<i64>>,
 }
 
 /// `health.http:`.
@@ -140,6 +184,8 @@ pub(super) struct RawHealth {
 pub(super) struct RawHttp {
     pub(super) port: S<i64>,
     pub(super) path: Option<S<String>>,
+    pub(super) host: Option<S<String>>,
+    pub(super) status: Option<S<Scalar>>,
 }
 
 /// `deploy.rollout:`; a missing one is the default of every key.
@@ -300,7 +346,7 @@ mod tests {
         );
         check(
             &with_deploy("").replace("{tcp: 8080}", "{tcp: 1, retries: 3}"),
-            ".hoist.yml:11:24: unknown field `retries`, expected one of http, tcp, command, docker, interval, timeout, healthy_for, deadline",
+            ".hoist.yml:11:24: unknown field `retries`, expected one of http, tcp, command, docker, interval, timeout, healthy_for, deadline, start_period, fail_after",
         );
         check(
             &with_deploy("").replace("[web1]", "web1"),

@@ -15,7 +15,7 @@ use super::raw::{
 use super::triggers::build_glob;
 use super::{
     Action, BuildSpec, ContainerSpec, DeploySpec, HealthCheck, HealthSpec, HooksSpec, Pipeline,
-    Problem, RolloutSpec, Step, Triggers, Vars,
+    Problem, RolloutSpec, StatusRange, Step, Triggers, Vars,
 };
 
 /// The pipeline, or every problem found in it sorted by place (problems at one place keep the
@@ -578,13 +578,207 @@ fn convert_container(c: S<RawContainer>, problems: &mut Problems) -> ContainerSp
             problems.at(volume.referenced, "empty volume");
         }
     }
+    check_secrets(problems, &raw.secrets);
+    let mut seen = BTreeSet::new();
+    for secret in &raw.secrets {
+        if !seen.insert(secret.value.as_str()) {
+            problems.at(
+                secret.referenced,
+                format!("secret {:?} is listed twice", secret.value),
+            );
+        } else if env.contains_key(&secret.value) {
+            problems.at(
+                secret.referenced,
+                format!(
+                    "secret {:?} is also set in `container.env`; keep one of the two",
+                    secret.value
+                ),
+            );
+        }
+    }
+    let network = raw.network.map(|n| {
+        if let Err(why) = check_network(&n.value) {
+            problems.at(n.referenced, why);
+        }
+        n.value
+    });
+    let memory = raw.memory.and_then(|m| match parse_memory(&m.value.0) {
+        Ok(bytes) => Some(bytes),
+        Err(why) => {
+            problems.at(m.referenced, why);
+            None
+        }
+    });
+    let cpus = raw
+        .cpus
+        .and_then(|c| match c.value.0.trim().parse::<f64>() {
+            Ok(n) if n > 0.0 && n <= 1024.0 && n.is_finite() => Some(n),
+            _ => {
+                problems.at(
+                c.referenced,
+                format!(
+                    "`cpus` {:?} is not a number of CPUs: write a positive decimal like \"1.5\"",
+                    c.value.0
+                ),
+            );
+                None
+            }
+        });
+    let stop_signal = raw.stop_signal.map(|sig| {
+        if !is_signal(&sig.value) {
+            problems.at(
+                sig.referenced,
+                format!(
+                    "`stop_signal` {:?} is not a signal: write its name, like SIGTERM or SIGQUIT, \
+                     or its number",
+                    sig.value
+                ),
+            );
+        }
+        sig.value
+    });
+    let stop_timeout =
+        raw.stop_timeout
+            .as_ref()
+            .and_then(|t| match crate::config::duration::parse(&t.value) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.at(t.referenced, format!("`stop_timeout`: {e}"));
+                    None
+                }
+            });
+    let user = raw.user.map(|u| {
+        if u.value.0.is_empty() || u.value.0.contains(char::is_whitespace) {
+            problems.at(
+                u.referenced,
+                format!(
+                    "`user` {:?} is not a user: write a name or UID, optionally `:GROUP`",
+                    u.value.0
+                ),
+            );
+        }
+        u.value.0
+    });
+    let working_dir = raw.working_dir.map(|w| {
+        if !w.value.starts_with('/') {
+            problems.at(
+                w.referenced,
+                format!("`working_dir` {:?} must be an absolute path", w.value),
+            );
+        }
+        w.value
+    });
+    let entrypoint = raw.entrypoint.map(|e| argv(problems, &e, "entrypoint"));
+    let hostname = raw.hostname.map(|h| {
+        check_template(problems, &h);
+        h.value
+    });
+    let mut labels = BTreeMap::new();
+    for (key, value) in &raw.labels {
+        if key.starts_with("hoist.") || key.is_empty() {
+            problems.at(
+                value.referenced,
+                format!(
+                    "label {key:?} is not allowed: `hoist.*` labels are hoist's own (app, \
+                     release, commit, digest); name yours otherwise"
+                ),
+            );
+        }
+        check_template(problems, value);
+        labels.insert(key.clone(), value.value.clone());
+    }
     ContainerSpec {
         name,
         ports: strings(&raw.ports),
         env,
         args: strings(&raw.args),
         volumes: strings(&raw.volumes),
+        secrets: strings(&raw.secrets),
+        network,
+        memory,
+        cpus,
+        stop_signal,
+        stop_timeout,
+        user,
+        working_dir,
+        entrypoint,
+        hostname,
+        labels,
     }
+}
+
+/// A user-defined network's name, which containers on it resolve each other by.
+fn check_network(name: &str) -> Result<(), String> {
+    if ["bridge", "host", "none", "default"].contains(&name) {
+        return Err(format!(
+            "`network` {name:?} is one of Docker's own networks; name a network of your own \
+             (hoist creates it when missing), so that containers on a host reach each other by name"
+        ));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if name.len() > 64 || !is_name(name, |c| c.is_ascii_alphanumeric(), ok) {
+        return Err(format!(
+            "`network` {name:?} is not a network name: letters, digits, `_`, `.`, `-`, \
+             starting with a letter or digit, at most 64 characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Docker's smallest memory limit.
+const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+/// `512m`, `1.5g`, `1048576` (bytes): a number and an optional unit b, k, m, g, t (powers of
+/// 1024, as Docker reads them; `kb`, `mib` and friends too).
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let usage = || {
+        format!(
+            "`memory` {text:?} is not a size: write a number and a unit, like \"512m\" or \"1g\""
+        )
+    };
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| usage())?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
+        .unwrap_or(unit);
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(usage()),
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 / 2.0 {
+        return Err(usage());
+    }
+    let bytes = bytes as u64;
+    if bytes < MIN_MEMORY {
+        return Err(format!(
+            "`memory` {text:?} is below Docker's smallest limit, 6m"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `SIGTERM`, `TERM`, `SIGRTMIN+3`, or a number 1 to 64.
+fn is_signal(sig: &str) -> bool {
+    if sig.bytes().all(|b| b.is_ascii_digit()) {
+        return sig.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n));
+    }
+    let name = sig.strip_prefix("SIG").unwrap_or(sig);
+    !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '+' | '-'))
 }
 
 fn port_number(problems: &mut Problems, value: &S<i64>, key: &str) -> u16 {
@@ -607,6 +801,8 @@ fn convert_health(h: Option<S<RawHealth>>, problems: &mut Problems) -> HealthSpe
         timeout: Duration::from_secs(2),
         healthy_for: Duration::from_secs(5),
         deadline: Duration::from_secs(60),
+        start_period: Duration::ZERO,
+        fail_after: 0,
     };
     let Some(h) = h else { return spec };
     let at = h.referenced;
@@ -635,7 +831,44 @@ fn health_check(problems: &mut Problems, raw: &mut RawHealth, at: Location) -> O
             }
         };
         let port = port_number(problems, &http.value.port, "http.port");
-        checks.push(("http", HealthCheck::Http { port, path }));
+        let host = http.value.host.map(|h| {
+            if h.value.is_empty()
+                || h.value
+                    .contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                problems.at(
+                    h.referenced,
+                    format!(
+                        "`http.host` {:?} is not a Host header: write a name, like web.example.com",
+                        h.value
+                    ),
+                );
+            }
+            h.value
+        });
+        let status = match http.value.status {
+            None => StatusRange::default(),
+            Some(st) => parse_status(&st.value.0).unwrap_or_else(|| {
+                problems.at(
+                    st.referenced,
+                    format!(
+                        "`http.status` {:?} is not a status or a range of them: write one like \
+                         \"200-399\" or \"204\" (100 to 599)",
+                        st.value.0
+                    ),
+                );
+                StatusRange::default()
+            }),
+        };
+        checks.push((
+            "http",
+            HealthCheck::Http {
+                port,
+                path,
+                host,
+                status,
+            },
+        ));
     }
     if let Some(tcp) = raw.tcp.take() {
         checks.push(("tcp", HealthCheck::Tcp(port_number(problems, &tcp, "tcp"))));
@@ -681,9 +914,39 @@ fn health_check(problems: &mut Problems, raw: &mut RawHealth, at: Location) -> O
     None
 }
 
+/// "200-399" or "204", each 100 to 599, lowest first.
+fn parse_status(text: &str) -> Option<StatusRange> {
+    let number = |t: &str| {
+        let t = t.trim();
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse::<u16>().ok())
+            .flatten()
+            .filter(|n| (100..=599).contains(n))
+    };
+    let (from, to) = match text.split_once('-') {
+        Some((a, b)) => (number(a)?, number(b)?),
+        None => {
+            let n = number(text)?;
+            (n, n)
+        }
+    };
+    (from <= to).then_some(StatusRange { from, to })
+}
+
 /// Interval, timeout, healthy_for and deadline over the defaults in `spec`, each more than 0s,
-/// and a deadline a container can meet.
+/// and a deadline a container can meet; `start_period` and `fail_after`.
 fn health_timings(problems: &mut Problems, raw: &RawHealth, at: Location, spec: &mut HealthSpec) {
+    spec.start_period = duration_or(problems, &raw.start_period, "start_period", Duration::ZERO);
+    if let Some(n) = &raw.fail_after {
+        spec.fail_after = u32::try_from(n.value).unwrap_or_else(|_| {
+            problems.at(
+                n.referenced,
+                "`fail_after` must be 0 (off) or a number of failing checks in a row",
+            );
+            0
+        });
+    }
     spec.interval = duration_or(problems, &raw.interval, "interval", spec.interval);
     spec.timeout = duration_or(problems, &raw.timeout, "timeout", spec.timeout);
     spec.healthy_for = duration_or(problems, &raw.healthy_for, "healthy_for", spec.healthy_for);
@@ -704,6 +967,20 @@ fn health_timings(problems: &mut Problems, raw: &RawHealth, at: Location, spec: 
                 "`healthy_for` ({}) is longer than `deadline` ({}): no container could pass; \
                  shorten it or raise `deadline`",
                 humantime::format_duration(spec.healthy_for),
+                humantime::format_duration(spec.deadline)
+            ),
+        );
+    }
+    if let Some(sp) = &raw.start_period
+        && spec.start_period >= spec.deadline
+        && !spec.deadline.is_zero()
+    {
+        problems.at(
+            sp.referenced,
+            format!(
+                "`start_period` ({}) is not shorter than `deadline` ({}): no check would count; \
+                 shorten it or raise `deadline`",
+                humantime::format_duration(spec.start_period),
                 humantime::format_duration(spec.deadline)
             ),
         );
@@ -1016,7 +1293,7 @@ mod tests {
             "app: web\nenv: {\"A B\": x, OK: \"${commit}\"}\nsteps:\n  - {name: t, shell: [a], env: {X: \"${nope}\"}}\n",
             r#"
             .hoist.yml:2:14: `env` name "A B" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)
-            .hoist.yml:4:36: unknown placeholder `${nope}` in "${nope}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)"#,
+            .hoist.yml:4:36: unknown placeholder `${nope}` in "${nope}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)"#,
         );
         check(
             "app: web\nsteps:\n  - {name: t, shell: [a], timeout: 0s}\n",
@@ -1064,8 +1341,8 @@ mod tests {
                 "      repository: r/a\n      tags: [\"${commit_short}\", \"${sha}\"]\n      args: {V: \"${version}\", \"bad-name\": x}\n",
             ),
             r#"
-            .hoist.yml:6:33: unknown placeholder `${sha}` in "${sha}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)
-            .hoist.yml:7:17: unknown placeholder `${version}` in "${version}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)
+            .hoist.yml:6:33: unknown placeholder `${sha}` in "${sha}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)
+            .hoist.yml:7:17: unknown placeholder `${version}` in "${version}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)
             .hoist.yml:7:43: build arg "bad-name" is not a valid name ([A-Za-z_][A-Za-z0-9_]*)"#,
         );
     }
@@ -1181,7 +1458,7 @@ mod tests {
             .hoist.yml:10:87: port "1:2:3:4" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)"#,
         );
         check(&with_deploy("").replace("{name: web}", "{name: web, env: {ID: \"${host}\", X: \"${hots}\"}, args: [\"--id=${host}\", \"${x\"]}"), r#"
-            .hoist.yml:10:54: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)
+            .hoist.yml:10:54: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)
             .hoist.yml:10:89: unclosed placeholder in "${x": close it with `}`, or write `$${` for a literal `${`"#);
         check(
             &with_deploy(
@@ -1189,7 +1466,79 @@ mod tests {
             ),
             r#"
             .hoist.yml:13:22: `before_host` needs a program to run, like ["scripts/notify"]; remove the key to run nothing
-            .hoist.yml:14:41: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app} (write `$${` for a literal `${`)"#,
+            .hoist.yml:14:41: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)"#,
+        );
+    }
+
+    #[test]
+    fn container_keys_as_compose_has_them() {
+        let c =
+            |keys: &str| with_deploy("").replace("{name: web}", &format!("{{name: web, {keys}}}"));
+        check(
+            &c(
+                "network: acme, memory: 512m, cpus: 1.5, stop_signal: SIGQUIT, stop_timeout: 20s, secrets: [DB_PASSWORD], user: 1000, working_dir: /app, entrypoint: [/bin/sh, -c], hostname: \"${host}\", labels: {team: a}",
+            ),
+            "ok",
+        );
+        check(
+            &c("memory: \"1.5g\", cpus: \"0.25\", stop_signal: \"15\""),
+            "ok",
+        );
+        check(
+            &c("network: host, memory: lots, cpus: 0, stop_signal: term, stop_timeout: soon"),
+            r#"
+            .hoist.yml:10:39: `network` "host" is one of Docker's own networks; name a network of your own (hoist creates it when missing), so that containers on a host reach each other by name
+            .hoist.yml:10:53: `memory` "lots" is not a size: write a number and a unit, like "512m" or "1g"
+            .hoist.yml:10:65: `cpus` "0" is not a number of CPUs: write a positive decimal like "1.5"
+            .hoist.yml:10:81: `stop_signal` "term" is not a signal: write its name, like SIGTERM or SIGQUIT, or its number
+            .hoist.yml:10:101: `stop_timeout`: "soon" is not a duration; write a number with a unit, like "500ms", "10s" or "5m""#,
+        );
+        check(
+            &c("memory: 1m, working_dir: app, labels: {hoist.app: x}"),
+            r#"
+            .hoist.yml:10:38: `memory` "1m" is below Docker's smallest limit, 6m
+            .hoist.yml:10:55: `working_dir` "app" must be an absolute path
+            .hoist.yml:10:80: label "hoist.app" is not allowed: `hoist.*` labels are hoist's own (app, release, commit, digest); name yours otherwise"#,
+        );
+        check(
+            &c("env: {DB: x}, secrets: [DB, DB, db]"),
+            r#"
+            .hoist.yml:10:54: secret "DB" is also set in `container.env`; keep one of the two
+            .hoist.yml:10:58: secret "DB" is listed twice
+            .hoist.yml:10:62: secret "db" is not a valid variable name: uppercase letters, digits and `_`, not starting with a digit"#,
+        );
+        check(
+            &c(
+                "env: {ID: \"${host.id}\", PEERS: \"${hosts.peer}\", ALL: \"${hosts.address}\", BAD: \"${hosts.}\"}",
+            ),
+            r#".hoist.yml:10:108: unknown placeholder `${hosts.}` in "${hosts.}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)"#,
+        );
+    }
+
+    #[test]
+    fn health_keys_as_compose_has_them() {
+        let health = |h: &str| with_deploy("").replace("health: {tcp: 8080}", h);
+        check(
+            &health(
+                "health: {http: {port: 80, path: /health, host: web.example.com, status: \"200-299\"}, start_period: 2s, fail_after: 2}",
+            ),
+            "ok",
+        );
+        check(&health("health: {http: {port: 80, status: 204}}"), "ok");
+        check(
+            &health(
+                "health: {http: {port: 80, host: \"a b\", status: \"399-200\"}, fail_after: -1}",
+            ),
+            r#"
+            .hoist.yml:11:39: `http.host` "a b" is not a Host header: write a name, like web.example.com
+            .hoist.yml:11:54: `http.status` "399-200" is not a status or a range of them: write one like "200-399" or "204" (100 to 599)
+            .hoist.yml:11:78: `fail_after` must be 0 (off) or a number of failing checks in a row"#,
+        );
+        check(
+            &health("health: {http: {port: 80, status: 700}, start_period: 1m, deadline: 30s}"),
+            r#"
+            .hoist.yml:11:41: `http.status` "700" is not a status or a range of them: write one like "200-399" or "204" (100 to 599)
+            .hoist.yml:11:61: `start_period` (1m) is not shorter than `deadline` (30s): no check would count; shorten it or raise `deadline`"#,
         );
     }
 }

@@ -6,6 +6,8 @@
 //! variables. Neither ever splices a value into shell text. [`sanitize_tag`] turns a rendered
 //! tag into one Docker accepts.
 
+use std::collections::BTreeMap;
+
 /// Docker allows 128 characters in a tag.
 const MAX_TAG_CHARS: usize = 128;
 
@@ -43,12 +45,35 @@ pub enum RenderError {
         /// The whole template, as written.
         template: String,
     },
+    /// `${host.KEY}` or `${hosts.KEY}` where a target host has no such key in its `vars`.
+    #[error(
+        "host {host} has no `{key}` in its vars, which {template:?} uses; add {key} = \"…\" to \
+         vars of [host.{host}] in hoist.toml"
+    )]
+    MissingHostKey {
+        /// The first target host (in the step's order) without the key.
+        host: String,
+        /// The key.
+        key: String,
+        /// The whole template, as written.
+        template: String,
+    },
 }
+
+/// Per-host placeholders, after [`PLACEHOLDERS`] in error messages.
+const HOST_PLACEHOLDERS: &[&str] = &[
+    "host.address",
+    "host.KEY",
+    "hosts.name",
+    "hosts.address",
+    "hosts.KEY",
+];
 
 /// `${commit}, ${commit_short}, …`, for [`RenderError::Unknown`].
 fn known_placeholders() -> String {
     PLACEHOLDERS
         .iter()
+        .chain(HOST_PLACEHOLDERS)
         .map(|p| format!("${{{p}}}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -60,6 +85,28 @@ pub enum TagError {
     /// Nothing is left to tag with, typically `${tag}` on a branch push.
     #[error("the image tag is empty (a placeholder with no value on this push?)")]
     Empty,
+}
+
+/// One host as the per-host placeholders see it: `${host.address}`, `${host.KEY}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetHost {
+    /// The host's name in the config (`[host.NAME]`).
+    pub name: String,
+    /// Its `address`.
+    pub address: String,
+    /// Its `vars`.
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The hosts of a deploy step, for `${host.*}` (this one) and `${hosts.*}` (all, joined with
+/// commas in the step's host order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fleet {
+    /// The host being rendered for; None where no one host is (`after_deploy`): `${host.*}`
+    /// then renders as "", like `${host}`.
+    pub this: Option<FleetHost>,
+    /// Every host of the deploy step, in its order.
+    pub all: Vec<FleetHost>,
 }
 
 /// Values a placeholder can take. Missing ones (e.g. `tag` on a branch push) render as "".
@@ -83,6 +130,9 @@ pub struct Vars {
     pub release: Option<u64>,
     /// The run's id, when running under the agent.
     pub run: Option<i64>,
+    /// The deploy step's hosts, during a deployment; without it (validation, build steps)
+    /// `${host.*}` and `${hosts.*}` render as "", like `${host}`.
+    pub fleet: Option<Fleet>,
 }
 
 impl Vars {
@@ -106,10 +156,13 @@ impl Vars {
                     });
                 };
                 let name = &inner[..end];
-                let value = self.value(name).ok_or_else(|| RenderError::Unknown {
-                    name: name.to_string(),
-                    template: template.to_string(),
-                })?;
+                let value = match self.host_value(name, template)? {
+                    Some(v) => v,
+                    None => self.value(name).ok_or_else(|| RenderError::Unknown {
+                        name: name.to_string(),
+                        template: template.to_string(),
+                    })?,
+                };
                 out.push_str(&value);
                 rest = &inner[end + 1..];
             } else {
@@ -119,6 +172,48 @@ impl Vars {
         }
         out.push_str(rest);
         Ok(out)
+    }
+
+    /// `host.address`, `host.name`, `host.KEY`, `hosts.name`, `hosts.address`, `hosts.KEY`;
+    /// Ok(None) for any other name. A key some host lacks is an error naming the host.
+    fn host_value(&self, name: &str, template: &str) -> Result<Option<String>, RenderError> {
+        let (all, field) = if let Some(f) = name.strip_prefix("hosts.") {
+            (true, f)
+        } else if let Some(f) = name.strip_prefix("host.") {
+            (false, f)
+        } else {
+            return Ok(None);
+        };
+        if !is_var_key(field) {
+            return Ok(None);
+        }
+        let Some(fleet) = &self.fleet else {
+            return Ok(Some(String::new()));
+        };
+        let one = |h: &FleetHost| -> Result<String, RenderError> {
+            match field {
+                "name" => Ok(h.name.clone()),
+                "address" => Ok(h.address.clone()),
+                key => h
+                    .vars
+                    .get(key)
+                    .cloned()
+                    .ok_or_else(|| RenderError::MissingHostKey {
+                        host: h.name.clone(),
+                        key: key.to_string(),
+                        template: template.to_string(),
+                    }),
+            }
+        };
+        if all {
+            let values = fleet.all.iter().map(one).collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(values.join(",")))
+        } else {
+            fleet
+                .this
+                .as_ref()
+                .map_or(Ok(Some(String::new())), |h| one(h).map(Some))
+        }
     }
 
     fn value(&self, name: &str) -> Option<String> {
@@ -163,6 +258,14 @@ impl Vars {
     }
 }
 
+/// `[A-Za-z0-9_-]+`: a key of `[host.X] vars` that a placeholder can name.
+pub fn is_var_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Make a rendered tag valid under Docker's grammar `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`,
 /// predictably: every other character becomes `-`, a leading `.` or `-` becomes `_`, and the
 /// result is cut at 128 characters ("feature/x" → "feature-x"). Empty (e.g. `${tag}` on a
@@ -205,6 +308,7 @@ mod tests {
             host: Some("web1".into()),
             release: Some(42),
             run: Some(7),
+            fleet: None,
         }
     }
 
@@ -230,6 +334,63 @@ mod tests {
         let err = v.render("a ${commit").unwrap_err().to_string();
         assert!(err.starts_with("unclosed placeholder"), "{err}");
         assert!(v.render("${}").is_err());
+    }
+
+    fn fleet_host(name: &str, n: u8, vars: &[(&str, &str)]) -> FleetHost {
+        FleetHost {
+            name: name.into(),
+            address: format!("10.0.0.{n}"),
+            vars: map(vars),
+        }
+    }
+
+    #[test]
+    fn per_host_placeholders() {
+        let all = vec![
+            fleet_host("web1", 1, &[("id", "a"), ("peer", "10.0.0.1:7000")]),
+            fleet_host("web2", 2, &[("id", "b"), ("peer", "10.0.0.2:7000")]),
+        ];
+        let v = Vars {
+            host: Some("web2".into()),
+            fleet: Some(Fleet {
+                this: Some(all[1].clone()),
+                all: all.clone(),
+            }),
+            ..vars()
+        };
+        assert_eq!(
+            v.render(
+                "${host}|${host.address}|${host.id}|${hosts.name}|${hosts.address}|${hosts.peer}"
+            )
+            .unwrap(),
+            "web2|10.0.0.2|b|web1,web2|10.0.0.1,10.0.0.2|10.0.0.1:7000,10.0.0.2:7000"
+        );
+        // Outside a deployment (validation) they render as "", like `${host}`.
+        assert_eq!(
+            vars().render("[${host.id}][${hosts.peer}]").unwrap(),
+            "[][]"
+        );
+        // A key one host lacks names that host and the key.
+        let mut lacking = v.clone();
+        if let Some(f) = lacking.fleet.as_mut() {
+            f.all[0].vars.remove("peer");
+        }
+        assert_eq!(
+            lacking.render("--peers=${hosts.peer}").unwrap_err(),
+            RenderError::MissingHostKey {
+                host: "web1".into(),
+                key: "peer".into(),
+                template: "--peers=${hosts.peer}".into()
+            }
+        );
+        let err = v.render("${host.zone}").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "host web2 has no `zone` in its vars, which \"${host.zone}\" uses; add zone = \"…\" to vars of [host.web2] in hoist.toml"
+        );
+        let err = v.render("${host.}").unwrap_err().to_string();
+        assert!(err.contains("unknown placeholder `${host.}`"), "{err}");
+        assert!(err.contains("${hosts.KEY}"), "{err}");
     }
 
     #[test]

@@ -18,11 +18,12 @@ use bollard::Docker;
 use tokio_util::sync::CancellationToken;
 
 use super::{Deployer, Failure, Started, release_text};
+use crate::config::Config;
 use crate::config::RegistryConfig;
 use crate::deploy::health::{self, HealthReport, Unhealthy};
 use crate::deploy::host;
 use crate::image;
-use crate::pipeline::{ContainerSpec, DeploySpec, HealthSpec, Vars};
+use crate::pipeline::{ContainerSpec, DeploySpec, Fleet, FleetHost, HealthSpec, Vars};
 use crate::store::{HostState, HostUpdate, Release};
 
 impl Deployer {
@@ -70,7 +71,7 @@ impl Deployer {
         let b = &s.plan.to;
         let hooks = &s.plan.spec.hooks;
         let fail = |e: anyhow::Error| Failure::on(h, format!("{e:#}"));
-        let vars = vars_for(s, h, b.number);
+        let vars = vars_for(&self.config, &s.plan.vars, &s.plan.spec.hosts, h, b.number);
         let before = s.before.get(h).copied().flatten();
         let from = HostUpdate {
             from_release: Some(before),
@@ -145,7 +146,12 @@ impl Deployer {
             ),
             None => None,
         };
-        let vars = vars_for(s, h, to.unwrap_or(0));
+        // A's container is rendered over A's own hosts, as when A was deployed.
+        let fleet = a
+            .as_ref()
+            .and_then(|a| a.deploy.as_ref())
+            .map_or(&s.plan.spec.hosts, |spec| &spec.hosts);
+        let vars = vars_for(&self.config, &s.plan.vars, fleet, h, to.unwrap_or(0));
         if let Some(argv) = &hooks.before_host {
             self.hook(s, "before_host", argv, &vars, say).await?;
         }
@@ -157,7 +163,12 @@ impl Deployer {
             .deploy
             .as_ref()
             .with_context(|| format!("release {} has no recorded deploy spec", a.number))?;
-        on.restore_a(&a, a_spec, &vars).await?;
+        // A afresh gets its secrets' current values, never stored ones.
+        let what = format!("container {}", a_spec.container.name);
+        let secrets = self
+            .config
+            .secret_values(&a.repo, &a_spec.container.secrets, &what)?;
+        on.restore_a(&a, a_spec, &vars, &secrets).await?;
         on.healthy(&a_spec.health, &CancellationToken::new())
             .await
             .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
@@ -190,6 +201,8 @@ struct OnHost<'a> {
     address: &'a str,
     /// The serving container's name `NAME`: A and B both serve as it, one at a time.
     name: &'a str,
+    /// The app: every action on the host refuses a container labelled with another.
+    app: &'a str,
 }
 
 impl<'a> OnHost<'a> {
@@ -201,6 +214,7 @@ impl<'a> OnHost<'a> {
             docker: s.engines.get(host).context("no connection to the host")?,
             address: &d.config.hosts[host].address,
             name: &s.plan.spec.container.name,
+            app: &s.plan.to.app,
         })
     }
 
@@ -211,17 +225,23 @@ impl<'a> OnHost<'a> {
 
     // pull B -----------------------------------------------------------------------------
 
-    /// (+) Pull B by digest and verify what arrived; returns the local image ID. (−) Nothing:
-    /// what serves is untouched, and retention prunes the image later.
+    /// (+) Pull B by digest and verify what arrived, and make sure its network exists; returns
+    /// the local image ID. (−) Nothing: what serves is untouched, and retention prunes the
+    /// image later (a network is left: other containers may use it).
     async fn pull_b(&self) -> anyhow::Result<String> {
         let b = &self.s.plan.to;
-        host::pull(
+        let id = host::pull(
             self.docker,
             &b.image(),
             &b.manifest_digest,
             self.registry(b),
         )
-        .await
+        .await?;
+        // The network too, before anything serving is stopped (B's start would make it anyway).
+        if let Some(network) = &self.s.plan.spec.container.network {
+            host::ensure_network(self.docker, network).await?;
+        }
+        Ok(id)
     }
 
     // keep A -----------------------------------------------------------------------------
@@ -229,7 +249,7 @@ impl<'a> OnHost<'a> {
     /// (+) Stop A and keep it as `NAME-r<A>`. A and B publish the same host ports, so A stops
     /// before B starts; it is kept rather than removed so that its undo is a rename.
     async fn keep_a(&self) -> anyhow::Result<()> {
-        host::keep_current(self.docker, self.name)
+        host::keep_current(self.docker, self.name, self.app)
             .await
             .context("cannot stop the running container")?;
         Ok(())
@@ -238,11 +258,27 @@ impl<'a> OnHost<'a> {
     /// (−) Serve A as `NAME` again: its kept container, with its old settings; when that is gone
     /// (pruned, or never kept), A afresh by digest from its release record. Nothing to do when
     /// A still serves (the switch stopped before `keep A`).
-    async fn restore_a(&self, a: &Release, a_spec: &DeploySpec, vars: &Vars) -> anyhow::Result<()> {
+    async fn restore_a(
+        &self,
+        a: &Release,
+        a_spec: &DeploySpec,
+        vars: &Vars,
+        secrets: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let serving = host::current(self.docker, self.name)
             .await?
-            .is_some_and(|c| c.running && c.release == Some(a.number));
-        if serving || host::restore_kept(self.docker, self.name, a.number).await? {
+            .is_some_and(|c| {
+                c.running && c.release == Some(a.number) && c.app.as_deref() == Some(self.app)
+            });
+        if serving {
+            return Ok(());
+        }
+        // A kept A made with a secret's earlier value gives way to A afresh with today's.
+        let kept = host::kept_name(self.name, a.number);
+        if !host::env_has(self.docker, &kept, secrets).await? {
+            host::remove(self.docker, &kept, self.app).await?;
+        }
+        if host::restore_kept(self.docker, self.name, self.app, a.number).await? {
             return Ok(());
         }
         host::pull(
@@ -253,7 +289,7 @@ impl<'a> OnHost<'a> {
         )
         .await?;
         let container = render_container(&a_spec.container, vars)?;
-        self.start(a, &container).await?;
+        self.start(a, &container, secrets).await?;
         Ok(())
     }
 
@@ -262,7 +298,7 @@ impl<'a> OnHost<'a> {
     /// (+) Start B as `NAME`.
     async fn start_b(&self, container: &ContainerSpec) -> anyhow::Result<()> {
         let b = &self.s.plan.to;
-        self.start(b, container)
+        self.start(b, container, &self.s.secrets)
             .await
             .with_context(|| format!("cannot start release {}", b.number))
     }
@@ -273,13 +309,19 @@ impl<'a> OnHost<'a> {
         if let Some(cur) = host::current(self.docker, self.name).await?
             && (cur.release != a || !cur.running)
         {
-            host::remove(self.docker, self.name).await?;
+            host::remove(self.docker, self.name, self.app).await?;
         }
         Ok(())
     }
 
-    /// Start `release` as `NAME` with `container` (rendered for this host).
-    async fn start(&self, release: &Release, container: &ContainerSpec) -> anyhow::Result<()> {
+    /// Start `release` as `NAME` with `container` (rendered for this host) and the values of
+    /// its secrets.
+    async fn start(
+        &self,
+        release: &Release,
+        container: &ContainerSpec,
+        secrets: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let target = host::Target {
             app: &release.app,
             release: release.number,
@@ -287,6 +329,7 @@ impl<'a> OnHost<'a> {
             image: &release.image(),
             digest: &release.manifest_digest,
             container,
+            secrets,
         };
         host::start(self.docker, &target).await?;
         Ok(())
@@ -366,6 +409,7 @@ impl<'a> OnHost<'a> {
 
     /// Journal that the host reached `state`: the step is named after the state.
     async fn journal(&self, state: HostState, detail: String, u: HostUpdate) -> anyhow::Result<()> {
+        let detail = self.s.masker.mask_text(&detail);
         let u = HostUpdate {
             state: Some(state),
             ..u
@@ -383,26 +427,136 @@ impl<'a> OnHost<'a> {
     }
 }
 
-/// The plan's placeholder values for host `h` and `release`.
-fn vars_for(s: &Started, h: &str, release: i64) -> Vars {
-    let mut v = s.plan.vars.clone();
+/// The placeholder values for host `h` and `release`: `base` (commit, branch, …) with the
+/// host, and the deploy step's `hosts` (in its order) for `${host.*}` and `${hosts.*}`.
+pub(super) fn vars_for(
+    config: &Config,
+    base: &Vars,
+    hosts: &[String],
+    h: &str,
+    release: i64,
+) -> Vars {
+    let one = |name: &str| {
+        let conf = config.hosts.get(name);
+        FleetHost {
+            name: name.to_string(),
+            address: conf.map(|c| c.address.clone()).unwrap_or_default(),
+            vars: conf.map(|c| c.vars.clone()).unwrap_or_default(),
+        }
+    };
+    let mut v = base.clone();
     v.host = Some(h.to_string());
     v.release = Some(release as u64);
+    v.fleet = Some(Fleet {
+        this: Some(one(h)),
+        all: hosts.iter().map(|n| one(n)).collect(),
+    });
+    v
+}
+
+/// The placeholder values of `after_deploy`: `base` with `release`, and the step's `hosts`
+/// for `${hosts.*}` (no one host: `${host}` and `${host.*}` are "").
+pub(super) fn vars_after_deploy(
+    config: &Config,
+    base: &Vars,
+    hosts: &[String],
+    release: i64,
+) -> Vars {
+    let mut v = vars_for(config, base, hosts, "", release);
+    v.host = base.host.clone();
+    if let Some(f) = v.fleet.as_mut() {
+        f.this = None;
+    }
     v
 }
 
 /// Fill placeholders in the declarative container fields for one host.
 pub fn render_container(c: &ContainerSpec, vars: &Vars) -> anyhow::Result<ContainerSpec> {
     let r = |s: &String| vars.render(s).map_err(|e| anyhow!(e));
+    let list = |l: &[String]| l.iter().map(r).collect::<anyhow::Result<Vec<_>>>();
     Ok(ContainerSpec {
         name: c.name.clone(),
-        ports: c.ports.iter().map(r).collect::<anyhow::Result<_>>()?,
+        ports: list(&c.ports)?,
         env: c
             .env
             .iter()
             .map(|(k, v)| Ok((k.clone(), r(v)?)))
             .collect::<anyhow::Result<_>>()?,
-        args: c.args.iter().map(r).collect::<anyhow::Result<_>>()?,
-        volumes: c.volumes.iter().map(r).collect::<anyhow::Result<_>>()?,
+        args: list(&c.args)?,
+        volumes: list(&c.volumes)?,
+        entrypoint: c.entrypoint.as_deref().map(list).transpose()?,
+        hostname: c.hostname.as_ref().map(r).transpose()?,
+        labels: c
+            .labels
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), r(v)?)))
+            .collect::<anyhow::Result<_>>()?,
+        ..c.clone()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretSource;
+    use std::path::Path;
+
+    struct NoSecrets;
+    impl SecretSource for NoSecrets {
+        fn env(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn file(&self, _: &Path) -> std::io::Result<String> {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+    }
+
+    fn config() -> Config {
+        let text = "[host.a]\ndocker = \"unix:///a.sock\"\naddress = \"10.0.0.1\"\nvars = { id = \"n-a\", peer = \"10.0.0.1:7000\" }\n\
+                    [host.b]\ndocker = \"unix:///b.sock\"\naddress = \"10.0.0.2\"\nvars = { id = \"n-b\" }\n";
+        Config::parse("hoist.toml", text, &NoSecrets).unwrap()
+    }
+
+    #[test]
+    fn per_host_fields_follow_the_steps_host_order_and_name_a_missing_key() {
+        let config = config();
+        let hosts = vec!["b".to_string(), "a".to_string()];
+        let spec = ContainerSpec {
+            name: "web".into(),
+            env: [
+                ("ID".to_string(), "${host.id}".to_string()),
+                (
+                    "ALL".to_string(),
+                    "${hosts.name}@${hosts.address}".to_string(),
+                ),
+            ]
+            .into(),
+            args: vec!["--me=${host.address}".into()],
+            hostname: Some("${host}-${release}".into()),
+            ..ContainerSpec::default()
+        };
+        let vars = vars_for(&config, &Vars::default(), &hosts, "a", 7);
+        let c = render_container(&spec, &vars).unwrap();
+        assert_eq!(c.env["ID"], "n-a");
+        assert_eq!(c.env["ALL"], "b,a@10.0.0.2,10.0.0.1");
+        assert_eq!(c.args, ["--me=10.0.0.1"]);
+        assert_eq!(c.hostname.as_deref(), Some("a-7"));
+
+        let peers = ContainerSpec {
+            env: [("SEEDS".to_string(), "${hosts.peer}".to_string())].into(),
+            ..spec
+        };
+        let after = vars_after_deploy(&config, &Vars::default(), &hosts, 7);
+        assert_eq!(
+            after
+                .render("${hosts.name} [${host}${host.id}] ${release}")
+                .unwrap(),
+            "b,a [] 7"
+        );
+        let err = render_container(&peers, &vars).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "host b has no `peer` in its vars, which \"${hosts.peer}\" uses; add peer = \"…\" to vars of [host.b] in hoist.toml"
+        );
+    }
 }
