@@ -682,7 +682,13 @@ impl Workspaces {
         }
         let marker = self.marker(run);
         fs::write(&marker, b"").with_context(|| format!("cannot write {}", marker.display()))?;
+        self.prune(None)
+    }
 
+    /// Remove failed workspaces beyond the newest keep_failed, and those that failed longer
+    /// than `older_than` ago (the runs' retention age, so that a workspace never outlives its
+    /// run's record by much). Workspaces of running runs have no marker and are never touched.
+    pub fn prune(&self, older_than: Option<std::time::Duration>) -> anyhow::Result<()> {
         let mut failed_runs = Vec::new();
         for entry in fs::read_dir(&self.root)? {
             let name = entry?.file_name();
@@ -693,9 +699,19 @@ impl Workspaces {
             failed_runs.extend(id);
         }
         failed_runs.sort_unstable_by(|a, b| b.cmp(a));
-        for old in failed_runs.into_iter().skip(self.keep_failed) {
+        let too_old = |run: i64| {
+            older_than.is_some_and(|age| {
+                fs::metadata(self.marker(run))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age))
+            })
+        };
+        for (i, old) in failed_runs.into_iter().enumerate() {
+            if i < self.keep_failed && !too_old(old) {
+                continue;
+            }
             // Directory first: if it cannot be removed, the marker stays and the next
-            // finish tries again.
+            // prune tries again.
             remove_if_present(&self.dir(old))?;
             remove_file_if_present(&self.marker(old))?;
             tracing::debug!(run = old, "pruned failed workspace");
@@ -1263,6 +1279,19 @@ mod tests {
         assert_eq!(
             names,
             ["run-4", "run-4.failed", "run-5", "run-5.failed", "run-6"]
+        );
+
+        // By age: failed longer ago than the retention age, even within the count.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ws.prune(Some(std::time::Duration::from_secs(3600)))
+            .unwrap();
+        assert!(dirs[3].exists() && dirs[4].exists(), "young ones stay");
+        ws.prune(Some(std::time::Duration::from_millis(10)))
+            .unwrap();
+        assert!(!dirs[3].exists() && !dirs[4].exists(), "old ones go");
+        assert!(
+            dirs[5].exists(),
+            "a running run's workspace is never pruned"
         );
     }
 

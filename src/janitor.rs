@@ -1,11 +1,13 @@
 //! Keeps the data dir bounded while the agent runs: prunes runs and deliveries past the
 //! retention (`[runner] keep_runs`, `keep_runs_for`; see `store::prune`) a few seconds after
-//! runs end and every few minutes anyway (age alone makes runs due), and consolidates every
+//! runs end and every few minutes anyway (age alone makes runs due), removes failed runs'
+//! workspaces past `keep_workspaces` or that age, and consolidates every
 //! mirror's packs once an hour (fetches also do it themselves past `checkout::MAX_PACKS`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkout::Workspaces;
 use crate::queue::Queue;
 
 /// Longest the janitor sleeps without a run ending.
@@ -29,6 +31,16 @@ pub async fn keep_tidy(q: Arc<Queue>) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot prune old runs: {e:#}"),
+        }
+        let workspaces = Workspaces::new(
+            &q.config.data_dir.join("workspaces"),
+            q.config.runner.keep_workspaces,
+        );
+        let keep_for = q.config.runner.retention.keep_for;
+        match tokio::task::spawn_blocking(move || workspaces?.prune(keep_for)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot prune old workspaces: {e:#}"),
+            Err(e) => tracing::warn!("pruning workspaces panicked: {e}"),
         }
         if repacked.elapsed() >= REPACK_EVERY {
             repacked = Instant::now();
