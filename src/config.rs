@@ -55,6 +55,8 @@ pub struct RunnerConfig {
     /// How often every repo's heads are listed to find pushes whose webhook never came
     /// (default 60s; 0s disables).
     pub poll_interval: Duration,
+    /// Steps of one run at once, where `needs:` lets them run side by side (default 4).
+    pub max_parallel_steps: u32,
 }
 
 /// A repository hoist accepts pushes for.
@@ -187,6 +189,8 @@ struct RawRunner {
     max_parallel: Spanned<u32>,
     #[serde(default = "default_poll_interval", with = "duration")]
     poll_interval: Duration,
+    #[serde(default = "default_max_parallel_steps")]
+    max_parallel_steps: Spanned<u32>,
 }
 
 impl Default for RawRunner {
@@ -194,6 +198,7 @@ impl Default for RawRunner {
         RawRunner {
             max_parallel: default_max_parallel(),
             poll_interval: default_poll_interval(),
+            max_parallel_steps: default_max_parallel_steps(),
         }
     }
 }
@@ -240,6 +245,9 @@ fn default_docker() -> Spanned<String> {
 }
 fn default_max_parallel() -> Spanned<u32> {
     Spanned::new(0..0, 2)
+}
+fn default_max_parallel_steps() -> Spanned<u32> {
+    Spanned::new(0..0, 4)
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(60)
@@ -362,9 +370,16 @@ impl Doc<'_> {
                 "runner.max_parallel must be at least 1",
             ));
         }
+        if *runner.max_parallel_steps.get_ref() == 0 {
+            return Err(self.at(
+                runner.max_parallel_steps.span(),
+                "runner.max_parallel_steps must be at least 1",
+            ));
+        }
         Ok(RunnerConfig {
             max_parallel: runner.max_parallel.into_inner(),
             poll_interval: runner.poll_interval,
+            max_parallel_steps: runner.max_parallel_steps.into_inner(),
         })
     }
 
@@ -780,7 +795,7 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     fn errors_name_the_key_and_line() {
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"),
-            "hoist.toml:6:1: unknown field `max_paralel`, expected `max_parallel` or `poll_interval`",
+            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `max_parallel_steps`",
         );
         check(
             &GOOD.replace("\"file:/secret/hook\"", "\"hunter2\""),
@@ -817,6 +832,7 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         let c = Config::parse("hoist.toml", "", &Fake).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.runner.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.runner.max_parallel_steps, 4);
         assert_eq!(c.builder.docker, "unix:///var/run/docker.sock");
     }
 
@@ -825,6 +841,10 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_parallel = 0"),
             "hoist.toml:6:16: runner.max_parallel must be at least 1",
+        );
+        check(
+            &GOOD.replace("[runner]", "[runner]\nmax_parallel_steps = 0"),
+            "hoist.toml:6:22: runner.max_parallel_steps must be at least 1",
         );
     }
 
