@@ -430,3 +430,47 @@ async fn independent_steps_overlap_and_a_failure_skips_only_its_dependants() {
     }
     assert_eq!(step(&run, "three")["status"], "skipped", "{run:#}");
 }
+
+#[test]
+fn hoist_run_honours_needs_and_validate_names_the_apps() {
+    let docker = lab::builder_url();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    // `slow` and `quick` need nothing: `quick` ends while `slow` still runs; `after` waits for both.
+    let yml = "app: g9-local\nsteps:\n\
+        \x20 - {name: slow, image: lab/busybox:1, commands: [\"sleep 2\", \"echo slow-done\"]}\n\
+        \x20 - {name: quick, image: lab/busybox:1, commands: [\"echo quick-done\"]}\n\
+        \x20 - {name: after, needs: [slow, quick], image: lab/busybox:1, commands: [\"echo after-done\"]}\n\
+        \x20 - {name: broken, needs: [quick], image: lab/busybox:1, commands: [\"exit 5\"]}\n\
+        \x20 - {name: never, needs: [broken], image: lab/busybox:1, commands: [\"echo never-runs\"]}\n";
+    repo.commit("main", "local graph", &[(".hoist.yml", yml)]);
+    let out = common::hoist(&["run", "--docker", &docker, repo.work.to_str().unwrap()]);
+    let text = &out.stdout;
+    assert_eq!(out.code, Some(1), "{text}\n{}", out.stderr);
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing:\n{text}"))
+    };
+    assert!(at("quick | quick-done") < at("slow | slow-done"), "{text}");
+    assert!(at("slow | slow-done") < at("after | after-done"), "{text}");
+    assert!(
+        text.contains("── step never skipped: needs step broken, which failed"),
+        "{text}"
+    );
+    assert!(!text.contains("never-runs"), "{text}");
+
+    let fleet = dir.path().join("fleet.yml");
+    std::fs::write(
+        &fleet,
+        fleet_pipeline(&[18001, 18002, 18003, 18004], None, true),
+    )
+    .unwrap();
+    let out = common::hoist(&["validate", fleet.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("ok (apps g9-auth, g9-user, g9-chat, g9-file, 8 steps as their needs allow)"),
+        "{}",
+        out.stdout
+    );
+}
