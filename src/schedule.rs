@@ -38,6 +38,8 @@ pub struct Schedule {
     max_parallel: usize,
     /// Set by [`Schedule::halt`]: nothing starts any more, for this reason.
     halted: Option<String>,
+    /// The steps are a file-order chain: a skip names the step that failed, not "needs".
+    file_order: bool,
 }
 
 impl Schedule {
@@ -47,7 +49,19 @@ impl Schedule {
             .map(|i| pipeline.needs(i))
             .collect();
         let names = pipeline.steps.iter().map(|s| s.name.clone()).collect();
-        Schedule::new(names, needs, max_parallel)
+        let schedule = Schedule::new(names, needs, max_parallel);
+        if pipeline.is_graph() {
+            schedule
+        } else {
+            schedule.in_file_order()
+        }
+    }
+
+    /// Say so when the needs are the file-order chain (step i waits for step i - 1): the steps
+    /// after a failed one are skipped naming it, as "an earlier step failed".
+    pub fn in_file_order(mut self) -> Schedule {
+        self.file_order = true;
+        self
     }
 
     /// A schedule of steps `names`, step i waiting for the steps `needs[i]`.
@@ -59,6 +73,7 @@ impl Schedule {
             state,
             max_parallel: max_parallel.max(1),
             halted: None,
+            file_order: false,
         }
     }
 
@@ -125,12 +140,18 @@ impl Schedule {
                     continue;
                 }
                 let blocked = self.needs[i].iter().find_map(|&n| match &self.state[n] {
-                    State::Failed => Some((n, "failed")),
-                    State::Skipped(_) => Some((n, "was skipped")),
+                    State::Failed if self.file_order => {
+                        Some(format!("an earlier step, {}, failed", self.names[n]))
+                    }
+                    // In file order, the reason of the first skipped step holds for the rest.
+                    State::Skipped(why) if self.file_order => Some(why.clone()),
+                    State::Failed => Some(format!("needs step {}, which failed", self.names[n])),
+                    State::Skipped(_) => {
+                        Some(format!("needs step {}, which was skipped", self.names[n]))
+                    }
                     _ => None,
                 });
-                if let Some((n, what)) = blocked {
-                    let why = format!("needs step {}, which {what}", self.names[n]);
+                if let Some(why) = blocked {
                     self.state[i] = State::Skipped(why.clone());
                     out.push((i, why));
                     changed = true;
@@ -219,20 +240,16 @@ mod tests {
 
     #[test]
     fn file_order_is_a_chain_and_a_failure_skips_the_rest() {
-        let mut s = Schedule::new(names(3), vec![vec![], vec![0], vec![1]], 4);
+        let needs = vec![vec![], vec![0], vec![1], vec![2]];
+        let mut s = Schedule::new(names(4), needs, 4).in_file_order();
         assert_eq!(s.start(), vec![0]);
         assert_eq!(s.start(), Vec::<usize>::new());
         assert_eq!(s.finish(0, true), vec![]);
         assert_eq!(s.start(), vec![1]);
-        assert_eq!(
-            s.finish(1, false),
-            vec![(2, "needs step s1, which failed".to_string()),]
-        );
+        let why = "an earlier step, s1, failed".to_string();
+        assert_eq!(s.finish(1, false), vec![(2, why.clone()), (3, why.clone())]);
         assert!(s.is_done());
-        assert_eq!(
-            s.state(2),
-            &State::Skipped("needs step s1, which failed".into())
-        );
+        assert_eq!(s.state(3), &State::Skipped(why));
     }
 
     #[test]
