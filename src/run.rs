@@ -470,8 +470,15 @@ async fn release_train(
     ));
     let deployer = Deployer::new(q.store.clone(), q.config.clone(), q.shutdown.clone());
     let (mut reverted, mut left) = (Vec::new(), Vec::new());
+    let mut done: Vec<&str> = Vec::new();
     for s in switched.iter().rev() {
-        let Some(from) = s.from else {
+        // An app two deploy steps moved goes back once, to what it ran before the first.
+        if done.contains(&s.app.as_str()) {
+            continue;
+        }
+        done.push(&s.app);
+        let first = switched.iter().find(|f| f.app == s.app).unwrap_or(s);
+        let Some(from) = first.from else {
             let why = format!(
                 "{} had no release before this run and stays on release {}",
                 s.app, s.to
