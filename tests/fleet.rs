@@ -389,6 +389,21 @@ async fn independent_steps_overlap_and_a_failure_skips_only_its_dependants() {
     };
     assert!(of(index("a")).contains("a-done") && !of(index("a")).contains("b-done"));
     assert!(of(index("b")).contains("b-done") && !of(index("b")).contains("a-done"));
+    // `hoist logs` prints each step's log in one piece.
+    let out = hoist_client(&agent, &["logs", &run["id"].to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let at = |needle: &str| {
+        out.stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing:\n{}", out.stdout))
+    };
+    assert!(
+        at("── step a ") < at("a-done")
+            && at("a-done") < at("── step b ")
+            && at("── step b ") < at("b-done"),
+        "{}",
+        out.stdout
+    );
 
     // Cancel stops every running step.
     let slow = "app: g9-graph\nsteps:\n\
