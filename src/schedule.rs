@@ -45,9 +45,7 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule of a validated pipeline (its needs name existing steps and make no cycle).
     pub fn of(pipeline: &Pipeline, max_parallel: usize) -> Schedule {
-        let needs = (0..pipeline.steps.len())
-            .map(|i| pipeline.needs(i))
-            .collect();
+        let needs = pipeline.needs();
         let names = pipeline.steps.iter().map(|s| s.name.clone()).collect();
         let schedule = Schedule::new(names, needs, max_parallel);
         if pipeline.is_graph() {

@@ -74,16 +74,28 @@ impl Pipeline {
         self.steps.iter().any(|s| !s.needs.is_empty())
     }
 
-    /// The indices of the steps step `index` waits for: the previous step in file order, or
-    /// its `needs` in a graph. Validation made sure every name exists and there is no cycle.
-    pub fn needs(&self, index: usize) -> Vec<usize> {
+    /// For each step, the indices of the steps it waits for: the previous step in file order,
+    /// or its `needs` in a graph. Validation made sure every name exists and there is no cycle.
+    pub fn needs(&self) -> Vec<Vec<usize>> {
         if !self.is_graph() {
-            return index.checked_sub(1).into_iter().collect();
+            return (0..self.steps.len())
+                .map(|i| i.checked_sub(1).into_iter().collect())
+                .collect();
         }
-        self.steps[index]
-            .needs
+        let index: BTreeMap<&str, usize> = self
+            .steps
             .iter()
-            .filter_map(|n| self.steps.iter().position(|s| &s.name == n))
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        self.steps
+            .iter()
+            .map(|s| {
+                s.needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .collect()
+            })
             .collect()
     }
 

@@ -1318,6 +1318,31 @@ mod tests {
     }
 
     #[test]
+    fn a_long_chain_of_needs_is_walked_without_recursion() {
+        // 4000 steps, each needing the one before, the first needing the last: one cycle.
+        let n = 4000;
+        let mut yml = format!(
+            "app: web\nsteps:\n  - {{name: s0, shell: x, needs: [s{}]}}\n",
+            n - 1
+        );
+        for i in 1..n {
+            yml.push_str(&format!(
+                "  - {{name: s{i}, shell: x, needs: [s{}]}}\n",
+                i - 1
+            ));
+        }
+        let problems = crate::pipeline::parse(&yml).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("`needs` makes a cycle: s0 → s3999 → s3998"),
+            "{}",
+            &problems[0].message[..80]
+        );
+    }
+
+    #[test]
     fn a_deploy_in_a_graph_needs_its_build_step() {
         let build = "app: web\nsteps:\n  - name: image\n    build: {repository: r/a}\n  - {name: test, shell: [x]}\n";
         check(
@@ -1366,7 +1391,7 @@ mod tests {
         };
         assert_eq!(p.app_of(d), "auth");
         assert!(p.is_graph());
-        assert_eq!(p.needs(1), vec![0]);
+        assert_eq!(p.needs(), vec![vec![], vec![0]]);
     }
 
     #[test]
