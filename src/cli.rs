@@ -223,10 +223,24 @@ fn validate(file: &std::path::Path) -> ExitCode {
     };
     match crate::pipeline::parse(&text) {
         Ok(p) => {
+            let mut apps = vec![p.app.as_str()];
+            for s in &p.steps {
+                if let crate::pipeline::Action::Build(b) = &s.action
+                    && !apps.contains(&b.app.as_str())
+                {
+                    apps.push(&b.app);
+                }
+            }
+            let (noun, order) = match (apps.len(), p.is_graph()) {
+                (1, false) => ("app", "in file order"),
+                (1, true) => ("app", "as their needs allow"),
+                (_, false) => ("apps", "in file order"),
+                (_, true) => ("apps", "as their needs allow"),
+            };
             println!(
-                "{}: ok (app {}, {} steps)",
+                "{}: ok ({noun} {}, {} steps {order})",
                 file.display(),
-                p.app,
+                apps.join(", "),
                 p.steps.len()
             );
             ExitCode::SUCCESS

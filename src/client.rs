@@ -98,11 +98,19 @@ pub async fn runs(
 pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode> {
     let path = format!("/api/v1/runs/{run}/logs");
     let mut out = std::io::stdout();
+    let mut lines = StepLines {
+        names: step_names(&c, run).await.unwrap_or_default(),
+        ..StepLines::default()
+    };
     if !follow {
-        let chunks: Vec<Value> = send(c.get(&path)?, &c.server).await?.json().await?;
+        let mut chunks: Vec<Value> = send(c.get(&path)?, &c.server).await?.json().await?;
+        // Each step's log in one piece, in step order (steps of a graph may have run at once).
+        chunks.sort_by_key(|ch| ch["step"].as_i64().unwrap_or(0));
         for ch in chunks {
-            out.write_all(ch["data"].as_str().unwrap_or("").as_bytes())?;
+            let step = ch["step"].as_i64().unwrap_or(0);
+            lines.push(step, ch["data"].as_str().unwrap_or(""), &mut out)?;
         }
+        lines.finish(&mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let resp = send(
@@ -127,10 +135,17 @@ pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode>
                 data.clear();
                 match event.as_str() {
                     "log" => {
-                        out.write_all(v["data"].as_str().unwrap_or("").as_bytes())?;
+                        let step = v["step"].as_i64().unwrap_or(0);
+                        if !lines.names.contains_key(&step)
+                            && let Ok(names) = step_names(&c, run).await
+                        {
+                            lines.names = names;
+                        }
+                        lines.push(step, v["data"].as_str().unwrap_or(""), &mut out)?;
                         out.flush()?;
                     }
                     "end" => {
+                        lines.finish(&mut out)?;
                         let status = v["status"].as_str().unwrap_or("unknown");
                         eprintln!("run {run} ended: {status}");
                         return Ok(if status == "success" {
@@ -144,7 +159,75 @@ pub async fn logs(c: Client, run: i64, follow: bool) -> anyhow::Result<ExitCode>
             }
         }
     }
+    lines.finish(&mut out)?;
     bail!("the agent closed the log stream before run {run} ended")
+}
+
+/// The names of a run's steps by index.
+async fn step_names(
+    c: &Client,
+    run: i64,
+) -> anyhow::Result<std::collections::HashMap<i64, String>> {
+    let r: Value = send(c.get(&format!("/api/v1/runs/{run}"))?, &c.server)
+        .await?
+        .json()
+        .await?;
+    Ok(r["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["index"].as_i64()?, s["name"].as_str()?.to_string())))
+        .collect())
+}
+
+/// A run's log as `hoist logs` prints it: whole lines, each step's kept apart, so that steps
+/// running at once (a graph's) never cut into each other's lines; where the output moves to
+/// another step in the middle of its log, a `── [NAME]` line says whose lines follow.
+#[derive(Default)]
+struct StepLines {
+    /// Step names by index, for the `── [NAME]` lines.
+    names: std::collections::HashMap<i64, String>,
+    /// Each step's output since its last newline.
+    partial: std::collections::BTreeMap<i64, String>,
+    /// The step whose line was printed last.
+    last: Option<i64>,
+}
+
+impl StepLines {
+    fn push(&mut self, step: i64, data: &str, out: &mut impl Write) -> std::io::Result<()> {
+        let mut pending = self.partial.remove(&step).unwrap_or_default();
+        pending.push_str(data);
+        while let Some(nl) = pending.find('\n') {
+            let line: String = pending.drain(..=nl).collect();
+            self.print(step, &line, out)?;
+        }
+        if !pending.is_empty() {
+            self.partial.insert(step, pending);
+        }
+        Ok(())
+    }
+
+    /// Print what is left of every step's last line.
+    fn finish(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        for (step, rest) in std::mem::take(&mut self.partial) {
+            self.print(step, &format!("{rest}\n"), out)?;
+        }
+        Ok(())
+    }
+
+    fn print(&mut self, step: i64, line: &str, out: &mut impl Write) -> std::io::Result<()> {
+        // A step's own header line (`── step NAME (kind)`) says whose lines follow already.
+        if self.last.is_some_and(|l| l != step) && !line.starts_with("── step ") {
+            let name = self
+                .names
+                .get(&step)
+                .cloned()
+                .unwrap_or_else(|| format!("step {step}"));
+            writeln!(out, "── [{name}]")?;
+        }
+        self.last = Some(step);
+        out.write_all(line.as_bytes())
+    }
 }
 
 pub async fn releases(c: Client, app: String) -> anyhow::Result<ExitCode> {
@@ -286,4 +369,31 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepLines;
+
+    #[test]
+    fn lines_of_steps_that_ran_at_once_stay_whole_and_say_whose_they_are() {
+        let mut lines = StepLines {
+            names: [(0, "a".to_string()), (1, "b".to_string())].into(),
+            ..StepLines::default()
+        };
+        let mut out = Vec::new();
+        for (step, data) in [
+            (0, "── step a (container)\nhal"),
+            (1, "── step b (container)\nb1\n"),
+            (0, "f a\n"),
+            (1, "b2"),
+        ] {
+            lines.push(step, data, &mut out).unwrap();
+        }
+        lines.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "── step a (container)\n── step b (container)\nb1\n── [a]\nhalf a\n── [b]\nb2\n"
+        );
+    }
 }

@@ -59,6 +59,8 @@ pub struct RunnerConfig {
     pub retention: Retention,
     /// Failed runs' workspaces kept for debugging, newest first (default 5).
     pub keep_workspaces: usize,
+    /// Steps of one run at once, where `needs:` lets them run side by side (default 4).
+    pub max_parallel_steps: u32,
 }
 
 /// How many finished runs, and for how long, the store keeps per repository.
@@ -213,6 +215,8 @@ struct RawRunner {
     keep_runs_for: Duration,
     #[serde(default = "default_keep_workspaces")]
     keep_workspaces: usize,
+    #[serde(default = "default_max_parallel_steps")]
+    max_parallel_steps: Spanned<u32>,
 }
 
 impl Default for RawRunner {
@@ -223,6 +227,7 @@ impl Default for RawRunner {
             keep_runs: default_keep_runs(),
             keep_runs_for: default_keep_runs_for(),
             keep_workspaces: default_keep_workspaces(),
+            max_parallel_steps: default_max_parallel_steps(),
         }
     }
 }
@@ -283,6 +288,9 @@ fn default_docker() -> Spanned<String> {
 }
 fn default_max_parallel() -> Spanned<u32> {
     Spanned::new(0..0, 2)
+}
+fn default_max_parallel_steps() -> Spanned<u32> {
+    Spanned::new(0..0, 4)
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(60)
@@ -438,6 +446,12 @@ impl Doc<'_> {
                 "runner.keep_runs must be at least 1 (the runs kept per repository; use keep_runs_for to bound their age)",
             ));
         }
+        if *runner.max_parallel_steps.get_ref() == 0 {
+            return Err(self.at(
+                runner.max_parallel_steps.span(),
+                "runner.max_parallel_steps must be at least 1",
+            ));
+        }
         Ok(RunnerConfig {
             max_parallel: runner.max_parallel.into_inner(),
             poll_interval: runner.poll_interval,
@@ -446,6 +460,7 @@ impl Doc<'_> {
                 keep_for: Some(runner.keep_runs_for).filter(|d| !d.is_zero()),
             },
             keep_workspaces: runner.keep_workspaces,
+            max_parallel_steps: runner.max_parallel_steps.into_inner(),
         })
     }
 
@@ -887,7 +902,7 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     fn errors_name_the_key_and_line() {
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"),
-            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`",
+            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`, `max_parallel_steps`",
         );
         check(
             &GOOD.replace("\"file:/secret/hook\"", "\"hunter2\""),
@@ -978,6 +993,7 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         let c = Config::parse("hoist.toml", "", &Fake).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.runner.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.runner.max_parallel_steps, 4);
         assert_eq!(c.builder.docker, "unix:///var/run/docker.sock");
     }
 
@@ -986,6 +1002,10 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_parallel = 0"),
             "hoist.toml:6:16: runner.max_parallel must be at least 1",
+        );
+        check(
+            &GOOD.replace("[runner]", "[runner]\nmax_parallel_steps = 0"),
+            "hoist.toml:6:22: runner.max_parallel_steps must be at least 1",
         );
     }
 

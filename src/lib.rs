@@ -10,7 +10,8 @@
 //! - [`web`]: the operator's page at `GET /`: one static HTML file that reads the JSON API.
 //! - [`pipeline`]: `.hoist.yml`: the model, validation, triggers, placeholders.
 //! - [`queue`]: the one way work comes in (`accept`, `enqueue`); hands queued runs to the work it is given ([`run::execute`]); cancellation.
-//! - [`run`]: executes one run: fetch, match triggers, plan, checkout, steps.
+//! - [`run`]: executes one run: fetch, match triggers, plan, checkout, steps, the release train.
+//! - [`schedule`]: the step graph (file order, or `needs`) and the one scheduler that walks it.
 //! - [`logs`]: a step's log pump into the store, and live-log channels for followers.
 //! - [`checkout`]: git: per-repo mirrors and their locks, exact-commit fetch, workspaces, remote heads.
 //! - [`runner`]: executes one step, in a container on the builder or as a shell process.
@@ -40,5 +41,6 @@ pub mod poll;
 pub mod queue;
 pub mod run;
 pub mod runner;
+pub mod schedule;
 pub mod store;
 pub mod web;

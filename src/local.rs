@@ -1,5 +1,6 @@
 //! `hoist run`: a pipeline's test steps on a local checkout, with the agent's runner, no server.
-//! Build and deploy steps are the agent's business and are skipped here, saying so.
+//! Build and deploy steps are the agent's business and are skipped here, saying so. Steps run
+//! as the agent runs them (`schedule`: file order, or as `needs` allows).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{self, Action, Vars};
 use crate::runner::{self, StepContext};
+use crate::schedule::{self, Ended, Schedule, State};
 
 pub async fn run(
     pipeline_file: Option<PathBuf>,
@@ -42,74 +44,137 @@ pub async fn run(
             c.cancel();
         });
     }
-    let mut docker = None;
-    for step in &p.steps {
-        println!("── step {}", step.name);
-        let commands = match &step.action {
-            Action::Container { commands, .. } | Action::Shell { commands } => commands,
-            Action::Build(_) | Action::Deploy(_) => {
-                println!(
-                    "── step {} skipped: build and deploy steps run on the agent",
-                    step.name
-                );
-                continue;
-            }
-        };
-        let mut env = vars.env();
-        for (k, v) in p.env.iter().chain(step.env.iter()) {
-            env.retain(|(n, _)| n != k);
-            env.push((
-                k.clone(),
-                vars.render(v)
-                    .map_err(|e| anyhow::anyhow!("env {k}: {e}"))?,
-            ));
-        }
-        // Secrets come from the environment of whoever runs this, under the same names.
-        let secrets: Vec<(String, String)> = step
-            .secrets
-            .iter()
-            .map(|n| {
-                std::env::var(n)
-                    .map(|v| (n.clone(), v))
-                    .with_context(|| format!("secret {n}: export {n} to run this step locally"))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let printer = tokio::spawn(async move {
-            let mut out = std::io::stdout();
-            while let Some(b) = rx.recv().await {
-                let _ = out.write_all(&b);
-                let _ = out.flush();
-            }
-        });
-        let ctx = StepContext {
-            workspace: dir.clone(),
-            env,
-            secrets,
-            timeout: step.timeout,
-            cancel: cancel.clone(),
-            log: tx,
-            labels: HashMap::from([(runner::STEP_LABEL.to_string(), step.name.clone())]),
-        };
-        let outcome = match &step.action {
-            Action::Container { image, commands } => {
-                if docker.is_none() {
-                    docker = Some(crate::engine::connect(&docker_url, None).await?);
+    let docker = tokio::sync::OnceCell::new();
+    let failed = std::sync::Mutex::new(Vec::new());
+    let schedule = Schedule::of(&p, MAX_PARALLEL_STEPS);
+    let (p, vars, dir, docker, docker_url, failed, cancel) =
+        (&p, &vars, &dir, &docker, &docker_url, &failed, &cancel);
+    let end = schedule::walk(
+        schedule,
+        cancel,
+        |i| async move {
+            let step = &p.steps[i];
+            match local_step(p, step, vars, dir, docker, docker_url, cancel).await {
+                Ok(true) => Ended::of(true),
+                Ok(false) => {
+                    failed.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+                    Ended::of(false)
                 }
-                let d = docker.as_ref().context("no Docker connection")?;
-                runner::run_container(d, image, commands, &ctx).await
+                Err(e) => {
+                    println!("── step {} failed: {e:#}", step.name);
+                    failed.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+                    Ended::of(false)
+                }
             }
-            _ => runner::run_shell(commands, &ctx).await,
-        };
-        drop(ctx);
-        let _ = printer.await;
-        if !outcome.is_success() {
-            println!("── step {} {}", step.name, outcome.reason());
-            return Ok(ExitCode::from(1));
-        }
+        },
+        |i, why| async move {
+            println!("── step {} skipped: {why}", p.steps[i].name);
+        },
+    )
+    .await;
+    let unfinished = (0..p.steps.len()).any(|i| matches!(end.state(i), State::Waiting));
+    if !failed.lock().unwrap_or_else(|e| e.into_inner()).is_empty() || unfinished {
+        return Ok(ExitCode::from(1));
     }
     println!("── all steps passed");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Steps run at once where `needs:` allows, as the agent's default `max_parallel_steps`.
+const MAX_PARALLEL_STEPS: usize = 4;
+
+/// One step on the local checkout; whether it passed. Build and deploy steps count as passed
+/// (they are the agent's business), so the steps that need them still run. In a graph, whose
+/// steps may run at once, each output line carries its step's name.
+async fn local_step(
+    p: &pipeline::Pipeline,
+    step: &pipeline::Step,
+    vars: &Vars,
+    dir: &std::path::Path,
+    docker: &tokio::sync::OnceCell<bollard::Docker>,
+    docker_url: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<bool> {
+    println!("── step {}", step.name);
+    if matches!(step.action, Action::Build(_) | Action::Deploy(_)) {
+        println!(
+            "── step {} skipped: build and deploy steps run on the agent",
+            step.name
+        );
+        return Ok(true);
+    }
+    let mut env = vars.env();
+    for (k, v) in p.env.iter().chain(step.env.iter()) {
+        env.retain(|(n, _)| n != k);
+        env.push((
+            k.clone(),
+            vars.render(v)
+                .map_err(|e| anyhow::anyhow!("env {k}: {e}"))?,
+        ));
+    }
+    // Secrets come from the environment of whoever runs this, under the same names.
+    let secrets: Vec<(String, String)> = step
+        .secrets
+        .iter()
+        .map(|n| {
+            std::env::var(n)
+                .map(|v| (n.clone(), v))
+                .with_context(|| format!("secret {n}: export {n} to run this step locally"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let prefix = p.is_graph().then(|| format!("{} | ", step.name));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let printer = tokio::spawn(async move {
+        let mut pending = Vec::new();
+        while let Some(b) = rx.recv().await {
+            match &prefix {
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&b);
+                    let _ = out.flush();
+                }
+                Some(prefix) => {
+                    pending.extend_from_slice(&b);
+                    while let Some(n) = pending.iter().position(|&c| c == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=n).collect();
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(prefix.as_bytes());
+                        let _ = out.write_all(&line);
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+        if let (Some(prefix), false) = (&prefix, pending.is_empty()) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{prefix}{}", String::from_utf8_lossy(&pending));
+        }
+    });
+    let ctx = StepContext {
+        workspace: dir.to_path_buf(),
+        env,
+        secrets,
+        timeout: step.timeout,
+        cancel: cancel.clone(),
+        log: tx,
+        labels: HashMap::from([(runner::STEP_LABEL.to_string(), step.name.clone())]),
+    };
+    let outcome = match &step.action {
+        Action::Container { image, commands } => {
+            let d = docker
+                .get_or_try_init(|| crate::engine::connect(docker_url, None))
+                .await?;
+            runner::run_container(d, image, commands, &ctx).await
+        }
+        Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
+        Action::Build(_) | Action::Deploy(_) => return Ok(true),
+    };
+    drop(ctx);
+    let _ = printer.await;
+    if !outcome.is_success() {
+        println!("── step {} {}", step.name, outcome.reason());
+    }
+    Ok(outcome.is_success())
 }
 
 /// Placeholders from the checkout's git HEAD, when it is a repository.

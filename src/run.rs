@@ -1,13 +1,15 @@
 //! One run, end to end: fetch the exact commit, read its `.hoist.yml`, decide whether it runs
 //! for this ref (the one place triggers are matched), check it out into a fresh workspace, and
-//! run its steps in order, recording each step's state and its masked log as it goes.
+//! run its steps as the step graph allows (`schedule`: file order, or `needs`), recording each
+//! step's state and its masked log as it goes; when a deploy step of an `atomic` pipeline
+//! fails, the release train takes every app the run switched back to what it ran before.
 //!
 //! The queue's dispatcher calls [`execute`] for each claimed run; this module depends on the
 //! queue, never the other way round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -20,6 +22,7 @@ use crate::image;
 use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::Queue;
 use crate::runner::{self, Outcome, StepContext};
+use crate::schedule::{self, Ended, Schedule, State};
 use crate::store::{DeploymentKind, DeploymentStatus, NewRelease, Release, Run, Status, StepKind};
 
 /// Longest a deploy step waits for another deployment of its app to finish.
@@ -276,7 +279,7 @@ async fn build_step(
     ctx: &StepContext,
     docker: &bollard::Docker,
 ) -> anyhow::Result<Release> {
-    let vars = vars_of(run, &pipeline.app);
+    let vars = vars_of(run, &spec.app);
     let references = image_references(spec, &vars)?;
     let args = spec
         .args
@@ -287,7 +290,7 @@ async fn build_step(
         context: ctx.workspace.join(&spec.context),
         dockerfile: spec.dockerfile.clone(),
         args,
-        labels: image_labels(q, run, &pipeline.app),
+        labels: image_labels(q, run, &spec.app),
         tags: references.clone(),
     };
     let image_id = image::build(docker, &request, &ctx.log, &ctx.cancel).await?;
@@ -299,7 +302,7 @@ async fn build_step(
     let release = q
         .store
         .create_release(NewRelease {
-            app: pipeline.app.clone(),
+            app: spec.app.clone(),
             repo: run.repo.clone(),
             commit: run.commit.clone(),
             run: run.id,
@@ -397,15 +400,16 @@ async fn push_and_verify(
 }
 
 /// A deploy step: roll the release its build step made out across the hosts, waiting for
-/// another deployment of the app to finish first.
+/// another deployment of the app to finish first. On success, what it switched (for the
+/// release train).
 async fn deploy_step(
     q: &Arc<Queue>,
     run: &Run,
-    pipeline: &Pipeline,
+    step: &pipeline::Step,
     spec: &pipeline::DeploySpec,
     release: &Release,
     ctx: &StepContext,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Switched> {
     let deployer = Deployer::new(q.store.clone(), q.config.clone(), q.shutdown.clone());
     let plan = Plan {
         to: release.clone(),
@@ -414,28 +418,50 @@ async fn deploy_step(
         run: Some(run.id),
         requested_by: format!("run {}", run.id),
         hooks_dir: Some(ctx.workspace.clone()),
-        vars: vars_of(run, &pipeline.app),
+        vars: vars_of(run, &release.app),
     };
+    let verdict = deploy(&deployer, plan, &ctx.log, &ctx.cancel).await?;
+    let from = q
+        .store
+        .deployment(verdict.deployment)
+        .await?
+        .and_then(|(d, _, _)| d.from_release);
+    Ok(Switched {
+        app: release.app.clone(),
+        step: step.name.clone(),
+        from,
+        to: release.number,
+    })
+}
+
+/// Start `plan` once no other deployment holds its app (waiting at most [`DEPLOY_WAIT`]) and
+/// carry it to its verdict; an error unless it succeeded.
+async fn deploy(
+    deployer: &Deployer,
+    plan: Plan,
+    log: &runner::LogSink,
+    cancel: &CancellationToken,
+) -> anyhow::Result<crate::deploy::deployment::Verdict> {
     let deadline = std::time::Instant::now() + DEPLOY_WAIT;
     let started = loop {
         match deployer.start(plan.clone()).await {
             Ok(s) => break s,
             Err(StartError::Busy { app, deployment }) if std::time::Instant::now() < deadline => {
-                let _ = ctx.log.send(
+                let _ = log.send(
                     format!("waiting: app {app} is being deployed by deployment {deployment}\n")
                         .into_bytes(),
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = ctx.cancel.cancelled() => bail!("cancelled while waiting for another deployment"),
+                    _ = cancel.cancelled() => bail!("cancelled while waiting for another deployment"),
                 }
             }
             Err(e) => return Err(e.into()),
         }
     };
-    let verdict = deployer.run(started, &ctx.log).await;
+    let verdict = deployer.run(started, log).await;
     if verdict.status == DeploymentStatus::Succeeded {
-        return Ok(());
+        return Ok(verdict);
     }
     Err(anyhow!(
         "deployment {} {}{}: {}",
@@ -449,14 +475,117 @@ async fn deploy_step(
     ))
 }
 
-/// What one run's steps share: the builder connection (made when a step first needs it) and
-/// the releases its build steps made, by step name.
-#[derive(Default)]
-struct RunState {
-    docker: Option<bollard::Docker>,
-    built: HashMap<String, Release>,
+/// An app a deploy step of this run moved, and from which release.
+#[derive(Debug, Clone)]
+struct Switched {
+    app: String,
+    /// The deploy step that moved it.
+    step: String,
+    /// What its hosts ran before (the newest release on any of them); None: nothing of it.
+    from: Option<i64>,
+    to: i64,
 }
 
+/// The release train of an `atomic` pipeline whose deploy step `failed` (of app
+/// `failed_app`, which its own deployment already rolled back) failed: every app this run
+/// switched goes back to what it ran before, newest first, each a rollback deployment that
+/// reads back every host. The sentence for the run's reason.
+async fn release_train(
+    q: &Arc<Queue>,
+    run: &Run,
+    switched: &[Switched],
+    failed_app: &str,
+    log: &runner::LogSink,
+) -> String {
+    let say = |m: String| {
+        let _ = log.send(format!("── release train: {m}\n").into_bytes());
+    };
+    say(format!(
+        "deploy of app {failed_app} failed; rolling back every app this run switched, newest first"
+    ));
+    let deployer = Deployer::new(q.store.clone(), q.config.clone(), q.shutdown.clone());
+    let (mut reverted, mut left) = (Vec::new(), Vec::new());
+    let mut done: Vec<&str> = Vec::new();
+    for s in switched.iter().rev() {
+        // An app two deploy steps moved goes back once, to what it ran before the first.
+        if done.contains(&s.app.as_str()) {
+            continue;
+        }
+        done.push(&s.app);
+        let first = switched.iter().find(|f| f.app == s.app).unwrap_or(s);
+        let Some(from) = first.from else {
+            let why = format!(
+                "{} had no release before this run and stays on release {}",
+                s.app, s.to
+            );
+            say(why.clone());
+            left.push(why);
+            continue;
+        };
+        let who = format!(
+            "run {} (atomic: the deploy of {failed_app} failed; step {} had moved {} to release {})",
+            run.id, s.step, s.app, s.to
+        );
+        let back = async {
+            let mut plan =
+                crate::deploy::rollback_plan(&deployer, &q.mirrors, &s.app, Some(from), &who)
+                    .await?;
+            plan.run = Some(run.id);
+            deploy(&deployer, plan, log, &CancellationToken::new()).await
+        };
+        match back.await {
+            Ok(v) => {
+                say(format!(
+                    "{} is back on release {from} (deployment {}), verified on every host",
+                    s.app, v.deployment
+                ));
+                reverted.push(format!("{} to release {from}", s.app));
+            }
+            Err(e) => {
+                let why = format!(
+                    "{} could not be rolled back to release {from}: {e:#}",
+                    s.app
+                );
+                say(why.clone());
+                left.push(why);
+            }
+        }
+    }
+    let mut text = format!("release train (atomic): the deploy of {failed_app} failed");
+    if reverted.is_empty() {
+        text.push_str("; no other app had been switched");
+    } else {
+        text.push_str(&format!(
+            "; rolled back {}, each verified on every host",
+            reverted.join(", ")
+        ));
+    }
+    for l in left {
+        text.push_str(&format!("; {l}"));
+    }
+    text
+}
+
+/// What one run's steps share, while several may run at once: the builder connection (made
+/// when a step first needs it), the releases its build steps made by step name, and the apps
+/// its deploy steps switched, in the order they finished (what the release train reverts).
+#[derive(Default)]
+struct RunState {
+    docker: tokio::sync::OnceCell<bollard::Docker>,
+    // std Mutexes: no `.await` happens while one is held.
+    built: Mutex<HashMap<String, Release>>,
+    switched: Mutex<Vec<Switched>>,
+    /// Failed steps in the order they failed: (index, status, reason).
+    failed: Mutex<Vec<(usize, Status, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Walk the pipeline's step graph (file order, or `needs`) with [`schedule::walk`], each step
+/// through [`one_step`], up to `[runner] max_parallel_steps` at once; then the verdict, after
+/// the release train when an `atomic` pipeline's deploy step failed.
 async fn run_steps(
     q: &Arc<Queue>,
     run: &Run,
@@ -465,53 +594,125 @@ async fn run_steps(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Verdict> {
     let vars = vars_of(run, &pipeline.app);
-    let mut state = RunState::default();
-    for (index, step) in pipeline.steps.iter().enumerate() {
-        let index = index as i64;
-        if cancel.is_cancelled() {
-            return Ok(Verdict::new(Status::Cancelled, "cancelled"));
-        }
-        q.store.start_step(run.id, index).await?;
-        let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index);
-        let _ =
-            sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
-        let outcome = match step_context(q, run, pipeline, step, &vars, workspace, cancel, &sink) {
-            Err(e) => Outcome::Error {
-                reason: format!("{e:#}"),
-            },
-            Ok(ctx) => run_step(q, run, pipeline, step, &ctx, &mut state).await,
-        };
-        if !outcome.is_success() {
-            let _ = sink.send(format!("── step {} {}\n", step.name, outcome.reason()).into_bytes());
-        }
+    let state = RunState::default();
+    let schedule = Schedule::of(pipeline, q.config.runner.max_parallel_steps as usize);
+    let (state, vars) = (&state, &vars);
+    let end = schedule::walk(
+        schedule,
+        cancel,
+        |i| async move {
+            let step = &pipeline.steps[i];
+            let (st, reason) =
+                match one_step(q, run, pipeline, i, vars, workspace, cancel, state).await {
+                    Ok(ended) => ended,
+                    Err(e) => (Status::Failed, format!("{e:#}")),
+                };
+            if st == Status::Success {
+                return Ended::of(true);
+            }
+            lock(&state.failed).push((i, st, format!("step {} {reason}", step.name)));
+            let train = pipeline.atomic && matches!(step.action, Action::Deploy(_));
+            Ended {
+                succeeded: false,
+                halt: train.then(|| {
+                    format!(
+                        "the release train stopped: deploy step {} failed",
+                        step.name
+                    )
+                }),
+            }
+        },
+        |i, why| async move {
+            if let Err(e) = q
+                .store
+                .finish_step(run.id, i as i64, Status::Skipped, None, Some(why))
+                .await
+            {
+                tracing::error!(run = run.id, "cannot record a skipped step: {e:#}");
+            }
+        },
+    )
+    .await;
+    let failed = std::mem::take(&mut *lock(&state.failed));
+    let unfinished =
+        (0..pipeline.steps.len()).any(|i| matches!(end.state(i), State::Waiting | State::Running));
+    if cancel.is_cancelled() && (unfinished || !failed.is_empty()) {
+        let why = q
+            .cancel_reason(run.id)
+            .unwrap_or_else(|| "cancelled".into());
+        return Ok(Verdict::new(Status::Cancelled, why));
+    }
+    let Some(&(_, status, _)) = failed.first() else {
+        return Ok(Verdict {
+            status: Status::Success,
+            reason: None,
+        });
+    };
+    let mut reason = failed
+        .iter()
+        .map(|(_, _, why)| why.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let failed_deploy = failed
+        .iter()
+        .find_map(|&(i, _, _)| match &pipeline.steps[i].action {
+            Action::Deploy(d) => Some((i, pipeline.app_of(d).to_string())),
+            _ => None,
+        });
+    if let (true, Some((index, app))) = (pipeline.atomic, failed_deploy) {
+        let switched = lock(&state.switched).clone();
+        // The train's progress goes into the failing deploy step's own log.
+        let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index as i64);
+        let train = release_train(q, run, &switched, &app, &sink).await;
         drop(sink);
         let _ = pump.await;
-
-        let (st, exit_code) = match &outcome {
-            Outcome::Success => (Status::Success, None),
-            Outcome::Failed { exit_code, .. } => (Status::Failed, Some(*exit_code)),
-            Outcome::TimedOut { .. } => (Status::TimedOut, None),
-            Outcome::Cancelled => (Status::Cancelled, None),
-            Outcome::Error { .. } => (Status::Failed, None),
-        };
-        let reason = (!outcome.is_success()).then(|| outcome.reason());
-        q.store
-            .finish_step(run.id, index, st, exit_code, reason)
-            .await?;
-        if !outcome.is_success() {
-            let why = match &outcome {
-                Outcome::Cancelled => q
-                    .cancel_reason(run.id)
-                    .unwrap_or_else(|| "cancelled".into()),
-                _ => format!("step {} {}", step.name, outcome.reason()),
-            };
-            return Ok(Verdict::new(st, why));
-        }
+        reason = format!("{reason}; {train}");
     }
-    Ok(Verdict {
-        status: Status::Success,
-        reason: None,
-    })
+    Ok(Verdict::new(status, reason))
+}
+
+/// One step, recorded: started, its log pumped into the store, ended with its status; the
+/// status and, unless it succeeded, the reason.
+#[allow(clippy::too_many_arguments)]
+async fn one_step(
+    q: &Arc<Queue>,
+    run: &Run,
+    pipeline: &Pipeline,
+    index: usize,
+    vars: &Vars,
+    workspace: &Path,
+    cancel: &CancellationToken,
+    state: &RunState,
+) -> anyhow::Result<(Status, String)> {
+    let step = &pipeline.steps[index];
+    let index = index as i64;
+    q.store.start_step(run.id, index).await?;
+    let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index);
+    let _ = sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
+    let outcome = match step_context(q, run, pipeline, step, vars, workspace, cancel, &sink) {
+        Err(e) => Outcome::Error {
+            reason: format!("{e:#}"),
+        },
+        Ok(ctx) => run_step(q, run, pipeline, step, &ctx, state).await,
+    };
+    if !outcome.is_success() {
+        let _ = sink.send(format!("── step {} {}\n", step.name, outcome.reason()).into_bytes());
+    }
+    drop(sink);
+    let _ = pump.await;
+
+    let (st, exit_code) = match &outcome {
+        Outcome::Success => (Status::Success, None),
+        Outcome::Failed { exit_code, .. } => (Status::Failed, Some(*exit_code)),
+        Outcome::TimedOut { .. } => (Status::TimedOut, None),
+        Outcome::Cancelled => (Status::Cancelled, None),
+        Outcome::Error { .. } => (Status::Failed, None),
+    };
+    let reason = (!outcome.is_success()).then(|| outcome.reason());
+    q.store
+        .finish_step(run.id, index, st, exit_code, reason.clone())
+        .await?;
+    Ok((st, reason.unwrap_or_default()))
 }
 
 /// One step, by the executor its kind names.
@@ -521,7 +722,7 @@ async fn run_step(
     pipeline: &Pipeline,
     step: &pipeline::Step,
     ctx: &StepContext,
-    state: &mut RunState,
+    state: &RunState,
 ) -> Outcome {
     let error = |e: anyhow::Error| Outcome::Error {
         reason: format!("{e:#}"),
@@ -539,34 +740,36 @@ async fn run_step(
             };
             match built {
                 Ok(release) => {
-                    state.built.insert(step.name.clone(), release);
+                    lock(&state.built).insert(step.name.clone(), release);
                     Outcome::Success
                 }
                 Err(_) if ctx.cancel.is_cancelled() => Outcome::Cancelled,
                 Err(e) => error(e),
             }
         }
-        Action::Deploy(spec) => match state.built.get(&spec.image) {
-            None => Outcome::Error {
-                reason: format!("step {} built no release in this run", spec.image),
-            },
-            Some(release) => match deploy_step(q, run, pipeline, spec, release, ctx).await {
-                Ok(()) => Outcome::Success,
-                Err(e) => error(e),
-            },
-        },
+        Action::Deploy(spec) => {
+            let release = lock(&state.built).get(&spec.image).cloned();
+            match release {
+                None => Outcome::Error {
+                    reason: format!("step {} built no release in this run", spec.image),
+                },
+                Some(release) => match deploy_step(q, run, step, spec, &release, ctx).await {
+                    Ok(switched) => {
+                        lock(&state.switched).push(switched);
+                        Outcome::Success
+                    }
+                    Err(e) => error(e),
+                },
+            }
+        }
     }
 }
 
 impl RunState {
     /// The build engine; a failure to connect is each step's own error, tried again by the next.
-    async fn builder(&mut self, q: &Queue) -> anyhow::Result<bollard::Docker> {
-        if let Some(d) = &self.docker {
-            return Ok(d.clone());
-        }
-        let d = q.builder().await?;
-        self.docker = Some(d.clone());
-        Ok(d)
+    async fn builder(&self, q: &Queue) -> anyhow::Result<bollard::Docker> {
+        let d = self.docker.get_or_try_init(|| q.builder()).await?;
+        Ok(d.clone())
     }
 }
 

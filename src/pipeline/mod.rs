@@ -59,8 +59,56 @@ pub struct Pipeline {
     pub on: Triggers,
     /// Environment for every step; values may hold placeholders.
     pub env: BTreeMap<String, String>,
-    /// Run in order; the first failing step fails the run. At least one; names unique.
+    /// The release train: when a deploy step fails, every app this run switched is rolled
+    /// back to what it ran before, newest first (default false: the other apps stay).
+    #[serde(default)]
+    pub atomic: bool,
+    /// At least one; names unique. Without any `needs`, they run in file order and the first
+    /// failing step fails the run; with `needs`, they form the graph [`Pipeline::needs`] gives.
     pub steps: Vec<Step>,
+}
+
+impl Pipeline {
+    /// Whether any step lists `needs`: then the steps form a graph instead of a file-order chain.
+    pub fn is_graph(&self) -> bool {
+        self.steps.iter().any(|s| !s.needs.is_empty())
+    }
+
+    /// For each step, the indices of the steps it waits for: the previous step in file order,
+    /// or its `needs` in a graph. Validation made sure every name exists and there is no cycle.
+    pub fn needs(&self) -> Vec<Vec<usize>> {
+        if !self.is_graph() {
+            return (0..self.steps.len())
+                .map(|i| i.checked_sub(1).into_iter().collect())
+                .collect();
+        }
+        let index: BTreeMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        self.steps
+            .iter()
+            .map(|s| {
+                s.needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The app a deploy step deploys: the app of its `image` build step.
+    pub fn app_of(&self, deploy: &DeploySpec) -> &str {
+        self.steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::Build(b) if s.name == deploy.image => Some(b.app.as_str()),
+                _ => None,
+            })
+            .unwrap_or(&self.app)
+    }
 }
 
 /// Which refs start a run. Patterns are globs: `*` stays within one `/`-separated segment,
@@ -79,6 +127,9 @@ pub struct Triggers {
 pub struct Step {
     /// Unique within the pipeline, `[A-Za-z0-9_.-]+`; shown in logs and named by `deploy.image`.
     pub name: String,
+    /// Steps that must succeed before this one starts (`needs:`); any makes the pipeline a graph.
+    #[serde(default)]
+    pub needs: Vec<String>,
     /// Environment for this step, over the pipeline's; values may hold placeholders.
     pub env: BTreeMap<String, String>,
     /// Names of agent secrets exposed as env vars (masked in every log).
@@ -119,6 +170,9 @@ pub enum Action {
 /// `build:`: an image built from the checkout, pushed and verified by digest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BuildSpec {
+    /// The app whose next release this build makes (`build.app`; default the top-level
+    /// `app`). One build step per app in a pipeline.
+    pub app: String,
     /// Build context, relative to the checkout (default `.`); never leaves it.
     pub context: String,
     /// Dockerfile, relative to the context (default `Dockerfile`).
@@ -438,9 +492,11 @@ steps:
                 tags: Some(strs(&["v*"])),
             },
             env: map(&[("RUST_LOG", "info")]),
+            atomic: false,
             steps: vec![
                 Step {
                     name: "test".into(),
+                    needs: vec![],
                     env: BTreeMap::new(),
                     secrets: strs(&["DATABASE_URL"]),
                     timeout: Some(secs(600)),
@@ -451,6 +507,7 @@ steps:
                 },
                 Step {
                     name: "test-on-agent".into(),
+                    needs: vec![],
                     env: BTreeMap::new(),
                     secrets: vec![],
                     timeout: None,
@@ -460,10 +517,12 @@ steps:
                 },
                 Step {
                     name: "image".into(),
+                    needs: vec![],
                     env: BTreeMap::new(),
                     secrets: vec![],
                     timeout: None,
                     action: Action::Build(BuildSpec {
+                        app: "web".into(),
                         context: ".".into(),
                         dockerfile: "Dockerfile".into(),
                         repository: "127.0.0.1:5000/acme/web".into(),
@@ -473,6 +532,7 @@ steps:
                 },
                 Step {
                     name: "deploy".into(),
+                    needs: vec![],
                     env: BTreeMap::new(),
                     secrets: vec![],
                     timeout: None,

@@ -23,6 +23,7 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     pub(super) env: BTreeMap<String, S<String>>,
     pub(super) steps: Option<S<Vec<S<RawStep>>>>,
+    pub(super) atomic: Option<S<bool>>,
 }
 
 /// `on:`.
@@ -49,6 +50,7 @@ pub(super) struct RawStep {
     pub(super) shell: Option<S<CommandList>>,
     pub(super) build: Option<S<RawBuild>>,
     pub(super) deploy: Option<S<RawDeploy>>,
+    pub(super) needs: Option<S<Vec<S<String>>>>,
 }
 
 /// `commands:` and `shell:` take a list, or one string: `shell: make check`, or a `|` block
@@ -85,6 +87,7 @@ impl<'de> Deserialize<'de> for CommandList {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBuild {
+    pub(super) app: Option<S<String>>,
     pub(super) context: Option<S<String>>,
     pub(super) dockerfile: Option<S<String>>,
     pub(super) repository: Option<S<String>>,
@@ -338,11 +341,11 @@ mod tests {
         );
         check(
             "app: web\nstep: []\n",
-            ".hoist.yml:2:1: unknown field `step`, expected one of app, on, env, steps",
+            ".hoist.yml:2:1: unknown field `step`, expected one of app, on, env, steps, atomic",
         );
         check(
             "app: web\nsteps:\n  - name: t\n    image: x\n    commands: [a]\n    bogus: 1\n",
-            ".hoist.yml:6:5: unknown field `bogus`, expected one of name, env, secrets, timeout, image, commands, shell, build, deploy",
+            ".hoist.yml:6:5: unknown field `bogus`, expected one of name, env, secrets, timeout, image, commands, shell, build, deploy, needs",
         );
         check(
             &with_deploy("").replace("{tcp: 8080}", "{tcp: 1, retries: 3}"),

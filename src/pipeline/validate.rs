@@ -78,6 +78,8 @@ fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
     };
     let env = check_env(problems, &raw.env, "env");
 
+    let atomic = raw.atomic.is_some_and(|a| a.value);
+
     let mut steps = Vec::new();
     match raw.steps {
         None => problems.at(root, "missing `steps`: list at least one step"),
@@ -85,38 +87,207 @@ fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
             problems.at(list.referenced, "`steps` is empty: list at least one step")
         }
         Some(list) => {
-            // Names seen so far, and which of them are build steps, for `deploy.image`.
-            let mut seen: BTreeMap<String, bool> = BTreeMap::new();
-            let all_names: BTreeSet<String> = list
-                .value
-                .iter()
-                .filter_map(|s| s.value.name.as_ref().map(|n| n.value.clone()))
-                .collect();
+            let mut places = Vec::new();
+            let mut names = BTreeSet::new();
             for step in list.value {
-                let (name_loc, step) = convert_step(step, problems, &seen, &all_names);
+                let (place, step) = convert_step(step, problems, &app);
                 // A step without a name was reported already; one problem is enough.
-                if !step.name.is_empty() {
-                    if seen.contains_key(&step.name) {
-                        problems.at(
-                            name_loc,
-                            format!(
-                                "step name {:?} is used twice; give each step its own name",
-                                step.name
-                            ),
-                        );
-                    } else {
-                        seen.insert(step.name.clone(), matches!(step.action, Action::Build(_)));
-                    }
+                if !step.name.is_empty() && !names.insert(step.name.clone()) {
+                    problems.at(
+                        place.name,
+                        format!(
+                            "step name {:?} is used twice; give each step its own name",
+                            step.name
+                        ),
+                    );
                 }
                 steps.push(step);
+                places.push(place);
             }
+            check_references(problems, &steps, &places);
         }
     }
     Pipeline {
         app,
         on,
         env,
+        atomic,
         steps,
+    }
+}
+
+/// Where a step and its references to other steps are written, for the rules that need every
+/// step at once (`needs`, `deploy.image`, one build per app).
+struct Places {
+    /// The step's name (the step itself when it has none).
+    name: Location,
+    /// Each entry of `needs`, in the order of [`Step::needs`].
+    needs: Vec<Location>,
+    /// `deploy.image`, on a deploy step that has one.
+    image: Option<Location>,
+    /// `build.app`, or `build:` itself when the app is the default, on a build step.
+    build: Option<Location>,
+}
+
+/// The rules between steps: every need names another existing step, once; the needs make no
+/// cycle; a deploy's `image` is a build step that runs before it (earlier in file order, or
+/// one it needs, directly or through its needs, in a graph); each app has one build step.
+fn check_references(problems: &mut Problems, steps: &[Step], places: &[Places]) {
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        index.entry(s.name.as_str()).or_insert(i);
+    }
+    // The edges that name a real other step: what the cycle and reachability checks walk.
+    let mut edges: Vec<Vec<(usize, Location)>> = vec![Vec::new(); steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for (need, &loc) in s.needs.iter().zip(&places[i].needs) {
+            if *need == s.name {
+                problems.at(
+                    loc,
+                    format!("step {need:?} needs itself; remove it from `needs`"),
+                );
+            } else if !seen.insert(need.as_str()) {
+                problems.at(loc, format!("step {need:?} is listed twice in `needs`"));
+            } else {
+                match index.get(need.as_str()) {
+                    Some(&j) => edges[i].push((j, loc)),
+                    None => problems.at(
+                        loc,
+                        format!("`needs` names step {need:?}, which does not exist"),
+                    ),
+                }
+            }
+        }
+    }
+    check_cycles(problems, steps, &edges);
+    let graph = steps.iter().any(|s| !s.needs.is_empty());
+    let mut builds: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        match &s.action {
+            Action::Deploy(d) => {
+                if let Some(loc) = places[i].image {
+                    deploy_image(problems, steps, &index, &edges, graph, i, &d.image, loc);
+                }
+            }
+            Action::Build(b) if !b.app.is_empty() => {
+                if let (Some(first), Some(loc)) = (builds.get(b.app.as_str()), places[i].build) {
+                    problems.at(
+                        loc,
+                        format!(
+                            "app {:?} is built by step {first:?} already; each app has one build \
+                             step (set `build.app` to build another app)",
+                            b.app
+                        ),
+                    );
+                } else {
+                    builds.insert(&b.app, &s.name);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `deploy.image` of step `at`: a build step that runs before it.
+#[allow(clippy::too_many_arguments)]
+fn deploy_image(
+    problems: &mut Problems,
+    steps: &[Step],
+    index: &BTreeMap<&str, usize>,
+    edges: &[Vec<(usize, Location)>],
+    graph: bool,
+    at: usize,
+    image: &str,
+    loc: Location,
+) {
+    let wrong = match index.get(image) {
+        None if graph => "does not exist; name a `build` step this one needs".to_string(),
+        None => "does not exist; name an earlier `build` step".to_string(),
+        Some(&j) if !matches!(steps[j].action, Action::Build(_)) => {
+            "is not a `build` step".to_string()
+        }
+        Some(&j) if graph && !reaches(edges, at, j) => {
+            format!("this step does not need; add {image:?} to its `needs` (or to a step it needs)")
+        }
+        Some(&j) if !graph && j > at => {
+            "comes later; move the build step before this one".to_string()
+        }
+        Some(_) => return,
+    };
+    problems.at(
+        loc,
+        format!("`deploy.image` names step {image:?}, which {wrong}"),
+    );
+}
+
+/// Whether step `from` waits for step `to`, directly or through its needs.
+fn reaches(edges: &[Vec<(usize, Location)>], from: usize, to: usize) -> bool {
+    let mut seen = vec![false; edges.len()];
+    let mut stack = vec![from];
+    while let Some(i) = stack.pop() {
+        for &(j, _) in &edges[i] {
+            if j == to {
+                return true;
+            }
+            if !seen[j] {
+                seen[j] = true;
+                stack.push(j);
+            }
+        }
+    }
+    false
+}
+
+/// Every cycle of `needs`, reported at the need that closes it. A depth-first walk with an
+/// explicit stack (a hostile file may hold thousands of steps): an edge back to a step on the
+/// current path closes a cycle.
+fn check_cycles(problems: &mut Problems, steps: &[Step], edges: &[Vec<(usize, Location)>]) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; steps.len()];
+    for root in 0..steps.len() {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        // (step, next edge to look at)
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = Mark::OnPath;
+        while let Some(&mut (i, ref mut next)) = path.last_mut() {
+            let Some(&(j, loc)) = edges[i].get(*next) else {
+                mark[i] = Mark::Done;
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            match mark[j] {
+                Mark::New => {
+                    mark[j] = Mark::OnPath;
+                    path.push((j, 0));
+                }
+                Mark::OnPath => {
+                    let start = path.iter().position(|&(k, _)| k == j).unwrap_or(0);
+                    let cycle: Vec<&str> = path[start..]
+                        .iter()
+                        .map(|&(k, _)| steps[k].name.as_str())
+                        .chain(std::iter::once(steps[j].name.as_str()))
+                        .collect();
+                    problems.at(
+                        loc,
+                        format!(
+                            "`needs` makes a cycle: {} (each needs the next); no step of it \
+                             could ever start",
+                            cycle.join(" → ")
+                        ),
+                    );
+                }
+                Mark::Done => {}
+            }
+        }
     }
 }
 
@@ -148,13 +319,8 @@ fn patterns(problems: &mut Problems, list: Vec<S<String>>, key: &str) -> Vec<Str
     strings(&list)
 }
 
-/// Converts one step; also returns where its name is, for the duplicate-name check.
-fn convert_step(
-    step: S<RawStep>,
-    problems: &mut Problems,
-    earlier: &BTreeMap<String, bool>,
-    all_names: &BTreeSet<String>,
-) -> (Location, Step) {
+/// Converts one step; also returns where it and its references are written.
+fn convert_step(step: S<RawStep>, problems: &mut Problems, app: &str) -> (Places, Step) {
     let at = step.referenced;
     let mut raw = step.value;
     let (name, name_loc) = step_name(problems, raw.name.take(), at);
@@ -162,11 +328,25 @@ fn convert_step(
     check_secrets(problems, &raw.secrets);
     let timeout = step_timeout(problems, raw.timeout.as_ref());
     let secrets = strings(&raw.secrets);
-    let action = step_action(problems, raw, at, &name, earlier, all_names);
+    let mut places = Places {
+        name: name_loc,
+        needs: Vec::new(),
+        image: None,
+        build: None,
+    };
+    let needs = match raw.needs.take() {
+        None => Vec::new(),
+        Some(n) => {
+            places.needs = n.value.iter().map(|v| v.referenced).collect();
+            strings(&n.value)
+        }
+    };
+    let action = step_action(problems, raw, at, &name, app, &mut places);
     (
-        name_loc,
+        places,
         Step {
             name,
+            needs,
             env,
             secrets,
             timeout,
@@ -237,8 +417,8 @@ fn step_action(
     raw: RawStep,
     at: Location,
     name: &str,
-    earlier: &BTreeMap<String, bool>,
-    all_names: &BTreeSet<String>,
+    app: &str,
+    places: &mut Places,
 ) -> Action {
     let kinds: Vec<&str> = [
         ("image", raw.image.is_some()),
@@ -288,9 +468,9 @@ fn step_action(
             commands: shell.value.0,
         }
     } else if let Some(build) = raw.build {
-        Action::Build(convert_build(build, problems))
+        Action::Build(convert_build(build, problems, app, places))
     } else if let Some(deploy) = raw.deploy {
-        Action::Deploy(convert_deploy(deploy, problems, earlier, all_names))
+        Action::Deploy(convert_deploy(deploy, problems, places))
     } else {
         placeholder
     }
@@ -331,9 +511,34 @@ fn container_action(
     }
 }
 
-fn convert_build(build: S<RawBuild>, problems: &mut Problems) -> BuildSpec {
+fn convert_build(
+    build: S<RawBuild>,
+    problems: &mut Problems,
+    default_app: &str,
+    places: &mut Places,
+) -> BuildSpec {
     let at = build.referenced;
     let raw = build.value;
+    let app = match raw.app {
+        None => {
+            places.build = Some(at);
+            default_app.to_string()
+        }
+        Some(app) => {
+            places.build = Some(app.referenced);
+            if !is_app_name(&app.value) {
+                problems.at(
+                    app.referenced,
+                    format!(
+                        "build.app {:?} is not a valid name: lowercase letters, digits, `_`, \
+                         `.`, `-`, starting with a letter or digit, at most 63 characters",
+                        app.value
+                    ),
+                );
+            }
+            app.value
+        }
+    };
     let path = |problems: &mut Problems, v: Option<S<String>>, key: &str, default: &str| match v {
         None => default.to_string(),
         Some(v) => {
@@ -397,6 +602,7 @@ fn convert_build(build: S<RawBuild>, problems: &mut Problems) -> BuildSpec {
         args.insert(name.clone(), value.value.clone());
     }
     BuildSpec {
+        app,
         context,
         dockerfile,
         repository,
@@ -408,14 +614,13 @@ fn convert_build(build: S<RawBuild>, problems: &mut Problems) -> BuildSpec {
 fn convert_deploy(
     deploy: S<RawDeploy>,
     problems: &mut Problems,
-    earlier: &BTreeMap<String, bool>,
-    all_names: &BTreeSet<String>,
+    places: &mut Places,
 ) -> DeploySpec {
     let at = deploy.referenced;
     let raw = deploy.value;
     // Fields are evaluated in the order written, which is the order problems at `at` print in.
     DeploySpec {
-        image: deploy_image(problems, raw.image, at, earlier, all_names),
+        image: deploy_image_name(problems, raw.image, at, places),
         hosts: deploy_hosts(problems, raw.hosts, at),
         container: match raw.container {
             None => {
@@ -439,13 +644,13 @@ fn convert_deploy(
     }
 }
 
-/// `deploy.image`: the name of an earlier build step.
-fn deploy_image(
+/// `deploy.image`: a step's name; whether it is a build step that runs before this one is
+/// checked with every step known ([`check_references`]).
+fn deploy_image_name(
     problems: &mut Problems,
     image: Option<S<String>>,
     at: Location,
-    earlier: &BTreeMap<String, bool>,
-    all_names: &BTreeSet<String>,
+    places: &mut Places,
 ) -> String {
     let Some(i) = image else {
         problems.at(
@@ -454,21 +659,7 @@ fn deploy_image(
         );
         return String::new();
     };
-    let name = &i.value;
-    let wrong = match earlier.get(name) {
-        Some(true) => None,
-        Some(false) => Some("is not a `build` step"),
-        None if all_names.contains(name) => {
-            Some("comes later; move the build step before this one")
-        }
-        None => Some("does not exist; name an earlier `build` step"),
-    };
-    if let Some(wrong) = wrong {
-        problems.at(
-            i.referenced,
-            format!("`deploy.image` names step {name:?}, which {wrong}"),
-        );
-    }
+    places.image = Some(i.referenced);
     i.value
 }
 
@@ -1375,6 +1566,109 @@ mod tests {
             &with_deploy("").replace("[web1]", "[web1, web1]"),
             r#".hoist.yml:9:21: host "web1" is listed twice"#,
         );
+    }
+
+    /// A deploy step of app `app` (container `app`) deploying build step `image`.
+    fn deploy_of(name: &str, image: &str, needs: &str) -> String {
+        format!(
+            "  - name: {name}\n    needs: {needs}\n    deploy:\n      image: {image}\n      \
+             hosts: [web1]\n      container: {{name: {name}}}\n      health: {{docker: true}}\n"
+        )
+    }
+
+    #[test]
+    fn needs_name_other_existing_steps_without_cycles() {
+        let steps = "app: web\nsteps:\n  - {name: a, shell: [x], needs: [b, nope, a]}\n  - {name: b, shell: [x], needs: [c]}\n  - {name: c, shell: [x], needs: [a, b, b]}\n";
+        check(
+            steps,
+            r#"
+            .hoist.yml:3:38: `needs` names step "nope", which does not exist
+            .hoist.yml:3:44: step "a" needs itself; remove it from `needs`
+            .hoist.yml:5:35: `needs` makes a cycle: a → b → c → a (each needs the next); no step of it could ever start
+            .hoist.yml:5:38: `needs` makes a cycle: b → c → b (each needs the next); no step of it could ever start
+            .hoist.yml:5:41: step "b" is listed twice in `needs`"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: a, shell: [x]}\n  - {name: b, shell: [x], needs: [a]}\n  - {name: c, shell: [x], needs: [a, b]}\n",
+            "ok",
+        );
+    }
+
+    #[test]
+    fn a_long_chain_of_needs_is_walked_without_recursion() {
+        // 4000 steps, each needing the one before, the first needing the last: one cycle.
+        let n = 4000;
+        let mut yml = format!(
+            "app: web\nsteps:\n  - {{name: s0, shell: x, needs: [s{}]}}\n",
+            n - 1
+        );
+        for i in 1..n {
+            yml.push_str(&format!(
+                "  - {{name: s{i}, shell: x, needs: [s{}]}}\n",
+                i - 1
+            ));
+        }
+        let problems = crate::pipeline::parse(&yml).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("`needs` makes a cycle: s0 → s3999 → s3998"),
+            "{}",
+            &problems[0].message[..80]
+        );
+    }
+
+    #[test]
+    fn a_deploy_in_a_graph_needs_its_build_step() {
+        let build = "app: web\nsteps:\n  - name: image\n    build: {repository: r/a}\n  - {name: test, shell: [x]}\n";
+        check(
+            &format!("{build}{}", deploy_of("deploy", "image", "[test]")),
+            r#".hoist.yml:9:14: `deploy.image` names step "image", which this step does not need; add "image" to its `needs` (or to a step it needs)"#,
+        );
+        // Through another step's needs counts.
+        let via = build.replace(
+            "{name: test, shell: [x]}",
+            "{name: test, shell: [x], needs: [image]}",
+        );
+        check(
+            &format!("{via}{}", deploy_of("deploy", "image", "[test]")),
+            "ok",
+        );
+        // In a graph, file order does not matter; needs do.
+        let later = format!(
+            "app: web\nsteps:\n{}  - name: image\n    build: {{repository: r/a}}\n",
+            deploy_of("deploy", "image", "[image]")
+        );
+        check(&later, "ok");
+        check(
+            &format!("{build}{}", deploy_of("deploy", "nope", "[test]")),
+            r#".hoist.yml:9:14: `deploy.image` names step "nope", which does not exist; name a `build` step this one needs"#,
+        );
+    }
+
+    #[test]
+    fn each_app_has_one_build_step() {
+        let two = "app: web\nsteps:\n  - name: a\n    build: {repository: r/a}\n  - name: b\n    build: {repository: r/b, app: api}\n  - name: c\n    build: {repository: r/c, app: api}\n  - name: d\n    build: {repository: r/d}\n  - name: e\n    build: {repository: r/e, app: Bad!}\n";
+        check(
+            two,
+            r#"
+            .hoist.yml:8:35: app "api" is built by step "b" already; each app has one build step (set `build.app` to build another app)
+            .hoist.yml:10:12: app "web" is built by step "a" already; each app has one build step (set `build.app` to build another app)
+            .hoist.yml:12:35: build.app "Bad!" is not a valid name: lowercase letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 63 characters"#,
+        );
+        // A deploy deploys the app of its build step.
+        let p = crate::pipeline::parse(&format!(
+            "app: web\nsteps:\n  - name: auth-image\n    build: {{repository: r/auth, app: auth}}\n{}",
+            deploy_of("auth", "auth-image", "[auth-image]")
+        ))
+        .unwrap();
+        let crate::pipeline::Action::Deploy(d) = &p.steps[1].action else {
+            panic!("a deploy step")
+        };
+        assert_eq!(p.app_of(d), "auth");
+        assert!(p.is_graph());
+        assert_eq!(p.needs(), vec![vec![], vec![0]]);
     }
 
     #[test]

@@ -386,7 +386,7 @@ impl Store {
             let running: Vec<(i64, i64, bool)> = c
                 .prepare(
                     "SELECT r.id, r.attempts,
-                            EXISTS (SELECT 1 FROM steps s WHERE s.run = r.id AND s.kind = 'deploy' AND s.status != 'queued')
+                            EXISTS (SELECT 1 FROM steps s WHERE s.run = r.id AND s.kind = 'deploy' AND s.status NOT IN ('queued', 'skipped'))
                      FROM runs r WHERE r.status = 'running'",
                 )?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
