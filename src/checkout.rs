@@ -499,8 +499,13 @@ pub const WORKSPACE_DEPTH: usize = 50;
 /// objects and sends everything reachable from every ref of the source, so a workspace
 /// would receive all branches of the mirror. The pack is streamed, never held in memory.
 fn copy_history(from: &Repository, to: &Repository, oid: Oid) -> anyhow::Result<()> {
+    // Unsorted: libgit2 sorts a walk (by time or topologically) only after reading the whole
+    // history, so a sorted walk's cost grew with every run (8 → 40 ms a checkout over 4000
+    // runs). The unsorted walk is lazy and still yields a commit only after one of its
+    // children, so every commit taken is connected to `oid` through commits taken; those whose
+    // parents were not taken are the shallow boundary.
     let mut walk = from.revwalk()?;
-    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME)?;
+    walk.set_sorting(git2::Sort::NONE)?;
     walk.push(oid)?;
     let commits = walk
         .take(WORKSPACE_DEPTH)
