@@ -33,8 +33,10 @@ use super::host;
 use crate::config::{BalancerConfig, BalancerPlace, Config};
 use crate::store::Store;
 
-/// How long `test`, `reload` and the balancer check may take.
+/// How long `test` and `reload` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the balancer's `check` may take to answer 2xx after a reload.
+const CHECK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// One lock per balancer name for the whole process: every `Deployer` (API, runs, recovery)
 /// shares it, because they all write the same files.
@@ -80,6 +82,10 @@ pub async fn reconcile(
     let lock = lock_of(name);
     let _held = lock.lock().await;
     let upstreams = desired(store, config, name).await?;
+    if upstreams.is_empty() {
+        // No app uses the balancer (yet): its file is left as it is, whoever wrote it.
+        return Ok(Outcome::Unchanged);
+    }
     let text = render(name, &upstreams);
     let place = Place::open(config, conf).await?;
     let previous = place.read(&conf.config).await?;
@@ -140,18 +146,21 @@ pub async fn check(config: &Config, name: &str, path: &str) -> anyhow::Result<()
         .timeout(Duration::from_secs(5))
         .build()?;
     let full = format!("{url}{path}");
-    let r = client
-        .get(&full)
-        .send()
-        .await
-        .with_context(|| format!("balancer {name}: GET {full} failed"))?;
-    if !r.status().is_success() {
-        bail!(
-            "balancer {name}: GET {full} answered {} (wanted 2xx)",
-            r.status()
-        );
+    // `nginx -s reload` only signals the master, which starts new workers after the command
+    // returned: until then the old ones answer with the old file. So the check is asked again
+    // for a little while; only a balancer that never answers 2xx in that time fails the host.
+    let until = tokio::time::Instant::now() + CHECK_PATIENCE;
+    loop {
+        let seen = match client.get(&full).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("answered {}", r.status()),
+            Err(e) => format!("failed: {e}"),
+        };
+        if tokio::time::Instant::now() >= until {
+            bail!("balancer {name}: GET {full} {seen} (wanted 2xx) for {CHECK_PATIENCE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 /// The upstreams of balancer `name`: for each app whose release on a host uses it, that
