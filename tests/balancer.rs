@@ -655,16 +655,33 @@ async fn a_kill_between_write_and_reload_is_made_true_at_restart() {
         ["succeeded", "rolled_back"].contains(&d["status"].as_str().unwrap()),
         "{d:#}\nwritten before the kill:\n{written}\nnow:\n{now}"
     );
-    assert_eq!(s.serves().await, want, "{d:#}\n{now}");
-    let running = docker_lenient(
-        "h1",
-        &[
-            "ps",
-            "--filter",
-            &format!("label=hoist.app={}", s.app),
-            "--format",
-            "{{.Names}}",
-        ],
-    );
-    assert_eq!(running.trim(), s.app, "only the serving container runs");
+    // nginx's reload is asynchronous: its new workers serve a moment after the command.
+    let (s, now) = (&s, &now);
+    common::wait_until("nginx to serve what the file says", 10, || async move {
+        let got = s.serves().await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got} (file:\n{now})"))
+        }
+    })
+    .await;
+    common::wait_until("only the serving container to run", 15, || async move {
+        let running = docker_lenient(
+            "h1",
+            &[
+                "ps",
+                "--filter",
+                &format!("label=hoist.app={}", s.app),
+                "--format",
+                "{{.Names}}",
+            ],
+        );
+        if running.trim() == s.app {
+            Ok(())
+        } else {
+            Err(running)
+        }
+    })
+    .await;
 }

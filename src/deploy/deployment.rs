@@ -756,6 +756,16 @@ impl Deployer {
     ) -> Verdict {
         let completed = journal.iter().all(|h| h.state == HostState::Verified);
         if completed && self.verify_all(s).await.is_ok() {
+            // The agent may have died between writing the balancer's file and reloading it:
+            // reload before the old containers it may still send to are stopped.
+            if let Some(b) = &s.plan.spec.balancer {
+                if let Err(e) =
+                    super::balancer::reconcile(&self.store, &self.config, &b.name, true).await
+                {
+                    tracing::error!("recovery: balancer {}: {e:#}", b.name);
+                }
+                tokio::time::sleep(b.drain).await;
+            }
             self.stop_stray_kept(s).await;
             say(format!(
                 "deployment {}: had completed before the restart; verified again",
