@@ -1004,6 +1004,63 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     }
 
     #[test]
+    fn balancers_are_checked_at_their_place() {
+        let with = |b: &str| format!("{GOOD}\n[balancer.edge]\n{b}");
+        let c = Config::parse(
+            "hoist.toml",
+            &with("kind = \"nginx\"\nconfig = \"/etc/nginx/conf.d/hoist.conf\"\nurl = \"http://127.0.0.1:80/\"\n"),
+            &Fake,
+        )
+        .unwrap();
+        let b = &c.balancers["edge"];
+        assert_eq!(b.test, ["nginx", "-t"]);
+        assert_eq!(b.reload, ["nginx", "-s", "reload"]);
+        assert_eq!(b.url.as_deref(), Some("http://127.0.0.1:80"));
+        assert_eq!(b.place, BalancerPlace::Agent);
+        let c = Config::parse(
+            "hoist.toml",
+            &with("kind = \"nginx\"\nconfig = \"/etc/nginx/conf.d/hoist.conf\"\nhost = \"web1\"\ncontainer = \"nginx\"\n"),
+            &Fake,
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.balancers["edge"].place, BalancerPlace::Container { host, .. } if host == "web1")
+        );
+        for (body, want) in [
+            (
+                "kind = \"haproxy\"\nconfig = \"/x.conf\"\n",
+                "balancer.edge.kind \"haproxy\"",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"x.conf\"\n",
+                "must be an absolute path",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\nhost = \"web9\"\ncontainer = \"n\"\n",
+                "is not a [host.NAME]",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\ncontainer = \"n\"\n",
+                "go together",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\nreload = []\n",
+                "reload is empty",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\nport = 80\n",
+                "unknown field `port`",
+            ),
+        ] {
+            let e = Config::parse("hoist.toml", &with(body), &Fake)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("hoist.toml:"), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn good_config_resolves_secrets() {
         let c = Config::parse("hoist.toml", GOOD, &Fake).unwrap();
         assert_eq!(c.listen.port(), 9000);
