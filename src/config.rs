@@ -37,6 +37,53 @@ pub struct Config {
     pub secrets: BTreeMap<String, Secret>,
     /// API tokens, by the SHA-256 of the token.
     pub tokens: Vec<TokenConfig>,
+    /// Load balancers hoist keeps in step with what runs, by name (`[balancer.NAME]`).
+    pub balancers: BTreeMap<String, BalancerConfig>,
+}
+
+/// `[balancer.NAME]`: an nginx whose file hoist owns, either on the agent's machine or in a
+/// container on a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancerConfig {
+    /// The file hoist owns: one `upstream` block per app that uses the balancer. On the agent's
+    /// machine, or inside `container` when `place` is a container.
+    pub config: PathBuf,
+    /// Run before every reload; a failing test puts the previous file back (default `nginx -t`).
+    pub test: Vec<String>,
+    /// Makes nginx read the file again (default `nginx -s reload`).
+    pub reload: Vec<String>,
+    /// Where hoist reaches the balancer for `balancer.check` (none: no check).
+    pub url: Option<String>,
+    /// Where the file is and where `test` and `reload` run.
+    pub place: BalancerPlace,
+}
+
+/// Where a balancer's nginx runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BalancerPlace {
+    /// On the agent's machine: the file is written there, `test` and `reload` run there.
+    Agent,
+    /// In a container on a configured host: the file goes through the engine's archive API,
+    /// `test` and `reload` run by exec.
+    Container {
+        /// The host's name (`[host.NAME]`).
+        host: String,
+        /// The container's name on that host.
+        container: String,
+    },
+}
+
+/// `[balancer.NAME]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalancer {
+    kind: Spanned<String>,
+    config: Spanned<PathBuf>,
+    test: Option<Vec<String>>,
+    reload: Option<Vec<String>>,
+    url: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
 }
 
 /// `[builder]`: where steps run and images are built.
@@ -183,6 +230,8 @@ struct RawConfig {
     secrets: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     token: Vec<RawToken>,
+    #[serde(default)]
+    balancer: BTreeMap<String, Spanned<RawBalancer>>,
 }
 
 /// `[builder]` as written: the endpoint keeps its place for the error that refuses it.
@@ -359,6 +408,7 @@ impl Config {
         let registries = doc.registries(raw.registry, source)?;
         let secrets = doc.secrets(raw.secrets, source)?;
         let tokens = doc.tokens(raw.token)?;
+        let balancers = doc.balancers(raw.balancer, &hosts)?;
         Ok(Config {
             listen,
             data_dir: raw.data_dir,
@@ -369,6 +419,7 @@ impl Config {
             hosts,
             secrets,
             tokens,
+            balancers,
         })
     }
 
@@ -470,6 +521,96 @@ impl Doc<'_> {
         Ok(BuilderConfig {
             docker: builder.docker.into_inner(),
         })
+    }
+
+    fn balancers(
+        &self,
+        raw: BTreeMap<String, Spanned<RawBalancer>>,
+        hosts: &BTreeMap<String, HostConfig>,
+    ) -> Result<BTreeMap<String, BalancerConfig>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, b) in raw {
+            let span = b.span();
+            let b = b.into_inner();
+            if b.kind.get_ref() != "nginx" {
+                return Err(self.at(
+                    b.kind.span(),
+                    format!(
+                        "balancer.{name}.kind {:?} is not a kind hoist drives; write kind = \"nginx\" \
+                         (other balancers: drive them with deploy hooks)",
+                        b.kind.get_ref()
+                    ),
+                ));
+            }
+            if !b.config.get_ref().is_absolute() {
+                return Err(self.at(
+                    b.config.span(),
+                    format!(
+                        "balancer.{name}.config must be an absolute path (the file hoist owns, \
+                         like /etc/nginx/conf.d/hoist.conf)"
+                    ),
+                ));
+            }
+            let place = match (b.host, b.container) {
+                (None, None) => BalancerPlace::Agent,
+                (Some(h), Some(c)) => {
+                    if !hosts.contains_key(h.get_ref()) {
+                        return Err(self.at(
+                            h.span(),
+                            format!(
+                                "balancer.{name}.host {:?} is not a [host.NAME] of this file; add it or name another",
+                                h.get_ref()
+                            ),
+                        ));
+                    }
+                    BalancerPlace::Container {
+                        host: h.into_inner(),
+                        container: c.into_inner(),
+                    }
+                }
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(self.at(
+                        span,
+                        format!(
+                            "balancer.{name}: `host` and `container` go together (nginx in a \
+                             container on a host); give both, or neither for nginx on the agent's machine"
+                        ),
+                    ));
+                }
+            };
+            let argv = |v: Option<Vec<String>>, key: &str, default: &[&str]| match v {
+                None => Ok(default.iter().map(|s| s.to_string()).collect()),
+                Some(v) if v.is_empty() || v[0].trim().is_empty() => Err(self.at(
+                    span.clone(),
+                    format!("balancer.{name}.{key} is empty: give an argv, like {default:?}"),
+                )),
+                Some(v) => Ok(v),
+            };
+            let test = argv(b.test, "test", &["nginx", "-t"])?;
+            let reload = argv(b.reload, "reload", &["nginx", "-s", "reload"])?;
+            if let Some(url) = &b.url {
+                let u = url.get_ref();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(self.at(
+                        url.span(),
+                        format!("balancer.{name}.url {u:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            out.insert(
+                name,
+                BalancerConfig {
+                    config: b.config.into_inner(),
+                    test,
+                    reload,
+                    url: b
+                        .url
+                        .map(|u| u.into_inner().trim_end_matches('/').to_string()),
+                    place,
+                },
+            );
+        }
+        Ok(out)
     }
 
     fn hosts(
@@ -874,6 +1015,63 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         match Config::parse("hoist.toml", text, &Fake) {
             Ok(c) => assert_eq!("ok", expect, "parsed: {c:?}"),
             Err(e) => assert_eq!(e.to_string(), expect),
+        }
+    }
+
+    #[test]
+    fn balancers_are_checked_at_their_place() {
+        let with = |b: &str| format!("{GOOD}\n[balancer.edge]\n{b}");
+        let c = Config::parse(
+            "hoist.toml",
+            &with("kind = \"nginx\"\nconfig = \"/etc/nginx/conf.d/hoist.conf\"\nurl = \"http://127.0.0.1:80/\"\n"),
+            &Fake,
+        )
+        .unwrap();
+        let b = &c.balancers["edge"];
+        assert_eq!(b.test, ["nginx", "-t"]);
+        assert_eq!(b.reload, ["nginx", "-s", "reload"]);
+        assert_eq!(b.url.as_deref(), Some("http://127.0.0.1:80"));
+        assert_eq!(b.place, BalancerPlace::Agent);
+        let c = Config::parse(
+            "hoist.toml",
+            &with("kind = \"nginx\"\nconfig = \"/etc/nginx/conf.d/hoist.conf\"\nhost = \"web1\"\ncontainer = \"nginx\"\n"),
+            &Fake,
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.balancers["edge"].place, BalancerPlace::Container { host, .. } if host == "web1")
+        );
+        for (body, want) in [
+            (
+                "kind = \"haproxy\"\nconfig = \"/x.conf\"\n",
+                "balancer.edge.kind \"haproxy\"",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"x.conf\"\n",
+                "must be an absolute path",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\nhost = \"web9\"\ncontainer = \"n\"\n",
+                "is not a [host.NAME]",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\ncontainer = \"n\"\n",
+                "go together",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\nreload = []\n",
+                "reload is empty",
+            ),
+            (
+                "kind = \"nginx\"\nconfig = \"/x.conf\"\nport = 80\n",
+                "unknown field `port`",
+            ),
+        ] {
+            let e = Config::parse("hoist.toml", &with(body), &Fake)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("hoist.toml:"), "{e}");
+            assert!(e.contains(want), "{e}");
         }
     }
 

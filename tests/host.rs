@@ -231,7 +231,9 @@ async fn roll_forward_and_back_on_one_host() {
     // Nothing runs as the name yet; keeping nothing is a no-op.
     assert_eq!(host::current(&h1, &name).await.unwrap(), None);
     assert_eq!(
-        host::keep_current(&h1, &name, "hoisttest").await.unwrap(),
+        host::keep_current(&h1, &name, "hoisttest", false)
+            .await
+            .unwrap(),
         None
     );
 
@@ -269,7 +271,9 @@ async fn roll_forward_and_back_on_one_host() {
     assert_eq!(host::current(&h1, &name).await.unwrap().unwrap().id, cid1);
 
     // Keep release 1 (stopped, renamed), start release 2.
-    let kept = host::keep_current(&h1, &name, "hoisttest").await.unwrap();
+    let kept = host::keep_current(&h1, &name, "hoisttest", false)
+        .await
+        .unwrap();
     assert_eq!(kept.as_deref(), Some(kept_name(&name, 1).as_str()));
     assert_eq!(host::current(&h1, &name).await.unwrap(), None);
     let k = host::current(&h1, &kept_name(&name, 1))
@@ -588,7 +592,9 @@ async fn prune_keeps_only_what_is_asked() {
             .await
             .unwrap();
         assert_eq!(
-            host::keep_current(&h2, &name, "hoisttest").await.unwrap(),
+            host::keep_current(&h2, &name, "hoisttest", false)
+                .await
+                .unwrap(),
             Some(kept_name(&name, release))
         );
     }
@@ -644,10 +650,14 @@ async fn prune_keeps_only_what_is_asked() {
         .id
         .unwrap();
     // Release 4 is kept as NAME-r4; release 2 starts again and is kept over the old NAME-r2.
-    host::keep_current(&h2, &name, "hoisttest").await.unwrap();
+    host::keep_current(&h2, &name, "hoisttest", false)
+        .await
+        .unwrap();
     host::start(&h2, &target(2, &v2, &spec)).await.unwrap();
     assert_eq!(
-        host::keep_current(&h2, &name, "hoisttest").await.unwrap(),
+        host::keep_current(&h2, &name, "hoisttest", false)
+            .await
+            .unwrap(),
         Some(kept_name(&name, 2))
     );
     let now2 = h2
@@ -687,7 +697,7 @@ async fn another_apps_container_is_refused_by_every_action() {
         ..target(release, &v1, &spec)
     };
     host::start(&h1, &theirs(1)).await.unwrap();
-    host::keep_current(&h1, &name, "hoisttest-other")
+    host::keep_current(&h1, &name, "hoisttest-other", false)
         .await
         .unwrap();
     host::start(&h1, &theirs(2)).await.unwrap();
@@ -707,7 +717,7 @@ async fn another_apps_container_is_refused_by_every_action() {
             .unwrap_err(),
     );
     owner(
-        host::keep_current(&h1, &name, "hoisttest")
+        host::keep_current(&h1, &name, "hoisttest", false)
             .await
             .unwrap_err(),
     );

@@ -103,11 +103,63 @@ pub struct Started {
     secrets: Vec<(String, String)>,
     /// Masks every `[secrets]` value in the deployment's log lines, journal and reasons.
     masker: Masker,
+    /// Old containers being drained and stopped off the critical path, one task per host
+    /// switched; the deployment ends (and a revert starts) only once they are done.
+    stops: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Started {
     pub fn id(&self) -> i64 {
         self.lease.deployment
+    }
+
+    /// After `drain`, stop the old containers `names` on host `h` (renamed to their kept names
+    /// when B started beside them), in the background; journaled as the host's `stopped old`.
+    fn stop_later(&self, d: &Deployer, h: &str, names: Vec<String>, drain: Duration) {
+        let (store, lease, app) = (
+            d.store.clone(),
+            self.lease.clone(),
+            self.plan.to.app.clone(),
+        );
+        let (h, docker) = (h.to_string(), self.engines[h].clone());
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            let t = Instant::now();
+            let mut errors = Vec::new();
+            for n in &names {
+                if let Err(e) = host::stop(&docker, n, &app).await {
+                    errors.push(format!("{n}: {e:#}"));
+                }
+            }
+            let detail = if errors.is_empty() {
+                format!(
+                    "{} in {:?} after a {drain:?} drain",
+                    names.join(", "),
+                    t.elapsed()
+                )
+            } else {
+                format!("could not stop {}", errors.join("; "))
+            };
+            let step = "stopped old".to_string();
+            let u = HostUpdate::default();
+            if let Err(e) = store.host_step(lease, h, step, Some(detail), u).await {
+                tracing::warn!("cannot journal the old containers' stop: {e:#}");
+            }
+        });
+        // A std Mutex: pushed and drained without an await under it.
+        self.stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    /// Wait for every pending stop of old containers.
+    async fn stops_done(&self) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.stops.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 }
 
@@ -171,6 +223,14 @@ impl Deployer {
             .secret_values(&plan.to.repo, &plan.spec.container.secrets, &what)
             .map_err(refused)?;
         self.prerender(&plan).map_err(refused)?;
+        if let Some(b) = &plan.spec.balancer
+            && !self.config.balancers.contains_key(&b.name)
+        {
+            return Err(refused(anyhow::anyhow!(
+                "the deploy step names balancer {0}, which hoist.toml does not configure; add [balancer.{0}] there",
+                b.name
+            )));
+        }
         let name = &plan.spec.container.name;
         let (engines, before) = self.connect(&hosts, name).await?;
         let owners = hosts.iter().map(|h| {
@@ -222,6 +282,7 @@ impl Deployer {
             engines,
             secrets,
             masker: self.masker(),
+            stops: Default::default(),
         })
     }
 
@@ -286,10 +347,16 @@ impl Deployer {
                 let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref())
                     .await
                     .with_context(|| format!("host {h} is unreachable; nothing was changed"))?;
-                let current = host::current(&docker, name)
+                // What serves as `NAME` or `NAME-<i>` (a running one first): A's release.
+                let mut serving: Vec<_> = host::members(&docker, name)
                     .await
-                    .with_context(|| format!("host {h}"))?;
-                anyhow::Ok((h.clone(), docker, current.and_then(|c| c.release)))
+                    .with_context(|| format!("host {h}"))?
+                    .into_iter()
+                    .filter(|m| m.slot == host::Slot::Serving)
+                    .collect();
+                serving.sort_by_key(|m| !m.running);
+                let release = serving.first().and_then(|m| m.release);
+                anyhow::Ok((h.clone(), docker, release))
             }
         });
         let mut engines = BTreeMap::new();
@@ -440,6 +507,14 @@ impl Deployer {
                 r?;
             }
         }
+        // The rollout's own time ends here; old containers may still be stopping.
+        self.store
+            .deployment_event(
+                s.lease.clone(),
+                "switched".into(),
+                Some("every host".into()),
+            )
+            .await?;
         self.bake(s, say, lost).await?;
         if let Some(argv) = &s.plan.spec.hooks.after_deploy {
             let spec = &s.plan.spec;
@@ -453,6 +528,7 @@ impl Deployer {
                 .await
                 .map_err(|e| Failure::general(format!("{e:#}")))?;
         }
+        s.stops_done().await;
         Ok(())
     }
 
@@ -473,13 +549,18 @@ impl Deployer {
             .deployment_event(s.lease.clone(), "bake".into(), Some(format!("for {shown}")))
             .await?;
         let end = Instant::now() + bake;
+        let spec = &s.plan.spec;
+        let names = host::replica_names(&spec.container.name, spec.container.replicas);
         while Instant::now() < end {
             for h in &s.hosts {
                 let addr = &self.config.hosts[h].address;
-                let spec = &s.plan.spec;
-                health::check_once(&s.engines[h], &spec.container.name, addr, &spec.health)
-                    .await
-                    .map_err(|why| Failure::on(h, format!("unhealthy during bake: {why}")))?;
+                for n in &names {
+                    health::check_once(&s.engines[h], n, addr, &spec.health)
+                        .await
+                        .map_err(|why| {
+                            Failure::on(h, format!("{n} unhealthy during bake: {why}"))
+                        })?;
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(s.plan.spec.health.interval) => {}
@@ -493,6 +574,8 @@ impl Deployer {
     /// Put every touched host back on what it ran before, and prove it by read-back. The
     /// journal, not memory, says which hosts are touched: recovery after a crash walks it too.
     async fn revert(&self, s: &Started, say: &impl Fn(String)) -> anyhow::Result<()> {
+        // Nothing may stop an old container once the revert has made it serve again.
+        s.stops_done().await;
         let (_, journal, _) = self
             .store
             .deployment(s.lease.deployment)
@@ -580,6 +663,18 @@ impl Deployer {
             );
             out.push(verdict);
         }
+        // The agent may have died between writing a balancer's file and reloading it, or
+        // with a file that no longer matches what runs: every balancer is made true again.
+        for (name, r) in super::balancer::reconcile_all(&self.store, &self.config).await {
+            match r {
+                Ok(o) => {
+                    tracing::info!(balancer = %name, outcome = ?o, "balancer reconciled at start")
+                }
+                Err(e) => {
+                    tracing::error!(balancer = %name, "balancer not reconciled at start: {e:#}")
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -646,6 +741,7 @@ impl Deployer {
                 .map(|h| (h.host.clone(), h.from_release))
                 .collect(),
             engines,
+            stops: Default::default(),
         };
         Ok((started, hosts))
     }
@@ -660,6 +756,17 @@ impl Deployer {
     ) -> Verdict {
         let completed = journal.iter().all(|h| h.state == HostState::Verified);
         if completed && self.verify_all(s).await.is_ok() {
+            // The agent may have died between writing the balancer's file and reloading it:
+            // reload before the old containers it may still send to are stopped.
+            if let Some(b) = &s.plan.spec.balancer {
+                if let Err(e) =
+                    super::balancer::reconcile(&self.store, &self.config, &b.name, true).await
+                {
+                    tracing::error!("recovery: balancer {}: {e:#}", b.name);
+                }
+                tokio::time::sleep(b.drain).await;
+            }
+            self.stop_stray_kept(s).await;
             say(format!(
                 "deployment {}: had completed before the restart; verified again",
                 s.id()
@@ -672,6 +779,7 @@ impl Deployer {
         let reason = "interrupted by an agent restart".to_string();
         match self.revert(s, say).await {
             Ok(()) => {
+                self.stop_stray_kept(s).await;
                 self.finish(s, DeploymentStatus::RolledBack, Some(reason), None)
                     .await
             }
@@ -683,14 +791,39 @@ impl Deployer {
         }
     }
 
+    /// Old containers a restart left running under their kept names (the agent died before
+    /// their stop, which runs off the critical path): stopped now, as the switch would have.
+    async fn stop_stray_kept(&self, s: &Started) {
+        let app = &s.plan.to.app;
+        for h in &s.hosts {
+            let Some(docker) = s.engines.get(h) else {
+                continue;
+            };
+            let Ok(members) = host::members(docker, &s.plan.spec.container.name).await else {
+                continue;
+            };
+            for m in members {
+                if matches!(m.slot, host::Slot::Kept(_))
+                    && m.running
+                    && m.app.as_ref() == Some(app)
+                    && let Err(e) = host::stop(docker, &m.name, app).await
+                {
+                    tracing::warn!("recovery: cannot stop {} on {h}: {e:#}", m.name);
+                }
+            }
+        }
+    }
+
     /// Every host reads back running B.
     async fn verify_all(&self, s: &Started) -> anyhow::Result<()> {
+        let c = &s.plan.spec.container;
         for h in &s.hosts {
             let docker = s.engines.get(h).context("host unreachable")?;
-            let rb =
-                host::read_back(docker, &s.plan.spec.container.name, &s.plan.to.repository).await?;
-            if rb.digest.as_deref() != Some(s.plan.to.manifest_digest.as_str()) || !rb.running {
-                bail!("{h} does not run {}", s.plan.to.manifest_digest);
+            for n in host::replica_names(&c.name, c.replicas) {
+                let rb = host::read_back(docker, &n, &s.plan.to.repository).await?;
+                if rb.digest.as_deref() != Some(s.plan.to.manifest_digest.as_str()) || !rb.running {
+                    bail!("{h} does not run {} as {n}", s.plan.to.manifest_digest);
+                }
             }
         }
         Ok(())

@@ -52,6 +52,13 @@ pub struct HealthReport {
 #[error("{0}")]
 pub struct Unhealthy(String);
 
+impl Unhealthy {
+    /// A reason of the caller's own (one replica's, named).
+    pub fn new(reason: String) -> Unhealthy {
+        Unhealthy(reason)
+    }
+}
+
 impl std::ops::Deref for Unhealthy {
     type Target = str;
     fn deref(&self) -> &str {

@@ -121,9 +121,170 @@ pub struct HostContainer {
     pub state: String,
 }
 
-/// The name a kept earlier release gets: `NAME-r<release>`.
+/// The name a kept earlier release gets: `NAME-r<release>` (for a replica `NAME-<i>`,
+/// `NAME-<i>-r<release>`).
 pub fn kept_name(name: &str, release: i64) -> String {
     format!("{name}-r{release}")
+}
+
+/// The serving names of `replicas` containers: `NAME` alone, or `NAME-1` … `NAME-N`.
+pub fn replica_names(name: &str, replicas: u32) -> Vec<String> {
+    match replicas {
+        0 | 1 => vec![name.to_string()],
+        n => (1..=n).map(|i| format!("{name}-{i}")).collect(),
+    }
+}
+
+/// What a container's name says it is, for the container name `name` of a deploy step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `NAME` or `NAME-<i>`: serves.
+    Serving,
+    /// `NAME-r<N>` or `NAME-<i>-r<N>`: a kept release N.
+    Kept(i64),
+}
+
+/// `cname` read as one of `name`'s containers; None when it is not one.
+pub fn slot_of(name: &str, cname: &str) -> Option<Slot> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if cname == name {
+        return Some(Slot::Serving);
+    }
+    let rest = cname.strip_prefix(name)?.strip_prefix('-')?;
+    if digits(rest) {
+        return Some(Slot::Serving);
+    }
+    let kept = |r: &str| r.strip_prefix('r').filter(|n| digits(n))?.parse().ok();
+    if let Some(n) = kept(rest) {
+        return Some(Slot::Kept(n));
+    }
+    let (i, r) = rest.split_once('-')?;
+    if digits(i) {
+        return kept(r).map(Slot::Kept);
+    }
+    None
+}
+
+/// One container of a deploy step's `name` on a host, serving or kept.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its name without Docker's `/`.
+    pub name: String,
+    /// Serving or kept.
+    pub slot: Slot,
+    /// The `hoist.app` label.
+    pub app: Option<String>,
+    /// The `hoist.release` label.
+    pub release: Option<i64>,
+    /// Docker's state is `running`.
+    pub running: bool,
+    /// Container ID.
+    pub id: String,
+}
+
+/// Every container whose name is one of `name`'s (serving `NAME`, `NAME-<i>`, kept
+/// `NAME-r<N>`, `NAME-<i>-r<N>`), whatever app it belongs to, sorted by name.
+pub async fn members(docker: &Docker, name: &str) -> anyhow::Result<Vec<Member>> {
+    // The name filter is a regular expression matched anywhere; it only narrows the listing.
+    let filters = HashMap::from([("name", vec![name.to_string()])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let listed = docker
+        .list_containers(Some(options))
+        .await
+        .context("the host's Docker engine cannot list containers")?;
+    let mut out = Vec::new();
+    for c in listed {
+        let Some((cname, slot)) = c
+            .names
+            .iter()
+            .flatten()
+            .map(|n| n.trim_start_matches('/'))
+            .find_map(|n| slot_of(name, n).map(|s| (n.to_string(), s)))
+        else {
+            continue;
+        };
+        let labels = c.labels.clone().unwrap_or_default();
+        out.push(Member {
+            name: cname,
+            slot,
+            app: labels.get(APP_LABEL).cloned(),
+            release: labels.get(RELEASE_LABEL).and_then(|r| r.parse().ok()),
+            running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            id: c.id.unwrap_or_default(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The host port the engine published container port `port`/tcp of `name` on; None when the
+/// container is gone or the port is not published.
+pub async fn host_port(docker: &Docker, name: &str, port: u16) -> anyhow::Result<Option<u16>> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(None);
+    };
+    Ok(published_ports(&c).get(&format!("{port}/tcp")).copied())
+}
+
+/// Every published `PORT/proto` of a container and the host port it is on.
+pub fn published_ports(c: &ContainerInspectResponse) -> std::collections::BTreeMap<String, u16> {
+    c.network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|(k, v)| {
+                    let p = v
+                        .iter()
+                        .flatten()
+                        .find_map(|b| b.host_port.as_deref()?.parse().ok())?;
+                    Some((k.clone(), p))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The published ports of container `name` (`8080/tcp` → host port), read from the engine.
+pub async fn ports_of(
+    docker: &Docker,
+    name: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, u16>> {
+    Ok(inspect_named(docker, name)
+        .await?
+        .map(|c| published_ports(&c))
+        .unwrap_or_default())
+}
+
+/// Stop the container `name` of `app` (its stop signal, then up to its stop timeout); no-op
+/// when there is none or it does not run.
+pub async fn stop(docker: &Docker, name: &str, app: &str) -> anyhow::Result<()> {
+    let Some(c) = inspect_named(docker, name).await? else {
+        return Ok(());
+    };
+    owned_by(
+        app,
+        name,
+        c.config.as_ref().and_then(|cfg| cfg.labels.as_ref()),
+    )?;
+    let stop = StopContainerOptionsBuilder::default().build();
+    match docker
+        .stop_container(c.id.as_deref().unwrap_or(name), Some(stop))
+        .await
+    {
+        Ok(()) => Ok(()),
+        // 304: already stopped; 404: removed meanwhile (a revert).
+        Err(DockerError::DockerResponseServerError {
+            status_code: 304 | 404,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(anyhow!(e))
+            .with_context(|| format!("the host's Docker engine could not stop container {name}")),
+    }
 }
 
 /// Pull `image` (`repo@sha256:…`) unless it is already present, and verify what arrived: the
@@ -284,15 +445,14 @@ pub async fn check_owner(docker: &Docker, name: &str, app: &str) -> anyhow::Resu
         .list_containers(Some(options))
         .await
         .context("the host's Docker engine cannot list containers")?;
-    let prefix = format!("{name}-r");
     for c in listed {
         for cname in c.names.iter().flatten().map(|n| n.trim_start_matches('/')) {
-            let kept = cname
-                .strip_prefix(&prefix)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            if cname == name {
+            let slot = slot_of(name, cname);
+            if slot == Some(Slot::Serving) {
                 owned_by(app, cname, c.labels.as_ref())?;
-            } else if kept && c.labels.as_ref().is_some_and(|l| l.contains_key(APP_LABEL)) {
+            } else if matches!(slot, Some(Slot::Kept(_)))
+                && c.labels.as_ref().is_some_and(|l| l.contains_key(APP_LABEL))
+            {
                 // A kept name without hoist's labels is nobody's release: prune skips it.
                 owned_by(app, cname, c.labels.as_ref())?;
             }
@@ -301,14 +461,16 @@ pub async fn check_owner(docker: &Docker, name: &str, app: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Stop `name` (gracefully: its stop signal, then up to its stop timeout) and rename it
-/// `NAME-r<release>` after its release label, replacing an older container of that kept
-/// name. Returns the kept name; Ok(None) when no container is named `name`. Refuses a
-/// container of another app than `app`.
+/// Stop `name` (gracefully: its stop signal, then up to its stop timeout) unless `running` is
+/// set, and rename it `NAME-r<release>` after its release label, replacing an older container
+/// of that kept name. With `running` the kept container goes on serving (a balancer still
+/// sends to it) until [`stop`]. Returns the kept name; Ok(None) when no container is named
+/// `name`. Refuses a container of another app than `app`.
 pub async fn keep_current(
     docker: &Docker,
     name: &str,
     app: &str,
+    running: bool,
 ) -> anyhow::Result<Option<String>> {
     let Some(c) = inspect_named(docker, name).await? else {
         return Ok(None);
@@ -331,11 +493,13 @@ pub async fn keep_current(
     let kept = kept_name(name, release);
     // Without `t`, the engine waits the container's own StopTimeout (`stop_timeout`, default
     // 10 s) after its StopSignal.
-    let stop = StopContainerOptionsBuilder::default().build();
-    docker
-        .stop_container(&cur.id, Some(stop))
-        .await
-        .with_context(|| format!("the host's Docker engine could not stop container {name}"))?;
+    if !running {
+        let stop = StopContainerOptionsBuilder::default().build();
+        docker
+            .stop_container(&cur.id, Some(stop))
+            .await
+            .with_context(|| format!("the host's Docker engine could not stop container {name}"))?;
+    }
     if let Some(old) = inspect_named(docker, &kept).await? {
         owned_by(
             app,
@@ -511,6 +675,11 @@ pub async fn restore_kept(
     rename(docker, &id, name)
         .await
         .with_context(|| format!("could not rename the kept container {kept} back to {name}"))?;
+    // A kept container that still runs (not yet stopped after a gapless switch) serves as it is.
+    let still_running = is_running(old.state.and_then(|s| s.status));
+    if still_running {
+        return Ok(true);
+    }
     if let Err(e) = docker.start_container(&id, None).await {
         // Put the name back so that a second attempt finds the kept container again.
         let undo = rename(docker, &id, &kept).await;
@@ -626,7 +795,7 @@ async fn stale_kept(
 ) -> anyhow::Result<Vec<(String, ContainerSummary)>> {
     // The name filter is a regular expression matched anywhere; it only narrows the listing.
     // The exact `NAME-r<digits>` match happens here.
-    let filters = HashMap::from([("name", vec![format!("{name}-r")])]);
+    let filters = HashMap::from([("name", vec![name.to_string()])]);
     let options = ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
@@ -635,23 +804,21 @@ async fn stale_kept(
         .list_containers(Some(options))
         .await
         .context("the host's Docker engine cannot list containers")?;
-    let prefix = format!("{name}-r");
     let mut stale: Vec<(i64, String, ContainerSummary)> = Vec::new();
     for c in listed {
-        let Some(cname) = c
+        let Some((cname, release)) = c
             .names
             .iter()
             .flatten()
             .map(|n| n.trim_start_matches('/'))
-            .find(|n| n.starts_with(&prefix))
+            .find_map(|n| match slot_of(name, n) {
+                Some(Slot::Kept(r)) => Some((n, r)),
+                _ => None,
+            })
         else {
             continue;
         };
-        let suffix = &cname[prefix.len()..];
-        let Ok(release) = suffix.parse::<i64>() else {
-            continue;
-        };
-        if !suffix.bytes().all(|b| b.is_ascii_digit()) || keep.contains(&release) {
+        if keep.contains(&release) {
             continue;
         }
         let labelled = c
@@ -835,6 +1002,27 @@ fn port_bindings(ports: &[String]) -> anyhow::Result<(Vec<String>, PortMap)> {
             Some(_) => return Err(usage()),
             None => (spec.as_str(), "tcp"),
         };
+        if !mapping.contains(':') {
+            // `CONTAINER` alone: the engine picks the host port (an empty HostPort).
+            if mapping.is_empty()
+                || !mapping.bytes().all(|b| b.is_ascii_digit())
+                || mapping.parse::<u16>().is_err()
+            {
+                return Err(usage());
+            }
+            let key = format!("{mapping}/{proto}");
+            if !exposed.contains(&key) {
+                exposed.push(key.clone());
+            }
+            map.entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: None,
+                    host_port: Some(String::new()),
+                });
+            continue;
+        }
         let (ip, ports) = if let Some(rest) = mapping.strip_prefix('[') {
             let (ip, ports) = rest.split_once("]:").ok_or_else(usage)?;
             (Some(ip), ports)
@@ -933,14 +1121,7 @@ mod tests {
 
     #[test]
     fn bad_ports_are_refused() {
-        for bad in [
-            "8080",
-            "a:80",
-            "1:2:3:4",
-            "80:80/sctp",
-            "+80:80",
-            "70000:80",
-        ] {
+        for bad in ["a", "a:80", "1:2:3:4", "80:80/sctp", "+80:80", "70000:80"] {
             assert!(port_bindings(&[bad.to_string()]).is_err(), "{bad}");
         }
     }
@@ -966,5 +1147,31 @@ mod tests {
     #[test]
     fn kept_names() {
         assert_eq!(kept_name("web", 7), "web-r7");
+        assert_eq!(kept_name("web-2", 7), "web-2-r7");
+        assert_eq!(replica_names("web", 1), ["web"]);
+        assert_eq!(replica_names("web", 3), ["web-1", "web-2", "web-3"]);
+    }
+
+    #[test]
+    fn names_say_serving_or_kept() {
+        assert_eq!(slot_of("web", "web"), Some(Slot::Serving));
+        assert_eq!(slot_of("web", "web-2"), Some(Slot::Serving));
+        assert_eq!(slot_of("web", "web-r7"), Some(Slot::Kept(7)));
+        assert_eq!(slot_of("web", "web-2-r7"), Some(Slot::Kept(7)));
+        for other in [
+            "webx", "web-", "web-r", "web-2-r", "web-a-r7", "web-2-x7", "we",
+        ] {
+            assert_eq!(slot_of("web", other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_container_port_alone_is_engine_picked() {
+        let (exposed, map) = port_bindings(&["8080".to_string()]).unwrap();
+        assert_eq!(exposed, ["8080/tcp"]);
+        assert_eq!(
+            map["8080/tcp"].as_ref().unwrap()[0].host_port.as_deref(),
+            Some("")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Deployments: moving an app's hosts from one release to another (rollouts and rollbacks are
 //! one engine, `deployment`), what one host does (`host`), and how health is judged (`health`).
 
+pub mod balancer;
 pub mod deployment;
 pub mod health;
 pub mod host;
@@ -109,6 +110,20 @@ pub struct AppHostNow {
     pub digest_read_back: Option<String>,
     pub container: Option<String>,
     pub health: String,
+    /// Each serving container (`NAME`, or `NAME-1` … `NAME-N`) as the engine reports it now.
+    pub replicas: Vec<ReplicaNow>,
+}
+
+/// One serving container of an app on a host.
+#[derive(Debug, Serialize)]
+pub struct ReplicaNow {
+    pub name: String,
+    pub running: bool,
+    pub digest_read_back: Option<String>,
+    /// Published container ports (`8080/tcp`) and where they answer (`ADDRESS:HOSTPORT`),
+    /// read back from the engine: the port it picked for an engine-picked one.
+    pub ports: std::collections::BTreeMap<String, String>,
+    pub health: String,
 }
 
 pub async fn app_hosts_now(
@@ -132,32 +147,67 @@ pub async fn app_hosts_now(
             digest_read_back: None,
             container: None,
             health: "unknown".into(),
+            replicas: Vec::new(),
         };
         if let (Some(conf), Some(spec), Some(rel)) = (config.hosts.get(&h.host), spec, release) {
             match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
                 Ok(docker) => {
-                    if let Ok(rb) =
-                        host::read_back(&docker, &spec.container.name, &rel.repository).await
+                    let c = &spec.container;
+                    for name in host::replica_names(&c.name, c.replicas) {
+                        let rb = host::read_back(&docker, &name, &rel.repository).await.ok();
+                        let ports = host::ports_of(&docker, &name)
+                            .await
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, p)| (k, format!("{}:{p}", conf.address)))
+                            .collect();
+                        let health =
+                            match health::check_once(&docker, &name, &conf.address, &spec.health)
+                                .await
+                            {
+                                Ok(()) => "healthy".into(),
+                                // The reason can quote the container's log, which can hold a secret.
+                                Err(why) => masker.mask_text(&format!("unhealthy: {why}")),
+                            };
+                        row.replicas.push(ReplicaNow {
+                            name,
+                            running: rb.as_ref().is_some_and(|r| r.running),
+                            digest_read_back: rb.and_then(|r| r.digest),
+                            ports,
+                            health,
+                        });
+                    }
+                    // The host as a whole: its first replica's digest; running and healthy
+                    // only when every replica is.
+                    row.digest_read_back = row
+                        .replicas
+                        .first()
+                        .and_then(|r| r.digest_read_back.clone());
+                    if row
+                        .replicas
+                        .iter()
+                        .any(|r| r.digest_read_back.is_some() || r.running)
                     {
-                        row.digest_read_back = rb.digest;
-                        row.container = Some(if rb.running {
+                        row.container = Some(if row.replicas.iter().all(|r| r.running) {
                             "running".into()
                         } else {
                             "stopped".into()
                         });
                     }
-                    row.health = match health::check_once(
-                        &docker,
-                        &spec.container.name,
-                        &conf.address,
-                        &spec.health,
-                    )
-                    .await
-                    {
-                        Ok(()) => "healthy".into(),
-                        // The reason can quote the container's log, which can hold a secret.
-                        Err(why) => masker.mask_text(&format!("unhealthy: {why}")),
-                    };
+                    row.health = row
+                        .replicas
+                        .iter()
+                        .find(|r| r.health != "healthy")
+                        .map_or_else(
+                            || "healthy".to_string(),
+                            |r| {
+                                if row.replicas.len() > 1 {
+                                    format!("{}: {}", r.name, r.health)
+                                } else {
+                                    r.health.clone()
+                                }
+                            },
+                        );
                 }
                 Err(e) => row.health = format!("unreachable: {e:#}"),
             }

@@ -201,6 +201,27 @@ pub struct DeploySpec {
     pub rollout: RolloutSpec,
     /// Commands run on the agent around the rollout.
     pub hooks: HooksSpec,
+    /// A `[balancer.NAME]` of the agent that hoist keeps in step with this app's containers.
+    #[serde(default)]
+    pub balancer: Option<BalancerSpec>,
+}
+
+/// `deploy.balancer:`: which balancer sends traffic to the app, and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BalancerSpec {
+    /// The `[balancer.NAME]` in the agent's config.
+    pub name: String,
+    /// The `upstream` block's name (None: the app's name).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The container port the balancer sends traffic to (its published host port is listed).
+    pub port: u16,
+    /// Asked through the balancer's `url` after each switch; must answer 2xx (none: no check).
+    #[serde(default)]
+    pub check: Option<String>,
+    /// After the old containers leave the balancer, before they are stopped (default 1s).
+    #[serde(with = "duration_text")]
+    pub drain: Duration,
 }
 
 /// The container that serves on each host.
@@ -209,7 +230,11 @@ pub struct ContainerSpec {
     /// Exactly the name of the serving container (`docker logs web`); kept earlier releases
     /// become `NAME-r<release>`.
     pub name: String,
-    /// Published ports: `HOST:CONTAINER` or `IP:HOST:CONTAINER`, optionally `/tcp` or `/udp`.
+    /// Containers per host (default 1): `NAME`, or `NAME-1` … `NAME-N` when more than one.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Published ports: `HOST:CONTAINER` or `IP:HOST:CONTAINER` (fixed), or `CONTAINER` (the
+    /// engine picks the host port), optionally `/tcp` or `/udp`.
     pub ports: Vec<String>,
     /// Container environment; values may hold placeholders (`${host}` gives per-host values).
     pub env: BTreeMap<String, String>,
@@ -252,6 +277,24 @@ pub struct ContainerSpec {
     /// Extra labels; `hoist.*` is hoist's own and refused.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ContainerSpec {
+    /// Whether every published port is engine-picked: then the new release's containers can
+    /// start beside the old ones (no fixed host port is held twice).
+    pub fn ports_allow_overlap(&self) -> bool {
+        self.ports.iter().all(|p| !is_fixed_port(p))
+    }
+}
+
+/// `HOST:CONTAINER` (fixed) rather than `CONTAINER` (engine-picked); the suffix does not count.
+pub fn is_fixed_port(spec: &str) -> bool {
+    let mapping = spec.rsplit_once('/').map_or(spec, |(m, _)| m);
+    mapping.contains(':')
 }
 
 /// Health checking of a freshly started container.
@@ -541,6 +584,7 @@ steps:
                         hosts: strs(&["web1", "web2", "web3"]),
                         container: ContainerSpec {
                             name: "web".into(),
+                            replicas: 1,
                             ports: strs(&["8080:8080"]),
                             env: map(&[("NODE_ID", "${host}")]),
                             args: vec![],
@@ -572,6 +616,7 @@ steps:
                             after_host: Some(strs(&["scripts/undrain", "${host}"])),
                             after_deploy: Some(strs(&["scripts/notify"])),
                         },
+                        balancer: None,
                     }),
                 },
             ],

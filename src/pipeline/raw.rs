@@ -106,6 +106,18 @@ pub(super) struct RawDeploy {
     pub(super) health: Option<S<RawHealth>>,
     pub(super) rollout: Option<RawRollout>,
     pub(super) hooks: Option<RawHooks>,
+    pub(super) balancer: Option<S<RawBalancerUse>>,
+}
+
+/// `deploy.balancer:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBalancerUse {
+    pub(super) name: Option<S<String>>,
+    pub(super) upstream: Option<S<String>>,
+    pub(super) port: Option<S<i64>>,
+    pub(super) check: Option<S<String>>,
+    pub(super) drain: Option<S<String>>,
 }
 
 /// `deploy.container:`.
@@ -113,6 +125,7 @@ pub(super) struct RawDeploy {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawContainer {
     pub(super) name: Option<S<String>>,
+    pub(super) replicas: Option<S<i64>>,
     #[serde(default)]
     pub(super) ports: Vec<S<String>>,
     #[serde(default)]

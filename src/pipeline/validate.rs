@@ -10,12 +10,13 @@ use std::time::Duration;
 use serde_saphyr::Location;
 
 use super::raw::{
-    RawBuild, RawContainer, RawDeploy, RawHealth, RawHooks, RawPipeline, RawRollout, RawStep, S,
+    RawBalancerUse, RawBuild, RawContainer, RawDeploy, RawHealth, RawHooks, RawPipeline,
+    RawRollout, RawStep, S,
 };
 use super::triggers::build_glob;
 use super::{
-    Action, BuildSpec, ContainerSpec, DeploySpec, HealthCheck, HealthSpec, HooksSpec, Pipeline,
-    Problem, RolloutSpec, StatusRange, Step, Triggers, Vars,
+    Action, BalancerSpec, BuildSpec, ContainerSpec, DeploySpec, HealthCheck, HealthSpec, HooksSpec,
+    Pipeline, Problem, RolloutSpec, StatusRange, Step, Triggers, Vars, is_var_key,
 };
 
 /// The pipeline, or every problem found in it sorted by place (problems at one place keep the
@@ -619,7 +620,7 @@ fn convert_deploy(
     let at = deploy.referenced;
     let raw = deploy.value;
     // Fields are evaluated in the order written, which is the order problems at `at` print in.
-    DeploySpec {
+    let mut spec = DeploySpec {
         image: deploy_image_name(problems, raw.image, at, places),
         hosts: deploy_hosts(problems, raw.hosts, at),
         container: match raw.container {
@@ -641,6 +642,99 @@ fn convert_deploy(
         },
         rollout: convert_rollout(problems, raw.rollout.unwrap_or_default()),
         hooks: convert_hooks(problems, raw.hooks.unwrap_or_default()),
+        balancer: None,
+    };
+    spec.balancer = raw
+        .balancer
+        .map(|b| convert_balancer(problems, b, &spec.container));
+    spec
+}
+
+/// `deploy.balancer`: a balancer's name, the container port it sends to, and how it is checked.
+/// It needs engine-picked ports, so that the new release's containers start beside the old.
+fn convert_balancer(
+    problems: &mut Problems,
+    b: S<RawBalancerUse>,
+    container: &ContainerSpec,
+) -> BalancerSpec {
+    let at = b.referenced;
+    let raw = b.value;
+    let name = match raw.name {
+        Some(n) if is_var_key(&n.value) => n.value,
+        Some(n) => {
+            problems.at(
+                n.referenced,
+                format!("balancer name {:?} is not a [balancer.NAME] name", n.value),
+            );
+            n.value
+        }
+        None => {
+            problems.at(
+                at,
+                "`balancer` needs `name`: a [balancer.NAME] of the agent's hoist.toml",
+            );
+            String::new()
+        }
+    };
+    let upstream = raw.upstream.map(|u| {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if !is_name(&u.value, |c| c.is_ascii_alphanumeric(), ok) {
+            problems.at(
+                u.referenced,
+                format!(
+                    "`upstream` {:?} is not an nginx upstream name: letters, digits, `_`, `-`, `.`",
+                    u.value
+                ),
+            );
+        }
+        u.value
+    });
+    let port = match raw.port {
+        None => {
+            problems.at(
+                at,
+                "`balancer` needs `port`: the container port it sends traffic to, like 8080",
+            );
+            0
+        }
+        Some(p) => match u16::try_from(p.value) {
+            Ok(n) if n > 0 => {
+                let published = container.ports.iter().any(|spec| {
+                    let m = spec.rsplit_once('/').map_or(spec.as_str(), |(m, _)| m);
+                    m.rsplit(':').next() == Some(n.to_string().as_str())
+                });
+                if !published {
+                    problems.at(
+                        p.referenced,
+                        format!(
+                            "balancer port {n} is not in `container.ports`; add \"{n}\" there (the \
+                             engine picks the host port, hoist tells the balancer)"
+                        ),
+                    );
+                }
+                n
+            }
+            _ => {
+                problems.at(p.referenced, "`port` must be a port number, 1 to 65535");
+                0
+            }
+        },
+    };
+    let check = raw.check.map(|c| {
+        if !c.value.starts_with('/') {
+            problems.at(
+                c.referenced,
+                format!("`check` {:?} must be a path starting with /", c.value),
+            );
+        }
+        c.value
+    });
+    BalancerSpec {
+        name,
+        upstream,
+        port,
+        check,
+        drain: duration_or(problems, &raw.drain, "drain", Duration::from_secs(1)),
     }
 }
 
@@ -760,6 +854,36 @@ fn convert_container(c: S<RawContainer>, problems: &mut Problems) -> ContainerSp
             problems.at(port.referenced, e.to_string());
         }
     }
+    let replicas = match raw.replicas {
+        None => 1,
+        Some(r) => match u32::try_from(r.value) {
+            Ok(n) if (1..=MAX_REPLICAS).contains(&n) => {
+                if let Some(fixed) = raw
+                    .ports
+                    .iter()
+                    .find(|p| n > 1 && super::is_fixed_port(&p.value))
+                {
+                    problems.at(
+                        fixed.referenced,
+                        format!(
+                            "port {:?} is fixed, and {n} replicas cannot all publish it on one \
+                             host; write only the container port (like \"8080\") and the engine \
+                             picks a host port for each",
+                            fixed.value
+                        ),
+                    );
+                }
+                n
+            }
+            _ => {
+                problems.at(
+                    r.referenced,
+                    format!("`replicas` must be 1 to {MAX_REPLICAS}"),
+                );
+                1
+            }
+        },
+    };
     let env = check_env(problems, &raw.env, "container.env");
     for arg in &raw.args {
         check_template(problems, arg);
@@ -880,6 +1004,7 @@ fn convert_container(c: S<RawContainer>, problems: &mut Problems) -> ContainerSp
     }
     ContainerSpec {
         name,
+        replicas,
         ports: strings(&raw.ports),
         env,
         args: strings(&raw.args),
@@ -1304,7 +1429,11 @@ fn is_env_name(s: &str) -> bool {
     )
 }
 
-/// `HOST:CONTAINER` or `IP:HOST:CONTAINER` (IPv6 in brackets), optionally `/tcp` or `/udp`.
+/// Containers per host at most.
+const MAX_REPLICAS: u32 = 64;
+
+/// `HOST:CONTAINER` or `IP:HOST:CONTAINER` (IPv6 in brackets), or `CONTAINER` alone (the
+/// engine picks the host port), optionally `/tcp` or `/udp`.
 fn check_port_mapping(spec: &str) -> Result<(), PortMappingError> {
     let usage = || PortMappingError(spec.to_string());
     let mapping = match spec.rsplit_once('/') {
@@ -1312,6 +1441,12 @@ fn check_port_mapping(spec: &str) -> Result<(), PortMappingError> {
         Some(_) => return Err(usage()),
         None => spec,
     };
+    if !mapping.contains(':') {
+        return match mapping.parse::<u16>() {
+            Ok(p) if p > 0 && mapping.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+            _ => Err(usage()),
+        };
+    }
     let ports = if let Some(rest) = mapping.strip_prefix('[') {
         let (ip, ports) = rest.split_once("]:").ok_or_else(usage)?;
         ip.parse::<Ipv6Addr>().map_err(|_| usage())?;
@@ -1341,8 +1476,9 @@ fn check_port_mapping(spec: &str) -> Result<(), PortMappingError> {
 /// A `ports:` entry that is not a port mapping.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "port {0:?} is not HOST:CONTAINER or IP:HOST:CONTAINER (like \"8080:8080\" or \
-     \"127.0.0.1:8080:8080\", optionally ending in /tcp or /udp)"
+    "port {0:?} is not CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER (like \"8080\", where the \
+     engine picks the host port, \"8080:8080\" or \"127.0.0.1:8080:8080\", optionally ending in \
+     /tcp or /udp)"
 )]
 struct PortMappingError(String);
 
@@ -1743,13 +1879,50 @@ mod tests {
             "ok",
         );
         check(
-            &ports(r#"["8080", "80:80/sctp", "0:80", "localhost:80:80", "1:2:3:4"]"#),
+            &ports(r#"["0", "80:80/sctp", "0:80", "localhost:80:80", "1:2:3:4"]"#),
             r#"
-            .hoist.yml:10:38: port "8080" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
-            .hoist.yml:10:46: port "80:80/sctp" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
-            .hoist.yml:10:60: port "0:80" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
-            .hoist.yml:10:68: port "localhost:80:80" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
-            .hoist.yml:10:87: port "1:2:3:4" is not HOST:CONTAINER or IP:HOST:CONTAINER (like "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)"#,
+            .hoist.yml:10:38: port "0" is not CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER (like "8080", where the engine picks the host port, "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:43: port "80:80/sctp" is not CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER (like "8080", where the engine picks the host port, "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:57: port "0:80" is not CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER (like "8080", where the engine picks the host port, "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:65: port "localhost:80:80" is not CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER (like "8080", where the engine picks the host port, "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)
+            .hoist.yml:10:84: port "1:2:3:4" is not CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER (like "8080", where the engine picks the host port, "8080:8080" or "127.0.0.1:8080:8080", optionally ending in /tcp or /udp)"#,
+        );
+        check(&ports(r#"["8080", "9090/udp"]"#), "ok");
+        let replicated = |r: &str, p: &str| {
+            with_deploy("").replace(
+                "{name: web}",
+                &format!("{{name: web, replicas: {r}, ports: {p}}}"),
+            )
+        };
+        check(&replicated("3", r#"["8080"]"#), "ok");
+        check(
+            &replicated("2", r#"["8080:8080"]"#),
+            r#".hoist.yml:10:51: port "8080:8080" is fixed, and 2 replicas cannot all publish it on one host; write only the container port (like "8080") and the engine picks a host port for each"#,
+        );
+        check(
+            &replicated("0", "[]"),
+            ".hoist.yml:10:40: `replicas` must be 1 to 64",
+        );
+        let balanced = |b: &str| {
+            with_deploy(&format!("      balancer: {b}\n"))
+                .replace("{name: web}", "{name: web, ports: [\"8080\"]}")
+        };
+        check(
+            &balanced("{name: edge, port: 8080, check: /health, drain: 2s}"),
+            "ok",
+        );
+        check(
+            &balanced("{name: edge, port: 9090, check: health, upstream: \"a b\"}"),
+            r#"
+            .hoist.yml:12:36: balancer port 9090 is not in `container.ports`; add "9090" there (the engine picks the host port, hoist tells the balancer)
+            .hoist.yml:12:49: `check` "health" must be a path starting with /
+            .hoist.yml:12:67: `upstream` "a b" is not an nginx upstream name: letters, digits, `_`, `-`, `.`"#,
+        );
+        check(
+            &balanced("{port: 8080, drain: soon}"),
+            r#"
+            .hoist.yml:12:17: `balancer` needs `name`: a [balancer.NAME] of the agent's hoist.toml
+            .hoist.yml:12:37: `drain`: "soon" is not a duration; write a number with a unit, like "500ms", "10s" or "5m""#,
         );
         check(&with_deploy("").replace("{name: web}", "{name: web, env: {ID: \"${host}\", X: \"${hots}\"}, args: [\"--id=${host}\", \"${x\"]}"), r#"
             .hoist.yml:10:54: unknown placeholder `${hots}` in "${hots}"; known: ${commit}, ${commit_short}, ${branch}, ${tag}, ${ref}, ${host}, ${release}, ${app}, ${host.address}, ${host.KEY}, ${hosts.name}, ${hosts.address}, ${hosts.KEY} (write `$${` for a literal `${`)

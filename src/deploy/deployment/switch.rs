@@ -21,9 +21,11 @@ use super::{Deployer, Failure, Started, release_text};
 use crate::config::Config;
 use crate::config::RegistryConfig;
 use crate::deploy::health::{self, HealthReport, Unhealthy};
-use crate::deploy::host;
+use crate::deploy::{balancer, host};
 use crate::image;
-use crate::pipeline::{ContainerSpec, DeploySpec, Fleet, FleetHost, HealthSpec, Vars};
+use crate::pipeline::{
+    BalancerSpec, ContainerSpec, DeploySpec, Fleet, FleetHost, HealthSpec, Vars,
+};
 use crate::store::{HostState, HostUpdate, Release};
 
 impl Deployer {
@@ -57,6 +59,11 @@ impl Deployer {
     }
 
     /// Switch host `h` from A to B and prove it: the forward actions in order, each journaled.
+    ///
+    /// Where ports allow (engine-picked, none fixed), B starts beside A: A's containers are
+    /// renamed to their kept names but go on serving until B is proved and in the balancer;
+    /// then they leave it, and are stopped after `drain` off the critical path ([`Started`]'s
+    /// pending stops, awaited before the deployment ends). With fixed ports A stops first.
     pub(super) async fn switch_host(
         &self,
         s: &Started,
@@ -69,9 +76,10 @@ impl Deployer {
         }
         let on = OnHost::new(self, s, h)?;
         let b = &s.plan.to;
-        let hooks = &s.plan.spec.hooks;
+        let spec = &s.plan.spec;
+        let hooks = &spec.hooks;
         let fail = |e: anyhow::Error| Failure::on(h, format!("{e:#}"));
-        let vars = vars_for(&self.config, &s.plan.vars, &s.plan.spec.hosts, h, b.number);
+        let vars = vars_for(&self.config, &s.plan.vars, &spec.hosts, h, b.number);
         let before = s.before.get(h).copied().flatten();
         let from = HostUpdate {
             from_release: Some(before),
@@ -84,14 +92,15 @@ impl Deployer {
                 .await
                 .map_err(fail)?;
         }
-        let container = render_container(&s.plan.spec.container, &vars).map_err(fail)?;
-        on.keep_a().await.map_err(fail)?;
-        on.start_b(&container).await.map_err(fail)?;
-        let detail = format!("{} as {}", b.image(), container.name);
+        let container = render_container(&spec.container, &vars).map_err(fail)?;
+        let overlap = spec.container.ports_allow_overlap();
+        let old = on.keep_a(overlap).await.map_err(fail)?;
+        let names = on.start_b(&container).await.map_err(fail)?;
+        let detail = format!("{} as {}", b.image(), on.describe(&names).await);
         on.journal(HostState::Started, detail, HostUpdate::default())
             .await?;
         let report = on
-            .healthy(&s.plan.spec.health, lost)
+            .healthy(&names, &spec.health, lost)
             .await
             .map_err(|why| Failure::on(h, format!("unhealthy: {why}")))?;
         let healthy = HostUpdate {
@@ -105,7 +114,7 @@ impl Deployer {
                 .await
                 .map_err(fail)?;
         }
-        let got = on.prove_b().await.map_err(fail)?;
+        let got = on.prove(b, &names).await.map_err(fail)?;
         let read_back = HostUpdate {
             read_back: Some(got.clone()),
             ..Default::default()
@@ -113,6 +122,16 @@ impl Deployer {
         on.journal(HostState::Verified, format!("runs {got}"), read_back)
             .await?;
         on.record(Some(b.number), Some(got.clone())).await?;
+        if let Some(bal) = &spec.balancer {
+            on.join_balancer(bal).await.map_err(fail)?;
+        }
+        if !old.is_empty() {
+            let drain = spec
+                .balancer
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |b| b.drain);
+            s.stop_later(self, h, old, drain);
+        }
         say(format!(
             "  {h}: release {} healthy and verified ({got})",
             b.number
@@ -121,7 +140,9 @@ impl Deployer {
     }
 
     /// Put host `h` back on release `to`, what it ran before (None: nothing), and prove it:
-    /// the undos newest first, then A checked the way B was.
+    /// the undos newest first, then A checked the way B was. Where ports allow, A serves again
+    /// before B leaves (B is set aside running, A restored, proved, put in the balancer, and
+    /// only then B is removed).
     pub(super) async fn revert_host(
         &self,
         s: &Started,
@@ -155,8 +176,13 @@ impl Deployer {
         if let Some(argv) = &hooks.before_host {
             self.hook(s, "before_host", argv, &vars, say).await?;
         }
-        on.remove_b(to).await?;
+        let a_spec = a.as_ref().and_then(|a| a.deploy.as_ref());
+        // Both releases' ports must allow two containers at once for B to serve on meanwhile.
+        let overlap = s.plan.spec.container.ports_allow_overlap()
+            && a_spec.is_some_and(|sp| sp.container.ports_allow_overlap());
+        let aside = on.set_aside_b(to, overlap).await?;
         let Some(a) = a else {
+            on.remove_all(&aside).await?;
             return on.reverted_to_nothing(say).await;
         };
         let a_spec = a
@@ -168,15 +194,22 @@ impl Deployer {
         let secrets = self
             .config
             .secret_values(&a.repo, &a_spec.container.secrets, &what)?;
-        on.restore_a(&a, a_spec, &vars, &secrets).await?;
-        on.healthy(&a_spec.health, &CancellationToken::new())
+        let names = on.restore_a(&a, a_spec, &vars, &secrets).await?;
+        on.healthy(&names, &a_spec.health, &CancellationToken::new())
             .await
             .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
         if let Some(argv) = &hooks.after_host {
             self.hook(s, "after_host", argv, &vars, say).await?;
         }
-        let got = on.prove_a(&a).await?;
+        let got = on.prove(&a, &names).await?;
         on.record(Some(a.number), Some(got.clone())).await?;
+        if let Some(bal) = a_spec.balancer.as_ref().or(s.plan.spec.balancer.as_ref()) {
+            on.join_balancer(bal).await?;
+            if !aside.is_empty() {
+                tokio::time::sleep(bal.drain).await;
+            }
+        }
+        on.remove_all(&aside).await?;
         let read_back = HostUpdate {
             read_back: Some(got.clone()),
             ..Default::default()
@@ -199,7 +232,8 @@ struct OnHost<'a> {
     docker: &'a Docker,
     /// The host's address from the config, which health probes go to.
     address: &'a str,
-    /// The serving container's name `NAME`: A and B both serve as it, one at a time.
+    /// The container name `NAME` of the step: A's and B's replicas serve as `NAME` or
+    /// `NAME-<i>`, kept ones are `NAME[-<i>]-r<release>`.
     name: &'a str,
     /// The app: every action on the host refuses a container labelled with another.
     app: &'a str,
@@ -246,76 +280,113 @@ impl<'a> OnHost<'a> {
 
     // keep A -----------------------------------------------------------------------------
 
-    /// (+) Stop A and keep it as `NAME-r<A>`. A and B publish the same host ports, so A stops
-    /// before B starts; it is kept rather than removed so that its undo is a rename.
-    async fn keep_a(&self) -> anyhow::Result<()> {
-        host::keep_current(self.docker, self.name, self.app)
-            .await
-            .context("cannot stop the running container")?;
-        Ok(())
+    /// (+) Keep A's serving containers under their kept names `NAME[-<i>]-r<A>`. With
+    /// `overlap` they go on running (B starts beside them); returns those, to stop later.
+    /// Without, each is stopped first: A and B publish the same fixed host ports.
+    async fn keep_a(&self, overlap: bool) -> anyhow::Result<Vec<String>> {
+        let mut running = Vec::new();
+        for m in host::members(self.docker, self.name).await? {
+            if m.slot != host::Slot::Serving {
+                continue;
+            }
+            let kept = host::keep_current(self.docker, &m.name, self.app, overlap)
+                .await
+                .with_context(|| format!("cannot keep the running container {}", m.name))?;
+            if let (true, true, Some(k)) = (overlap, m.running, kept) {
+                running.push(k);
+            }
+        }
+        Ok(running)
     }
 
-    /// (−) Serve A as `NAME` again: its kept container, with its old settings; when that is gone
-    /// (pruned, or never kept), A afresh by digest from its release record. Nothing to do when
-    /// A still serves (the switch stopped before `keep A`).
+    /// (−) Serve A again on each of its replica names: its kept container (with its old
+    /// settings, still running after a gapless switch), or A afresh by digest from its release
+    /// record when that is gone. Nothing to do for a replica that A still serves as. Returns
+    /// A's serving names.
     async fn restore_a(
         &self,
         a: &Release,
         a_spec: &DeploySpec,
         vars: &Vars,
         secrets: &[(String, String)],
-    ) -> anyhow::Result<()> {
-        let serving = host::current(self.docker, self.name)
-            .await?
-            .is_some_and(|c| {
+    ) -> anyhow::Result<Vec<String>> {
+        let names = host::replica_names(self.name, a_spec.container.replicas);
+        for name in &names {
+            let serving = host::current(self.docker, name).await?.is_some_and(|c| {
                 c.running && c.release == Some(a.number) && c.app.as_deref() == Some(self.app)
             });
-        if serving {
-            return Ok(());
+            if serving {
+                continue;
+            }
+            // A kept A made with a secret's earlier value gives way to A afresh with today's.
+            let kept = host::kept_name(name, a.number);
+            if !host::env_has(self.docker, &kept, secrets).await? {
+                host::remove(self.docker, &kept, self.app).await?;
+            }
+            if host::restore_kept(self.docker, name, self.app, a.number).await? {
+                continue;
+            }
+            host::pull(
+                self.docker,
+                &a.image(),
+                &a.manifest_digest,
+                self.registry(a),
+            )
+            .await?;
+            let mut container = render_container(&a_spec.container, vars)?;
+            container.name = name.clone();
+            self.start(a, &container, secrets).await?;
         }
-        // A kept A made with a secret's earlier value gives way to A afresh with today's.
-        let kept = host::kept_name(self.name, a.number);
-        if !host::env_has(self.docker, &kept, secrets).await? {
-            host::remove(self.docker, &kept, self.app).await?;
-        }
-        if host::restore_kept(self.docker, self.name, self.app, a.number).await? {
-            return Ok(());
-        }
-        host::pull(
-            self.docker,
-            &a.image(),
-            &a.manifest_digest,
-            self.registry(a),
-        )
-        .await?;
-        let container = render_container(&a_spec.container, vars)?;
-        self.start(a, &container, secrets).await?;
-        Ok(())
+        Ok(names)
     }
 
     // start B ----------------------------------------------------------------------------
 
-    /// (+) Start B as `NAME`.
-    async fn start_b(&self, container: &ContainerSpec) -> anyhow::Result<()> {
+    /// (+) Start B's replicas as `NAME` (or `NAME-1` … `NAME-N`); returns their names.
+    async fn start_b(&self, container: &ContainerSpec) -> anyhow::Result<Vec<String>> {
         let b = &self.s.plan.to;
-        self.start(b, container, &self.s.secrets)
-            .await
-            .with_context(|| format!("cannot start release {}", b.number))
+        let names = host::replica_names(self.name, container.replicas);
+        for name in &names {
+            let mut one = container.clone();
+            one.name = name.clone();
+            self.start(b, &one, &self.s.secrets)
+                .await
+                .with_context(|| format!("cannot start release {} as {name}", b.number))?;
+        }
+        Ok(names)
     }
 
-    /// (−) Remove whatever serves as `NAME` unless it already is A running: B, or a half-started
-    /// B. `a` is A's release number; None when the host ran nothing of the app.
-    async fn remove_b(&self, a: Option<i64>) -> anyhow::Result<()> {
-        if let Some(cur) = host::current(self.docker, self.name).await?
-            && (cur.release != a || !cur.running)
-        {
-            host::remove(self.docker, self.name, self.app).await?;
+    /// (−) Take away whatever serves that is not A running (B, a half-started B): with
+    /// `overlap` a running one is set aside under its kept name and returned (removed once A
+    /// serves again); the rest is removed now. `a` is A's release; None when the host ran
+    /// nothing of the app.
+    async fn set_aside_b(&self, a: Option<i64>, overlap: bool) -> anyhow::Result<Vec<String>> {
+        let mut aside = Vec::new();
+        for m in host::members(self.docker, self.name).await? {
+            if m.slot != host::Slot::Serving || (m.release == a && m.running && a.is_some()) {
+                continue;
+            }
+            if overlap && m.running && m.release.is_some() {
+                if let Some(k) = host::keep_current(self.docker, &m.name, self.app, true).await? {
+                    aside.push(k);
+                }
+            } else {
+                host::remove(self.docker, &m.name, self.app).await?;
+            }
+        }
+        Ok(aside)
+    }
+
+    /// (−) Remove the containers `names` (B's, set aside).
+    async fn remove_all(&self, names: &[String]) -> anyhow::Result<()> {
+        for n in names {
+            host::remove(self.docker, n, self.app).await?;
         }
         Ok(())
     }
 
-    /// Start `release` as `NAME` with `container` (rendered for this host) and the values of
-    /// its secrets.
+    /// Start `release` as `container.name` with `container` (rendered for this host) and the
+    /// values of its secrets.
     async fn start(
         &self,
         release: &Release,
@@ -335,52 +406,110 @@ impl<'a> OnHost<'a> {
         Ok(())
     }
 
+    /// The containers `names` with the host ports the engine published them on, for the
+    /// journal: `web-1 (8080/tcp on 10.203.0.11:49153), web-2 (…)`.
+    async fn describe(&self, names: &[String]) -> String {
+        let mut parts = Vec::new();
+        for n in names {
+            let ports = host::ports_of(self.docker, n).await.unwrap_or_default();
+            if ports.is_empty() {
+                parts.push(n.clone());
+            } else {
+                let p: Vec<String> = ports
+                    .iter()
+                    .map(|(k, v)| format!("{k} on {}:{v}", self.address))
+                    .collect();
+                parts.push(format!("{n} ({})", p.join(", ")));
+            }
+        }
+        parts.join(", ")
+    }
+
     // prove ------------------------------------------------------------------------------
 
-    /// Health of what serves as `NAME` now: B on the way forward, A in the undo.
+    /// Health of the containers `names` (B's replicas on the way forward, A's in the undo),
+    /// all at once; the report counts every check and the longest wait.
     async fn healthy(
         &self,
+        names: &[String],
         spec: &HealthSpec,
         cancel: &CancellationToken,
     ) -> Result<HealthReport, Unhealthy> {
-        health::wait_healthy(self.docker, self.name, self.address, spec, cancel).await
-    }
-
-    /// (+) Read back that the host runs B's digest; returns it.
-    async fn prove_b(&self) -> anyhow::Result<String> {
-        let b = &self.s.plan.to;
-        let (got, running) = self.read_back(b).await.context("read-back failed")?;
-        if got != b.manifest_digest || !running {
-            bail!(
-                "read-back mismatch: the host runs {} (running: {running}) but release {} is {}",
-                if got.is_empty() {
-                    "an image without a registry digest"
+        let waits = names
+            .iter()
+            .map(|n| health::wait_healthy(self.docker, n, self.address, spec, cancel));
+        let mut report = HealthReport {
+            checks: 0,
+            took: std::time::Duration::ZERO,
+        };
+        for (n, r) in names
+            .iter()
+            .zip(futures_util::future::join_all(waits).await)
+        {
+            let r = r.map_err(|why| {
+                if names.len() > 1 {
+                    Unhealthy::new(format!("{n}: {why}"))
                 } else {
-                    &got
-                },
-                b.number,
-                b.manifest_digest
-            );
+                    why
+                }
+            })?;
+            report.checks += r.checks;
+            report.took = report.took.max(r.took);
         }
-        Ok(got)
+        Ok(report)
     }
 
-    /// (−) Read back that the host runs A's digest again; returns it.
-    async fn prove_a(&self, a: &Release) -> anyhow::Result<String> {
-        let (got, running) = self.read_back(a).await?;
-        if got != a.manifest_digest || !running {
-            bail!(
-                "read-back after the rollback: the host runs {got:?} (running: {running}), expected {}",
-                a.manifest_digest
-            );
+    /// (+) Read back that each of `names` runs `release`'s digest; returns it. The same check
+    /// proves B on the way forward and A in the undo.
+    async fn prove(&self, release: &Release, names: &[String]) -> anyhow::Result<String> {
+        for name in names {
+            let rb = host::read_back(self.docker, name, &release.repository)
+                .await
+                .context("read-back failed")?;
+            let got = rb.digest.unwrap_or_default();
+            if got != release.manifest_digest || !rb.running {
+                bail!(
+                    "read-back mismatch: {name} on the host runs {} (running: {}) but release {} is {}",
+                    if got.is_empty() {
+                        "an image without a registry digest"
+                    } else {
+                        &got
+                    },
+                    rb.running,
+                    release.number,
+                    release.manifest_digest
+                );
+            }
         }
-        Ok(got)
+        Ok(release.manifest_digest.clone())
     }
 
-    /// The digest `NAME` runs in `release`'s repository ("" when none) and whether it runs.
-    async fn read_back(&self, release: &Release) -> anyhow::Result<(String, bool)> {
-        let rb = host::read_back(self.docker, self.name, &release.repository).await?;
-        Ok((rb.digest.unwrap_or_default(), rb.running))
+    /// The balancer learns what the host runs now (the store's record, read back from the
+    /// engines), then `check` is asked through it. Journaled as the host's `balanced` step.
+    async fn join_balancer(&self, bal: &BalancerSpec) -> anyhow::Result<()> {
+        let outcome = balancer::reconcile(&self.d.store, &self.d.config, &bal.name, false).await?;
+        if let Some(path) = &bal.check {
+            balancer::check(&self.d.config, &bal.name, path).await?;
+        }
+        let detail = match outcome {
+            balancer::Outcome::Unchanged => format!("balancer {}: file unchanged", bal.name),
+            balancer::Outcome::Reloaded { servers } => {
+                format!(
+                    "balancer {}: {servers} servers, tested and reloaded",
+                    bal.name
+                )
+            }
+        };
+        self.d
+            .store
+            .host_step(
+                self.s.lease.clone(),
+                self.host.to_string(),
+                "balanced".into(),
+                Some(detail),
+                HostUpdate::default(),
+            )
+            .await
     }
 
     // record -----------------------------------------------------------------------------
