@@ -61,6 +61,12 @@ enum Command {
             default_value = "unix:///var/run/docker.sock"
         )]
         docker: String,
+        /// The branch the checkout stands for, for steps' `when` (default: its current branch).
+        #[arg(long, conflicts_with = "tag")]
+        branch: Option<String>,
+        /// The tag the checkout stands for, for steps' `when`.
+        #[arg(long)]
+        tag: Option<String>,
         /// The checkout to run in.
         #[arg(default_value = ".")]
         dir: PathBuf,
@@ -86,6 +92,13 @@ enum Command {
         /// The release to go back to.
         #[arg(long)]
         to: Option<i64>,
+    },
+    /// Let a `manual` step that waits for a person go.
+    Approve {
+        #[command(flatten)]
+        client: Client,
+        run: i64,
+        step: String,
     },
     /// Show each host: reachable, engine version, what runs there (per app with APP).
     Hosts {
@@ -137,8 +150,15 @@ pub fn main() -> ExitCode {
         Command::Run {
             pipeline,
             docker,
+            branch,
+            tag,
             dir,
-        } => block_on(crate::local::run(pipeline, docker, dir)),
+        } => block_on(crate::local::run(
+            pipeline,
+            docker,
+            dir,
+            crate::local::Stands { branch, tag },
+        )),
         Command::Runs {
             client,
             repo,
@@ -153,6 +173,9 @@ pub fn main() -> ExitCode {
         Command::Releases { client, app } => block_on(crate::client::releases(client, app)),
         Command::Rollback { client, app, to } => block_on(crate::client::rollback(client, app, to)),
         Command::Hosts { client, app } => block_on(crate::client::hosts(client, app)),
+        Command::Approve { client, run, step } => {
+            block_on(crate::client::approve(client, run, step))
+        }
     }
 }
 

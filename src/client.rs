@@ -254,6 +254,25 @@ pub async fn releases(c: Client, app: String) -> anyhow::Result<ExitCode> {
 }
 
 /// Start a rollback and follow it to its verdict; exit 0 only when every host was verified on the target.
+/// `hoist approve RUN STEP`: let a waiting `when.manual` step go.
+pub async fn approve(c: Client, run: i64, step: String) -> anyhow::Result<ExitCode> {
+    let answer: Value = send(
+        c.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{run}/steps/{step}/approve"),
+        )?,
+        &c.server,
+    )
+    .await?
+    .json()
+    .await?;
+    println!(
+        "run {run}: step {step} approved by {}; the run goes on",
+        answer["approved_by"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result<ExitCode> {
     let body = match to {
         Some(n) => serde_json::json!({ "to": n }),

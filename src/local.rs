@@ -10,14 +10,24 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::forge::RefKind;
 use crate::pipeline::{self, Action, Vars};
 use crate::runner::{self, StepContext};
 use crate::schedule::{self, Ended, Schedule, State};
+
+/// What the local checkout stands for, for `when`: `hoist run --branch B` or `--tag T`
+/// (default: the checkout's current branch).
+#[derive(Debug, Clone, Default)]
+pub struct Stands {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+}
 
 pub async fn run(
     pipeline_file: Option<PathBuf>,
     docker_url: String,
     dir: PathBuf,
+    stands: Stands,
 ) -> anyhow::Result<ExitCode> {
     let dir = dir
         .canonicalize()
@@ -35,7 +45,21 @@ pub async fn run(
             return Ok(ExitCode::from(1));
         }
     };
-    let vars = local_vars(&dir, &p.app);
+    let mut vars = local_vars(&dir, &p.app);
+    let (kind, name) = match (&stands.tag, &stands.branch) {
+        (Some(t), _) => {
+            vars.tag = t.clone();
+            vars.branch.clear();
+            vars.git_ref = format!("refs/tags/{t}");
+            (RefKind::Tag, t.clone())
+        }
+        (None, Some(b)) => {
+            vars.branch = b.clone();
+            vars.git_ref = format!("refs/heads/{b}");
+            (RefKind::Branch, b.clone())
+        }
+        (None, None) => (RefKind::Branch, vars.branch.clone()),
+    };
     let cancel = CancellationToken::new();
     {
         let c = cancel.clone();
@@ -46,7 +70,14 @@ pub async fn run(
     }
     let docker = tokio::sync::OnceCell::new();
     let failed = std::sync::Mutex::new(Vec::new());
-    let schedule = Schedule::of(&p, MAX_PARALLEL_STEPS);
+    let mut schedule = Schedule::of(&p, MAX_PARALLEL_STEPS);
+    for (i, step) in p.steps.iter().enumerate() {
+        if let Some(why) = step.when.skips(kind, &name) {
+            for (k, why) in schedule.skip(i, &why) {
+                println!("── step {} skipped: {why}", p.steps[k].name);
+            }
+        }
+    }
     let (p, vars, dir, docker, docker_url, failed, cancel) =
         (&p, &vars, &dir, &docker, &docker_url, &failed, &cancel);
     let end = schedule::walk(
@@ -70,6 +101,7 @@ pub async fn run(
         |i, why| async move {
             println!("── step {} skipped: {why}", p.steps[i].name);
         },
+        |_| async {},
     )
     .await;
     let unfinished = (0..p.steps.len()).any(|i| matches!(end.state(i), State::Waiting));
@@ -96,6 +128,14 @@ async fn local_step(
     cancel: &CancellationToken,
 ) -> anyhow::Result<bool> {
     println!("── step {}", step.name);
+    if step.when.manual {
+        // Nobody approves here: the agent's gate is the one that counts.
+        println!(
+            "── step {} skipped: a manual step waits for approval on the agent",
+            step.name
+        );
+        return Ok(true);
+    }
     if matches!(step.action, Action::Build(_) | Action::Deploy(_)) {
         println!(
             "── step {} skipped: build and deploy steps run on the agent",

@@ -95,6 +95,11 @@ impl Queue {
         Ok(created)
     }
 
+    /// Look at the queue now (a waiting run was approved and queued again).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Cancel a running run. Returns false when this agent is not running it.
     pub fn cancel_running(&self, run: i64, reason: String) -> bool {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());

@@ -23,7 +23,9 @@ use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::Queue;
 use crate::runner::{self, Outcome, StepContext};
 use crate::schedule::{self, Ended, Schedule, State};
-use crate::store::{DeploymentKind, DeploymentStatus, NewRelease, Release, Run, Status, StepKind};
+use crate::store::{
+    DeploymentKind, DeploymentStatus, NewRelease, Park, Release, Run, Status, StepKind,
+};
 
 /// Longest a deploy step waits for another deployment of its app to finish.
 const DEPLOY_WAIT: Duration = Duration::from_secs(600);
@@ -57,6 +59,22 @@ pub async fn execute(q: Arc<Queue>, run: Run, cancel: CancellationToken) -> Stat
         Ok(v) => v,
         Err(e) => Verdict::new(Status::Failed, format!("{e:#}")),
     };
+    if verdict.status == Status::Waiting {
+        if cancel.is_cancelled() {
+            // Cancelled while it parked: the store has it waiting, so end it there.
+            let why = q.cancel_reason(id).unwrap_or_else(|| "cancelled".into());
+            if let Err(e) = q.store.cancel_run(id, why).await {
+                tracing::error!(run = id, "cannot cancel the waiting run: {e:#}");
+            }
+            return Status::Cancelled;
+        }
+        tracing::info!(
+            run = id,
+            reason = verdict.reason.as_deref().unwrap_or(""),
+            "run waits for approval; it holds no runner slot"
+        );
+        return Status::Waiting;
+    }
     if q.shutdown.is_cancelled() {
         // The agent is stopping: leave the run `running`, so that the next start re-queues it.
         tracing::info!(
@@ -104,7 +122,15 @@ async fn execute_run(
         .fetch_pipeline(repo, &run.git_ref, &run.commit)
         .await?;
     let fetched = Instant::now();
-    let pipeline = match plan(q, run, text).await? {
+    // A run queued again after an approval goes on from what its steps recorded.
+    let stored = q
+        .store
+        .run(run.id)
+        .await?
+        .map(|(_, steps)| steps)
+        .unwrap_or_default();
+    let resume = stored.iter().any(|s| s.status != Status::Queued);
+    let pipeline = match plan(q, run, text, resume).await? {
         Ok(p) => p,
         Err(verdict) => return Ok(verdict),
     };
@@ -129,10 +155,10 @@ async fn execute_run(
         checkout_ms = ms(planned.elapsed()),
         "run prepared"
     );
-    let verdict = run_steps(q, run, &pipeline, &workspace, cancel).await;
-    let failed = verdict
-        .as_ref()
-        .map_or(true, |v| v.status != Status::Success);
+    let verdict = run_steps(q, run, &pipeline, &workspace, cancel, &stored, resume).await;
+    let failed = verdict.as_ref().map_or(true, |v| {
+        !matches!(v.status, Status::Success | Status::Waiting)
+    });
     let id = run.id;
     let cleanup = tokio::task::spawn_blocking(move || workspaces.finish(id, failed)).await?;
     if let Err(e) = cleanup {
@@ -153,6 +179,7 @@ async fn plan(
     q: &Queue,
     run: &Run,
     text: Option<String>,
+    resume: bool,
 ) -> anyhow::Result<Result<Pipeline, Verdict>> {
     let Some(text) = text else {
         if let Some(d) = run.delivery {
@@ -200,6 +227,9 @@ async fn plan(
     }
     if let Err(e) = allowed_secrets(&q.config, &run.repo, &pipeline) {
         return Ok(Err(Verdict::new(Status::Failed, format!("{e:#}"))));
+    }
+    if resume {
+        return Ok(Ok(pipeline));
     }
     let steps = pipeline
         .steps
@@ -585,57 +615,123 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Walk the pipeline's step graph (file order, or `needs`) with [`schedule::walk`], each step
 /// through [`one_step`], up to `[runner] max_parallel_steps` at once; then the verdict, after
-/// the release train when an `atomic` pipeline's deploy step failed.
+/// the release train when an `atomic` pipeline's deploy step failed. Steps whose `when` does
+/// not match the push are skipped first (and every step that needs them). When nothing can go
+/// on before a `when.manual` step is approved, the run parks: the verdict is `Waiting`, and
+/// the approval queues it again, to go on from what `stored` (its steps' records) says.
 async fn run_steps(
     q: &Arc<Queue>,
     run: &Run,
     pipeline: &Pipeline,
     workspace: &Path,
     cancel: &CancellationToken,
+    stored: &[crate::store::Step],
+    resume: bool,
 ) -> anyhow::Result<Verdict> {
     let vars = vars_of(run, &pipeline.app);
     let state = RunState::default();
-    let schedule = Schedule::of(pipeline, q.config.runner.max_parallel_steps as usize);
+    let mut schedule = Schedule::of(pipeline, q.config.runner.max_parallel_steps as usize);
+    for (i, s) in stored.iter().enumerate().take(pipeline.steps.len()) {
+        if s.approved_by.is_some() {
+            schedule.approve(i);
+        }
+    }
+    if resume {
+        restore(q, run, &mut schedule, stored, &state).await?;
+    } else {
+        for (i, step) in pipeline.steps.iter().enumerate() {
+            if let Some(why) = step.when.skips(run.kind, &run.name) {
+                for (k, why) in schedule.skip(i, &why) {
+                    q.store
+                        .finish_step(run.id, k as i64, Status::Skipped, None, Some(why))
+                        .await?;
+                }
+            }
+        }
+    }
     let (state, vars) = (&state, &vars);
-    let end = schedule::walk(
-        schedule,
-        cancel,
-        |i| async move {
-            let step = &pipeline.steps[i];
-            let (st, reason) =
-                match one_step(q, run, pipeline, i, vars, workspace, cancel, state).await {
-                    Ok(ended) => ended,
-                    Err(e) => (Status::Failed, format!("{e:#}")),
-                };
-            if st == Status::Success {
-                return Ended::of(true);
+    let start = |i: usize| async move {
+        let step = &pipeline.steps[i];
+        let (st, reason) = match one_step(q, run, pipeline, i, vars, workspace, cancel, state).await
+        {
+            Ok(ended) => ended,
+            Err(e) => (Status::Failed, format!("{e:#}")),
+        };
+        if st == Status::Success {
+            return Ended::of(true);
+        }
+        lock(&state.failed).push((i, st, format!("step {} {reason}", step.name)));
+        let train = pipeline.atomic && matches!(step.action, Action::Deploy(_));
+        Ended {
+            succeeded: false,
+            halt: train.then(|| {
+                format!(
+                    "the release train stopped: deploy step {} failed",
+                    step.name
+                )
+            }),
+        }
+    };
+    let skipped = |i: usize, why: String| async move {
+        if let Err(e) = q
+            .store
+            .finish_step(run.id, i as i64, Status::Skipped, None, Some(why))
+            .await
+        {
+            tracing::error!(run = run.id, "cannot record a skipped step: {e:#}");
+        }
+    };
+    let gated = |i: usize| async move {
+        let name = &pipeline.steps[i].name;
+        if let Err(e) = q.store.gate_step(run.id, i as i64).await {
+            tracing::error!(run = run.id, "cannot record a waiting step: {e:#}");
+        }
+        let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, i as i64);
+        let _ = sink.send(
+            format!(
+                "── step {name} waits for approval (manual): `hoist approve {} {name}` or \
+                 POST /api/v1/runs/{}/steps/{name}/approve\n",
+                run.id, run.id
+            )
+            .into_bytes(),
+        );
+        drop(sink);
+        let _ = pump.await;
+    };
+    let end = loop {
+        let end = schedule::walk(schedule, cancel, start, skipped, gated).await;
+        schedule = end;
+        let waiting = schedule.gated();
+        if waiting.is_empty() || cancel.is_cancelled() {
+            break schedule;
+        }
+        if !lock(&state.failed).is_empty() {
+            // The run has failed already: nothing is left to approve.
+            for g in waiting {
+                for (k, why) in schedule.skip(g, "not approved before the run failed") {
+                    skipped(k, why).await;
+                }
             }
-            lock(&state.failed).push((i, st, format!("step {} {reason}", step.name)));
-            let train = pipeline.atomic && matches!(step.action, Action::Deploy(_));
-            Ended {
-                succeeded: false,
-                halt: train.then(|| {
-                    format!(
-                        "the release train stopped: deploy step {} failed",
-                        step.name
-                    )
-                }),
+            break schedule;
+        }
+        let names = waiting
+            .iter()
+            .map(|&i| pipeline.steps[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = format!("waiting for approval of step {names}");
+        match q.store.park_run(run.id, why.clone()).await? {
+            Park::Parked => return Ok(Verdict::new(Status::Waiting, why)),
+            Park::Approved(steps) => {
+                for i in steps {
+                    schedule.approve(i as usize);
+                }
             }
-        },
-        |i, why| async move {
-            if let Err(e) = q
-                .store
-                .finish_step(run.id, i as i64, Status::Skipped, None, Some(why))
-                .await
-            {
-                tracing::error!(run = run.id, "cannot record a skipped step: {e:#}");
-            }
-        },
-    )
-    .await;
+        }
+    };
     let failed = std::mem::take(&mut *lock(&state.failed));
-    let unfinished =
-        (0..pipeline.steps.len()).any(|i| matches!(end.state(i), State::Waiting | State::Running));
+    let unfinished = (0..pipeline.steps.len())
+        .any(|i| matches!(end.state(i), State::Waiting | State::Running | State::Gated));
     if cancel.is_cancelled() && (unfinished || !failed.is_empty()) {
         let why = q
             .cancel_reason(run.id)
@@ -671,6 +767,38 @@ async fn run_steps(
     Ok(Verdict::new(status, reason))
 }
 
+/// A run resumed after an approval: its steps' states as recorded, the releases its build
+/// steps made and the apps its deploy steps switched before it waited.
+async fn restore(
+    q: &Queue,
+    run: &Run,
+    schedule: &mut Schedule,
+    stored: &[crate::store::Step],
+    state: &RunState,
+) -> anyhow::Result<()> {
+    for (i, s) in stored.iter().enumerate() {
+        match s.status {
+            Status::Success => schedule.restore(i, State::Succeeded),
+            Status::Skipped => {
+                schedule.restore(i, State::Skipped(s.reason.clone().unwrap_or_default()))
+            }
+            _ => {}
+        }
+    }
+    for r in q.store.releases_of_run(run.id).await? {
+        lock(&state.built).insert(r.step.clone(), r);
+    }
+    for (app, from, to) in q.store.rollouts_of_run(run.id).await? {
+        lock(&state.switched).push(Switched {
+            app,
+            step: "a step before the approval".into(),
+            from,
+            to,
+        });
+    }
+    Ok(())
+}
+
 /// One step, recorded: started, its log pumped into the store, ended with its status; the
 /// status and, unless it succeeded, the reason.
 #[allow(clippy::too_many_arguments)]
@@ -689,6 +817,17 @@ async fn one_step(
     q.store.start_step(run.id, index).await?;
     let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index);
     let _ = sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
+    if step.when.manual {
+        let approval = q
+            .store
+            .run(run.id)
+            .await?
+            .and_then(|(_, steps)| steps.into_iter().find(|s| s.index == index))
+            .and_then(|s| Some((s.approved_by?, s.approved_at.unwrap_or_default())));
+        if let Some((by, at)) = approval {
+            let _ = sink.send(format!("── approved by {by} at {at}\n").into_bytes());
+        }
+    }
     let outcome = match step_context(q, run, pipeline, step, vars, workspace, cancel, &sink) {
         Err(e) => Outcome::Error {
             reason: format!("{e:#}"),

@@ -26,6 +26,8 @@ pub enum State {
     Failed,
     /// Never started, and never will: why.
     Skipped(String),
+    /// Its needs succeeded, but it is a `when.manual` step nobody approved yet.
+    Gated,
 }
 
 /// Which steps may start: each once every step it needs succeeded, at most `max_parallel` at
@@ -40,6 +42,12 @@ pub struct Schedule {
     halted: Option<String>,
     /// The steps are a file-order chain: a skip names the step that failed, not "needs".
     file_order: bool,
+    /// Per step: it waits for approval before it starts (`when.manual`)…
+    manual: Vec<bool>,
+    /// …and it was approved.
+    approved: Vec<bool>,
+    /// Steps that became [`State::Gated`] since [`Schedule::take_gated`] last looked.
+    newly_gated: Vec<usize>,
 }
 
 impl Schedule {
@@ -47,7 +55,8 @@ impl Schedule {
     pub fn of(pipeline: &Pipeline, max_parallel: usize) -> Schedule {
         let needs = pipeline.needs();
         let names = pipeline.steps.iter().map(|s| s.name.clone()).collect();
-        let schedule = Schedule::new(names, needs, max_parallel);
+        let mut schedule = Schedule::new(names, needs, max_parallel);
+        schedule.manual = pipeline.steps.iter().map(|s| s.when.manual).collect();
         if pipeline.is_graph() {
             schedule
         } else {
@@ -66,6 +75,9 @@ impl Schedule {
     pub fn new(names: Vec<String>, needs: Vec<Vec<usize>>, max_parallel: usize) -> Schedule {
         let state = vec![State::Waiting; names.len()];
         Schedule {
+            manual: vec![false; names.len()],
+            approved: vec![false; names.len()],
+            newly_gated: Vec::new(),
             names,
             needs,
             state,
@@ -73,6 +85,49 @@ impl Schedule {
             halted: None,
             file_order: false,
         }
+    }
+
+    /// Step `step` waits for approval before it starts.
+    pub fn gate(&mut self, step: usize) {
+        self.manual[step] = true;
+    }
+
+    /// Step `step` was approved: a gated one may start now.
+    pub fn approve(&mut self, step: usize) {
+        self.approved[step] = true;
+        if self.state[step] == State::Gated {
+            self.state[step] = State::Waiting;
+        }
+    }
+
+    /// Put a step back in the state a stored run recorded (a run resumed after an approval).
+    pub fn restore(&mut self, step: usize, state: State) {
+        self.state[step] = state;
+    }
+
+    /// Skip a step that has not started (its `when` does not match the push), and every
+    /// step waiting on it; returns them all with their reasons, in file order.
+    pub fn skip(&mut self, step: usize, why: &str) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        if matches!(self.state[step], State::Waiting | State::Gated) {
+            self.state[step] = State::Skipped(why.to_string());
+            out.push((step, why.to_string()));
+        }
+        out.extend(self.propagate());
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    /// The steps that wait for approval now.
+    pub fn gated(&self) -> Vec<usize> {
+        (0..self.state.len())
+            .filter(|&i| self.state[i] == State::Gated)
+            .collect()
+    }
+
+    /// The steps that became gated since the last call.
+    pub fn take_gated(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.newly_gated)
     }
 
     pub fn state(&self, step: usize) -> &State {
@@ -95,7 +150,10 @@ impl Schedule {
                 && self.needs[i]
                     .iter()
                     .all(|&n| self.state[n] == State::Succeeded);
-            if ready {
+            if ready && self.manual[i] && !self.approved[i] {
+                self.state[i] = State::Gated;
+                self.newly_gated.push(i);
+            } else if ready {
                 self.state[i] = State::Running;
                 running += 1;
                 out.push(i);
@@ -120,7 +178,7 @@ impl Schedule {
         self.halted = Some(why.to_string());
         let mut out = Vec::new();
         for (i, s) in self.state.iter_mut().enumerate() {
-            if *s == State::Waiting {
+            if matches!(*s, State::Waiting | State::Gated) {
                 *s = State::Skipped(why.to_string());
                 out.push((i, why.to_string()));
             }
@@ -191,20 +249,25 @@ impl Ended {
 }
 
 /// Walk `schedule` to its end: start each ready step with `start(index)` (its futures run
-/// concurrently, in this task), report each skipped step to `skipped(index, reason)`, and
+/// concurrently, in this task), report each skipped step to `skipped(index, reason)` and each
+/// step that now waits for approval to `gated(index)` (the walk ends when nothing runs, so a
+/// run whose remaining steps wait for approval returns with them [`State::Gated`]), and
 /// stop starting steps once `cancel` fires (the running ones see the same token and stop;
 /// the ones never started stay `Waiting`). Returns the final schedule.
-pub async fn walk<S, SF, K, KF>(
+pub async fn walk<S, SF, K, KF, G, GF>(
     mut schedule: Schedule,
     cancel: &CancellationToken,
     mut start: S,
     mut skipped: K,
+    mut gated: G,
 ) -> Schedule
 where
     S: FnMut(usize) -> SF,
     SF: Future<Output = Ended>,
     K: FnMut(usize, String) -> KF,
     KF: Future<Output = ()>,
+    G: FnMut(usize) -> GF,
+    GF: Future<Output = ()>,
 {
     let mut running = FuturesUnordered::new();
     loop {
@@ -212,6 +275,9 @@ where
             for i in schedule.start() {
                 let step = start(i);
                 running.push(async move { (i, step.await) });
+            }
+            for i in schedule.take_gated() {
+                gated(i).await;
             }
         }
         let Some((i, ended)) = running.next().await else {
@@ -305,6 +371,30 @@ mod tests {
         assert!(s.is_done());
     }
 
+    #[test]
+    fn a_manual_step_waits_for_approval_and_a_when_skip_cascades() {
+        // s0; s1 manual, needs s0; s2 needs s1; s3 skipped by `when`; s4 needs s3.
+        let needs = vec![vec![], vec![0], vec![1], vec![], vec![3]];
+        let mut s = Schedule::new(names(5), needs, 4);
+        s.gate(1);
+        assert_eq!(
+            s.skip(3, "when: no match"),
+            vec![
+                (3, "when: no match".to_string()),
+                (4, "needs step s3, which was skipped".to_string())
+            ]
+        );
+        assert_eq!(s.start(), vec![0]);
+        assert_eq!(s.finish(0, true), vec![]);
+        assert_eq!(s.start(), Vec::<usize>::new());
+        assert_eq!(s.take_gated(), vec![1]);
+        assert_eq!(s.gated(), vec![1]);
+        s.approve(1);
+        assert_eq!(s.start(), vec![1]);
+        assert_eq!(s.finish(1, true), vec![]);
+        assert_eq!(s.start(), vec![2]);
+    }
+
     #[tokio::test]
     async fn walk_runs_independent_steps_at_once_and_stops_on_cancel() {
         use std::sync::Mutex;
@@ -330,6 +420,7 @@ mod tests {
                 }
             },
             |_, _| async {},
+            |_| async {},
         )
         .await;
         assert!(s.is_done());
@@ -346,6 +437,7 @@ mod tests {
                 async { Ended::of(true) }
             },
             |_, _| async {},
+            |_| async {},
         )
         .await;
         assert_eq!(s.state(1), &State::Waiting);

@@ -115,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(runs::list_runs))
         .route("/runs/{id}", get(runs::get_run))
         .route("/runs/{id}/cancel", post(runs::cancel_run))
+        .route("/runs/{id}/steps/{name}/approve", post(runs::approve_step))
         .route("/runs/{id}/logs", get(runs::run_logs))
         .route("/repos/{owner}/{name}/runs", post(runs::start_run))
         .route("/apps", get(apps::list_apps))

@@ -17,7 +17,7 @@ use crate::checkout::is_commit_id;
 use crate::config::RepoConfig;
 use crate::forge::RefKind;
 use crate::logs::LogEvent;
-use crate::store::{Cancel, LogChunk, NewRun, Status, Trigger};
+use crate::store::{Approve, Cancel, LogChunk, NewRun, Status, Trigger};
 
 #[derive(Deserialize)]
 pub struct RunFilter {
@@ -35,7 +35,7 @@ pub async fn list_runs(
     let Query(f) = query.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{e}; status is one of queued, running, success, failed, cancelled, timed_out, interrupted, skipped"),
+            format!("{e}; status is one of queued, running, waiting, success, failed, cancelled, timed_out, interrupted, skipped"),
         )
     })?;
     let page = Page {
@@ -88,13 +88,73 @@ pub async fn cancel_run(
         Cancel::NotFound => Err(no_run(id)),
         Cancel::Dequeued => Ok(Json(json!({ "run": id, "status": Status::Cancelled }))),
         Cancel::Running => {
-            s.queue.cancel_running(id, reason);
-            Ok(Json(json!({ "run": id, "status": "cancelling" })))
+            if s.queue.cancel_running(id, reason.clone()) {
+                return Ok(Json(json!({ "run": id, "status": "cancelling" })));
+            }
+            // Its worker ended meanwhile: it began to wait for an approval, or finished.
+            match s
+                .store
+                .cancel_run(id, reason)
+                .await
+                .map_err(ApiError::not_stored)?
+            {
+                Cancel::Dequeued => Ok(Json(json!({ "run": id, "status": Status::Cancelled }))),
+                Cancel::Ended(st) => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("run {id} already ended ({st}); nothing to cancel"),
+                )),
+                // Running on no worker of this agent: one that starts again sees the status.
+                _ => Ok(Json(json!({ "run": id, "status": "cancelling" }))),
+            }
         }
         Cancel::Ended(st) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("run {id} already ended ({st}); nothing to cancel"),
         )),
+    }
+}
+
+/// `POST /api/v1/runs/{id}/steps/{name}/approve`: let a waiting `when.manual` step go; the
+/// token's name is recorded as who approved it. A run that waits is queued again.
+pub async fn approve_step(
+    auth: Authorized,
+    State(s): State<AppState>,
+    Path((id, name)): Path<(i64, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let answer = s
+        .store
+        .approve_step(id, name.clone(), auth.token.clone())
+        .await
+        .map_err(ApiError::not_stored)?;
+    match answer {
+        Approve::NotFound => Err(no_run(id)),
+        Approve::NoStep => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("run {id} has no step {name:?}; GET /api/v1/runs/{id} lists its steps"),
+        )),
+        Approve::Already(by) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("step {name} of run {id} was approved already, by {by}"),
+        )),
+        Approve::NotWaiting(st) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "step {name} of run {id} does not wait for approval ({st}); only a `when.manual` \
+                 step whose needs succeeded can be approved"
+            ),
+        )),
+        Approve::Approved { requeued } => {
+            tracing::info!(run = id, step = name, by = auth.token, "step approved");
+            if requeued {
+                s.queue.wake();
+            }
+            Ok(Json(json!({
+                "run": id,
+                "step": name,
+                "approved_by": auth.token,
+                "status": if requeued { Status::Queued } else { Status::Running },
+            })))
+        }
     }
 }
 

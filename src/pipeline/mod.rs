@@ -63,6 +63,9 @@ pub struct Pipeline {
     /// back to what it ran before, newest first (default false: the other apps stay).
     #[serde(default)]
     pub atomic: bool,
+    /// Containers beside the steps for the whole run (`services:`), on the run's own network.
+    #[serde(default)]
+    pub services: Vec<Service>,
     /// At least one; names unique. Without any `needs`, they run in file order and the first
     /// failing step fails the run; with `needs`, they form the graph [`Pipeline::needs`] gives.
     pub steps: Vec<Step>,
@@ -122,6 +125,50 @@ pub struct Triggers {
     pub tags: Option<Vec<String>>,
 }
 
+/// A step's `when:`: which pushes run it (branch and tag globs as in `on`, `!` excludes) and
+/// whether it waits for approval. Unlike `on`, naming either list limits both kinds of ref:
+/// `when: {tags: ["v*"]}` runs on those tags and on no branch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct When {
+    /// Branch patterns; `None`: every branch when `tags` is `None` too, else no branch.
+    #[serde(default)]
+    pub branches: Option<Vec<String>>,
+    /// Tag patterns; `None`: every tag when `branches` is `None` too, else no tag.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// The step waits as `waiting` until someone approves it (API, CLI, page).
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// One container of `services:`, started before the first step and removed after the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Service {
+    /// Steps reach it by this name (its alias on the run's network); `[a-z0-9][a-z0-9-]*`.
+    pub name: String,
+    /// The image, on the builder.
+    pub image: String,
+    /// argv instead of the image's own command.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Its environment; values may hold placeholders.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Steps start once this answers.
+    #[serde(default)]
+    pub ready: Option<Ready>,
+}
+
+/// A service's `ready:`: a tcp port that must accept a connection before `deadline`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Ready {
+    /// The container port.
+    pub tcp: u16,
+    /// Longest to wait (default 60s).
+    #[serde(with = "duration_text")]
+    pub deadline: Duration,
+}
+
 /// One step of the pipeline.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Step {
@@ -130,6 +177,9 @@ pub struct Step {
     /// Steps that must succeed before this one starts (`needs:`); any makes the pipeline a graph.
     #[serde(default)]
     pub needs: Vec<String>,
+    /// Which pushes run this step (`when:`), and whether it waits for a person's go.
+    #[serde(default)]
+    pub when: When,
     /// Environment for this step, over the pipeline's; values may hold placeholders.
     pub env: BTreeMap<String, String>,
     /// Names of agent secrets exposed as env vars (masked in every log).
@@ -536,10 +586,12 @@ steps:
             },
             env: map(&[("RUST_LOG", "info")]),
             atomic: false,
+            services: vec![],
             steps: vec![
                 Step {
                     name: "test".into(),
                     needs: vec![],
+                    when: When::default(),
                     env: BTreeMap::new(),
                     secrets: strs(&["DATABASE_URL"]),
                     timeout: Some(secs(600)),
@@ -551,6 +603,7 @@ steps:
                 Step {
                     name: "test-on-agent".into(),
                     needs: vec![],
+                    when: When::default(),
                     env: BTreeMap::new(),
                     secrets: vec![],
                     timeout: None,
@@ -561,6 +614,7 @@ steps:
                 Step {
                     name: "image".into(),
                     needs: vec![],
+                    when: When::default(),
                     env: BTreeMap::new(),
                     secrets: vec![],
                     timeout: None,
@@ -576,6 +630,7 @@ steps:
                 Step {
                     name: "deploy".into(),
                     needs: vec![],
+                    when: When::default(),
                     env: BTreeMap::new(),
                     secrets: vec![],
                     timeout: None,

@@ -24,6 +24,36 @@ pub(super) struct RawPipeline {
     pub(super) env: BTreeMap<String, S<String>>,
     pub(super) steps: Option<S<Vec<S<RawStep>>>>,
     pub(super) atomic: Option<S<bool>>,
+    pub(super) services: Option<S<Vec<S<RawService>>>>,
+}
+
+/// A step's `when:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWhen {
+    pub(super) branches: Option<Vec<S<String>>>,
+    pub(super) tags: Option<Vec<S<String>>>,
+    pub(super) manual: Option<S<bool>>,
+}
+
+/// One entry of `services:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: Option<S<String>>,
+    pub(super) image: Option<S<String>>,
+    pub(super) command: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, S<String>>,
+    pub(super) ready: Option<S<RawReady>>,
+}
+
+/// A service's `ready:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReady {
+    pub(super) tcp: Option<S<u16>>,
+    pub(super) deadline: Option<S<String>>,
 }
 
 /// `on:`.
@@ -51,6 +81,7 @@ pub(super) struct RawStep {
     pub(super) build: Option<S<RawBuild>>,
     pub(super) deploy: Option<S<RawDeploy>>,
     pub(super) needs: Option<S<Vec<S<String>>>>,
+    pub(super) when: Option<S<RawWhen>>,
 }
 
 /// `commands:` and `shell:` take a list, or one string: `shell: make check`, or a `|` block
@@ -354,11 +385,11 @@ mod tests {
         );
         check(
             "app: web\nstep: []\n",
-            ".hoist.yml:2:1: unknown field `step`, expected one of app, on, env, steps, atomic",
+            ".hoist.yml:2:1: unknown field `step`, expected one of app, on, env, steps, atomic, services",
         );
         check(
             "app: web\nsteps:\n  - name: t\n    image: x\n    commands: [a]\n    bogus: 1\n",
-            ".hoist.yml:6:5: unknown field `bogus`, expected one of name, env, secrets, timeout, image, commands, shell, build, deploy, needs",
+            ".hoist.yml:6:5: unknown field `bogus`, expected one of name, env, secrets, timeout, image, commands, shell, build, deploy, needs, when",
         );
         check(
             &with_deploy("").replace("{tcp: 8080}", "{tcp: 1, retries: 3}"),

@@ -1,8 +1,28 @@
 //! Which pushes start a run: the `on.branches` and `on.tags` globs of [`Triggers`], matched the
 //! way GitHub Actions matches them, and the `[skip ci]` marker of a commit message.
 
-use super::Triggers;
+use super::{Triggers, When};
 use crate::forge::RefKind;
+
+impl When {
+    /// `None` when a push of this ref runs the step; else why it is skipped. Without
+    /// `branches` and `tags` every push runs it; with either, each kind of ref must match its
+    /// own list (a missing list matches nothing).
+    pub fn skips(&self, kind: RefKind, name: &str) -> Option<String> {
+        if self.branches.is_none() && self.tags.is_none() {
+            return None;
+        }
+        let (noun, key, patterns) = match kind {
+            RefKind::Branch => ("branch", "branches", &self.branches),
+            RefKind::Tag => ("tag", "tags", &self.tags),
+        };
+        match patterns {
+            Some(p) if patterns_match(p, name) => None,
+            Some(_) => Some(format!("when: {noun} {name:?} does not match when.{key}")),
+            None => Some(format!("when: the step runs on no {noun} (no when.{key})")),
+        }
+    }
+}
 
 impl Triggers {
     /// Whether a push of this ref starts a run: the name matches some include pattern and no
@@ -84,6 +104,41 @@ mod tests {
             "app: web\non: {branches: [], tags: [\"v*\"]}\nsteps:\n  - {name: t, shell: [a]}\n",
             "ok",
         );
+    }
+
+    #[test]
+    fn when_is_checked_and_matched() {
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], when: {branches: [\"[x\"]}}\n",
+            r#".hoist.yml:3:45: `when.branches` pattern "[x" is not a glob: unclosed character class; missing ']'"#,
+        );
+        check(
+            "app: web\non: {branches: [main]}\nsteps:\n  - {name: t, shell: [a], when: {branches: [dev]}}\n",
+            r#".hoist.yml:4:33: the `when` of step "t" can never match a push that `on` lets start a run, so the step would always be skipped; widen `when` or `on`"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], when: {tags: [\"v*\"]}}\n",
+            r#".hoist.yml:3:33: the `when` of step "t" can never match a push that `on` lets start a run, so the step would always be skipped; widen `when` or `on`"#,
+        );
+        check(
+            "app: web\non: {tags: [\"v*\"]}\nsteps:\n  - {name: t, shell: [a], when: {tags: [\"v*\"], manual: true}}\n",
+            "ok",
+        );
+        let p = parse("app: web\non: {tags: [\"v*\"]}\nsteps:\n  - {name: t, shell: [a], when: {branches: [main, \"!main\", \"feature/*\"], tags: [\"v*\"]}}\n").unwrap();
+        let w = &p.steps[0].when;
+        assert!(w.skips(RefKind::Branch, "main").is_some());
+        assert!(w.skips(RefKind::Branch, "feature/x").is_none());
+        assert!(w.skips(RefKind::Tag, "v1.2.0").is_none());
+        assert_eq!(
+            w.skips(RefKind::Tag, "1.2").as_deref(),
+            Some("when: tag \"1.2\" does not match when.tags")
+        );
+        let tags_only = When {
+            tags: Some(strs(&["v*"])),
+            ..When::default()
+        };
+        assert!(tags_only.skips(RefKind::Branch, "main").is_some());
+        assert!(When::default().skips(RefKind::Tag, "x").is_none());
     }
 
     #[test]

@@ -10,13 +10,14 @@ use std::time::Duration;
 use serde_saphyr::Location;
 
 use super::raw::{
-    RawBalancerUse, RawBuild, RawContainer, RawDeploy, RawHealth, RawHooks, RawPipeline,
-    RawRollout, RawStep, S,
+    RawBalancerUse, RawBuild, RawContainer, RawDeploy, RawHealth, RawHooks, RawPipeline, RawReady,
+    RawRollout, RawService, RawStep, RawWhen, S,
 };
 use super::triggers::build_glob;
 use super::{
     Action, BalancerSpec, BuildSpec, ContainerSpec, DeploySpec, HealthCheck, HealthSpec, HooksSpec,
-    Pipeline, Problem, RolloutSpec, StatusRange, Step, Triggers, Vars, is_var_key,
+    Pipeline, Problem, Ready, RolloutSpec, Service, StatusRange, Step, Triggers, Vars, When,
+    is_var_key,
 };
 
 /// The pipeline, or every problem found in it sorted by place (problems at one place keep the
@@ -73,13 +74,20 @@ fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
     let on = match raw.on {
         None => Triggers::default(),
         Some(on) => Triggers {
-            branches: on.value.branches.map(|p| patterns(problems, p, "branches")),
-            tags: on.value.tags.map(|p| patterns(problems, p, "tags")),
+            branches: on
+                .value
+                .branches
+                .map(|p| patterns(problems, p, "on.branches")),
+            tags: on.value.tags.map(|p| patterns(problems, p, "on.tags")),
         },
     };
     let env = check_env(problems, &raw.env, "env");
 
     let atomic = raw.atomic.is_some_and(|a| a.value);
+    let services = raw
+        .services
+        .map(|list| convert_services(problems, list.value))
+        .unwrap_or_default();
 
     let mut steps = Vec::new();
     match raw.steps {
@@ -102,6 +110,9 @@ fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
                         ),
                     );
                 }
+                if let Some(at) = place.when {
+                    check_when_can_match(problems, &on, &step, at);
+                }
                 steps.push(step);
                 places.push(place);
             }
@@ -113,8 +124,155 @@ fn convert(raw: S<RawPipeline>, problems: &mut Problems) -> Pipeline {
         on,
         env,
         atomic,
+        services,
         steps,
     }
+}
+
+/// A step's `when:`: its patterns checked like `on`'s.
+fn convert_when(problems: &mut Problems, raw: RawWhen) -> When {
+    When {
+        branches: raw.branches.map(|p| patterns(problems, p, "when.branches")),
+        tags: raw.tags.map(|p| patterns(problems, p, "when.tags")),
+        manual: raw.manual.is_some_and(|m| m.value),
+    }
+}
+
+/// A `when` that no push starting a run can satisfy is a mistake: the step would always be
+/// skipped. Where `on` lists plain names (no glob), each is tried against the `when`.
+fn check_when_can_match(problems: &mut Problems, on: &Triggers, step: &Step, at: Location) {
+    use crate::forge::RefKind;
+    let when = &step.when;
+    if when.branches.is_none() && when.tags.is_none() {
+        return;
+    }
+    let possible =
+        |kind: RefKind, on_list: Option<&Vec<String>>, when_list: &Option<Vec<String>>| {
+            let Some(when_list) = when_list else {
+                return false;
+            };
+            if !when_list.iter().any(|p| !p.starts_with('!')) {
+                return false;
+            }
+            match on_list {
+                // `on` lets every branch through (its default for branches).
+                None => kind == RefKind::Branch,
+                Some(on_list) if on_list.iter().all(|p| is_plain_name(p)) => {
+                    on_list.iter().any(|name| when.skips(kind, name).is_none())
+                }
+                Some(on_list) => !on_list.is_empty(),
+            }
+        };
+    let branch = possible(RefKind::Branch, on.branches.as_ref(), &when.branches);
+    let tag = possible(RefKind::Tag, on.tags.as_ref(), &when.tags);
+    if !branch && !tag {
+        problems.at(
+            at,
+            format!(
+                "the `when` of step {:?} can never match a push that `on` lets start a run, so \
+                 the step would always be skipped; widen `when` or `on`",
+                step.name
+            ),
+        );
+    }
+}
+
+/// A pattern without glob syntax or exclusion: it names exactly one ref.
+fn is_plain_name(p: &str) -> bool {
+    !p.is_empty() && !p.contains(['*', '?', '[', ']', '{', '}', '\\', '!'])
+}
+
+/// `services:`: names that a step can resolve on the run's network, once each; an image; the
+/// optional argv, env and readiness.
+fn convert_services(problems: &mut Problems, list: Vec<S<RawService>>) -> Vec<Service> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for raw in list {
+        let at = raw.referenced;
+        let raw = raw.value;
+        let name = match raw.name {
+            None => {
+                problems.at(at, "a service needs a `name`: steps reach it by that name");
+                String::new()
+            }
+            Some(n) => {
+                if !is_service_name(&n.value) {
+                    problems.at(
+                        n.referenced,
+                        format!(
+                            "service name {:?} is not a valid host name: lowercase letters, \
+                             digits and `-`, starting with a letter or digit, at most 63 characters",
+                            n.value
+                        ),
+                    );
+                } else if !names.insert(n.value.clone()) {
+                    problems.at(
+                        n.referenced,
+                        format!("service name {:?} is used twice", n.value),
+                    );
+                }
+                n.value
+            }
+        };
+        let image = match raw.image {
+            Some(i) if !i.value.trim().is_empty() => i.value,
+            Some(i) => {
+                problems.at(i.referenced, "`image` of a service is empty");
+                String::new()
+            }
+            None => {
+                problems.at(at, format!("service {name:?} needs an `image`"));
+                String::new()
+            }
+        };
+        let command = raw
+            .command
+            .as_ref()
+            .map(|c| argv(problems, c, "services.command"));
+        let env = check_env(problems, &raw.env, "services.env");
+        let ready = raw.ready.map(|r| convert_ready(problems, r));
+        out.push(Service {
+            name,
+            image,
+            command,
+            env,
+            ready,
+        });
+    }
+    out
+}
+
+fn convert_ready(problems: &mut Problems, raw: S<RawReady>) -> Ready {
+    let RawReady { tcp, deadline } = raw.value;
+    let tcp = match tcp {
+        Some(p) if p.value > 0 => p.value,
+        Some(p) => {
+            problems.at(p.referenced, "`ready.tcp` must be a port from 1 to 65535");
+            1
+        }
+        None => {
+            problems.at(
+                raw.referenced,
+                "`ready` needs `tcp`: the container port that answers once the service is up",
+            );
+            1
+        }
+    };
+    let deadline = duration_or(
+        problems,
+        &deadline,
+        "ready.deadline",
+        Duration::from_secs(60),
+    );
+    Ready { tcp, deadline }
+}
+
+fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
 }
 
 /// Where a step and its references to other steps are written, for the rules that need every
@@ -128,6 +286,8 @@ struct Places {
     image: Option<Location>,
     /// `build.app`, or `build:` itself when the app is the default, on a build step.
     build: Option<Location>,
+    /// `when:`, on a step that has one.
+    when: Option<Location>,
 }
 
 /// The rules between steps: every need names another existing step, once; the needs make no
@@ -298,15 +458,11 @@ fn patterns(problems: &mut Problems, list: Vec<S<String>>, key: &str) -> Vec<Str
         let glob = p.value.strip_prefix('!').unwrap_or(&p.value);
         any_include |= !p.value.starts_with('!');
         if glob.is_empty() {
-            problems.at(p.referenced, format!("empty pattern in `on.{key}`"));
+            problems.at(p.referenced, format!("empty pattern in `{key}`"));
         } else if let Err(e) = build_glob(glob) {
             problems.at(
                 p.referenced,
-                format!(
-                    "`on.{key}` pattern {:?} is not a glob: {}",
-                    p.value,
-                    e.kind()
-                ),
+                format!("`{key}` pattern {:?} is not a glob: {}", p.value, e.kind()),
             );
         }
     }
@@ -314,7 +470,7 @@ fn patterns(problems: &mut Problems, list: Vec<S<String>>, key: &str) -> Vec<Str
         // Like GitHub Actions: only exclusions would match nothing, which is never meant.
         problems.at(
             first.referenced,
-            format!("`on.{key}` only excludes; add \"**\" to include every other one"),
+            format!("`{key}` only excludes; add \"**\" to include every other one"),
         );
     }
     strings(&list)
@@ -334,6 +490,14 @@ fn convert_step(step: S<RawStep>, problems: &mut Problems, app: &str) -> (Places
         needs: Vec::new(),
         image: None,
         build: None,
+        when: None,
+    };
+    let when = match raw.when.take() {
+        None => When::default(),
+        Some(w) => {
+            places.when = Some(w.referenced);
+            convert_when(problems, w.value)
+        }
     };
     let needs = match raw.needs.take() {
         None => Vec::new(),
@@ -348,6 +512,7 @@ fn convert_step(step: S<RawStep>, problems: &mut Problems, app: &str) -> (Places
         Step {
             name,
             needs,
+            when,
             env,
             secrets,
             timeout,

@@ -269,6 +269,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_by_repo ON deliveries(repo, id);
     CREATE INDEX releases_by_run ON releases(run);
     CREATE INDEX deployments_by_run ON deployments(run);",
+    // 7: manual gates. Who approved a `when.manual` step and when; a run that waits for
+    // approval is active like a queued or running one (superseding finds it by this index).
+    "ALTER TABLE steps ADD COLUMN approved_by TEXT;
+    ALTER TABLE steps ADD COLUMN approved_at INTEGER;
+    DROP INDEX runs_active;
+    CREATE INDEX runs_active ON runs(repo, git_ref) WHERE status IN ('queued', 'running', 'waiting');",
 ];
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;

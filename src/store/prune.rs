@@ -70,7 +70,7 @@ fn prune_runs(c: &Connection, repo: &str, keep: i64, cutoff: i64) -> anyhow::Res
     // The newest run beyond the `keep` newest finished ones: it and every older one go.
     let boundary: i64 = c
         .prepare_cached(
-            "SELECT id FROM runs WHERE repo = ?1 AND status NOT IN ('queued', 'running')
+            "SELECT id FROM runs WHERE repo = ?1 AND status NOT IN ('queued', 'running', 'waiting')
              ORDER BY id DESC LIMIT 1 OFFSET ?2",
         )?
         .query_row(params![repo, keep], |r| r.get(0))
@@ -81,7 +81,7 @@ fn prune_runs(c: &Connection, repo: &str, keep: i64, cutoff: i64) -> anyhow::Res
             "SELECT id, EXISTS (SELECT 1 FROM releases WHERE run = runs.id)
                      OR EXISTS (SELECT 1 FROM deployments WHERE run = runs.id) AS protected
              FROM runs
-             WHERE repo = ?1 AND status NOT IN ('queued', 'running')
+             WHERE repo = ?1 AND status NOT IN ('queued', 'running', 'waiting')
                AND (id <= ?2 OR created_at < ?3)
                AND (NOT protected OR EXISTS (SELECT 1 FROM logs WHERE run = runs.id))
              ORDER BY id LIMIT ?4",

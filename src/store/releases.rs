@@ -147,6 +147,19 @@ impl Store {
         .await
     }
 
+    /// The releases a run's build steps made, oldest first (a run resumed after an approval
+    /// finds what it built before it waited).
+    pub async fn releases_of_run(&self, run: i64) -> anyhow::Result<Vec<Release>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RELEASE_COLUMNS} FROM releases WHERE run = ?1 ORDER BY created_at"
+            ))?;
+            let rows = stmt.query_map([run], release_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     pub async fn release(&self, app: String, number: i64) -> anyhow::Result<Option<Release>> {
         self.read(move |c| {
             Ok(c.query_row(

@@ -15,6 +15,9 @@ super::text_enum! {
     pub enum Status ("run status") {
         Queued = "queued",
         Running = "running",
+        /// A `when.manual` step (and its run) waits for a person's approval; such a run holds
+        /// no runner slot.
+        Waiting = "waiting",
         Success = "success",
         Failed = "failed",
         Cancelled = "cancelled",
@@ -28,7 +31,7 @@ super::text_enum! {
 impl Status {
     /// A run or step in one of these states never changes again.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Queued | Status::Running)
+        !matches!(self, Status::Queued | Status::Running | Status::Waiting)
     }
 }
 
@@ -107,6 +110,33 @@ pub struct Step {
     pub reason: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Who let this `when.manual` step go (an API token's name), and when.
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+}
+
+/// What `approve_step` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approve {
+    /// Approved; `requeued`: the run was waiting and is queued again to go on.
+    Approved {
+        requeued: bool,
+    },
+    /// Someone approved it already.
+    Already(String),
+    /// The step is not waiting for approval: its status.
+    NotWaiting(Status),
+    NoStep,
+    NotFound,
+}
+
+/// What `park_run` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Park {
+    /// The run now waits for approval, holding no slot.
+    Parked,
+    /// These waiting steps were approved meanwhile: go on instead.
+    Approved(Vec<i64>),
 }
 
 /// One chunk of a run's log, already masked.
@@ -148,7 +178,7 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
     let mut superseded_running = Vec::new();
     if r.cancel_superseded && r.kind == RefKind::Branch {
         let mut older = c.prepare_cached(
-            "SELECT id, status FROM runs WHERE repo = ?1 AND git_ref = ?2 AND status IN ('queued', 'running')",
+            "SELECT id, status FROM runs WHERE repo = ?1 AND git_ref = ?2 AND status IN ('queued', 'running', 'waiting')",
         )?;
         let older: Vec<(i64, Status)> = older
             .query_map(params![r.repo, r.git_ref], |row| {
@@ -156,11 +186,12 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
             })?
             .collect::<Result<_, _>>()?;
         for (id, st) in older {
-            if st == Status::Queued {
+            if matches!(st, Status::Queued | Status::Waiting) {
                 c.prepare_cached(
                     "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, format!("superseded by a newer push ({})", short(&r.commit)), now])?;
+                end_waiting_steps(c, id, now)?;
             } else {
                 superseded_running.push(id);
             }
@@ -186,6 +217,18 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
         id: c.last_insert_rowid(),
         superseded_running,
     })
+}
+
+/// The steps of a run that ended while it waited: the waiting ones are cancelled, the ones
+/// that never started skipped.
+fn end_waiting_steps(c: &Connection, run: i64, now: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE steps SET status = CASE status WHEN 'waiting' THEN 'cancelled' ELSE 'skipped' END,
+                finished_at = ?2
+         WHERE run = ?1 AND status IN ('queued', 'waiting')",
+    )?
+    .execute(params![run, now])?;
+    Ok(())
 }
 
 pub(super) fn runs_of_delivery(c: &Connection, delivery: i64) -> anyhow::Result<Vec<i64>> {
@@ -241,6 +284,8 @@ fn step_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Step> {
         reason: r.get(5)?,
         started_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
         finished_at: r.get::<_, Option<i64>>(7)?.map(rfc3339),
+        approved_by: r.get(8)?,
+        approved_at: r.get::<_, Option<i64>>(9)?.map(rfc3339),
     })
 }
 
@@ -346,7 +391,7 @@ impl Store {
             c.execute(
                 "UPDATE steps SET status = CASE status WHEN 'running' THEN ?2 ELSE 'skipped' END,
                         finished_at = ?3
-                 WHERE run = ?1 AND status IN ('queued', 'running')",
+                 WHERE run = ?1 AND status IN ('queued', 'running', 'waiting')",
                 params![run, leftover, now],
             )?;
             Ok(())
@@ -370,9 +415,121 @@ impl Store {
                     )?;
                     Cancel::Dequeued
                 }
+                Some(Status::Waiting) => {
+                    c.execute(
+                        "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1",
+                        params![run, reason, now],
+                    )?;
+                    end_waiting_steps(c, run, now)?;
+                    Cancel::Dequeued
+                }
                 Some(Status::Running) => Cancel::Running,
                 Some(other) => Cancel::Ended(other),
             })
+        })
+        .await
+    }
+
+    /// A `when.manual` step is ready and waits for approval (the run may still run others).
+    pub async fn gate_step(&self, run: i64, index: i64) -> anyhow::Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE steps SET status = 'waiting', reason = 'waiting for approval' WHERE run = ?1 AND idx = ?2",
+                params![run, index],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Nothing of the run can go on before an approval: it waits (and its worker ends,
+    /// freeing its slot), unless one of its waiting steps was approved meanwhile. One
+    /// transaction, so an approval never falls between the look and the park.
+    pub async fn park_run(&self, run: i64, reason: String) -> anyhow::Result<Park> {
+        self.write(move |c| {
+            let approved: Vec<i64> = c
+                .prepare_cached(
+                    "SELECT idx FROM steps WHERE run = ?1 AND status = 'waiting' AND approved_by IS NOT NULL ORDER BY idx",
+                )?
+                .query_map([run], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if !approved.is_empty() {
+                return Ok(Park::Approved(approved));
+            }
+            c.execute(
+                "UPDATE runs SET status = 'waiting', reason = ?2 WHERE id = ?1 AND status = 'running'",
+                params![run, reason],
+            )?;
+            Ok(Park::Parked)
+        })
+        .await
+    }
+
+    /// The apps this run's deploy steps rolled out, in order: (app, from, to). A run resumed
+    /// after an approval hands them to the release train of an `atomic` pipeline.
+    pub async fn rollouts_of_run(
+        &self,
+        run: i64,
+    ) -> anyhow::Result<Vec<(String, Option<i64>, i64)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT app, from_release, to_release FROM deployments
+                 WHERE run = ?1 AND kind = 'rollout' AND status = 'succeeded' ORDER BY id",
+            )?;
+            let rows = stmt.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Let a waiting `when.manual` step go, recording who and when; a run that waits is queued
+    /// again (its attempts counted afresh: the approval starts a new part of it).
+    pub async fn approve_step(
+        &self,
+        run: i64,
+        step: String,
+        by: String,
+    ) -> anyhow::Result<Approve> {
+        let now = now_millis();
+        self.write(move |c| {
+            let st: Option<Status> = c
+                .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
+                .optional()?;
+            let Some(run_status) = st else {
+                return Ok(Approve::NotFound);
+            };
+            let found: Option<(Status, Option<String>)> = c
+                .query_row(
+                    "SELECT status, approved_by FROM steps WHERE run = ?1 AND name = ?2",
+                    params![run, step],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((step_status, approved_by)) = found else {
+                return Ok(Approve::NoStep);
+            };
+            if let Some(by) = approved_by {
+                return Ok(Approve::Already(by));
+            }
+            if step_status != Status::Waiting || run_status.is_terminal() {
+                return Ok(Approve::NotWaiting(if run_status.is_terminal() {
+                    run_status
+                } else {
+                    step_status
+                }));
+            }
+            c.execute(
+                "UPDATE steps SET approved_by = ?3, approved_at = ?4 WHERE run = ?1 AND name = ?2",
+                params![run, step, by, now],
+            )?;
+            let requeued = run_status == Status::Waiting;
+            if requeued {
+                c.execute(
+                    "UPDATE runs SET status = 'queued', attempts = 0, reason = NULL WHERE id = ?1",
+                    [run],
+                )?;
+            }
+            Ok(Approve::Approved { requeued })
         })
         .await
     }
@@ -497,7 +654,7 @@ impl Store {
                 return Ok(None);
             };
             let mut stmt = c.prepare_cached(
-                "SELECT idx, name, kind, status, exit_code, reason, started_at, finished_at FROM steps WHERE run = ?1 ORDER BY idx",
+                "SELECT idx, name, kind, status, exit_code, reason, started_at, finished_at, approved_by, approved_at FROM steps WHERE run = ?1 ORDER BY idx",
             )?;
             let steps = stmt.query_map([id], step_from_row)?.collect::<Result<_, _>>()?;
             Ok(Some((run, steps)))
