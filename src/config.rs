@@ -94,6 +94,16 @@ pub struct BuilderConfig {
     pub docker: String,
 }
 
+/// `[A-Za-z0-9_-]+`: a key of `[host.X] vars` that a placeholder (`${host.KEY}`) can name.
+/// Here, not in `pipeline`, because the config checks its keys and the pipeline depends on the
+/// config, never the other way round.
+pub fn is_var_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// `[runner]`: limits of the run queue.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -637,9 +647,11 @@ impl Doc<'_> {
                     format!("host.{name}.address is empty; give the address health checks reach"),
                 ));
             }
-            if let Some(key) = host.vars.keys().find(|k| {
-                !crate::pipeline::is_var_key(k) || ["name", "address"].contains(&k.as_str())
-            }) {
+            if let Some(key) = host
+                .vars
+                .keys()
+                .find(|k| !is_var_key(k) || ["name", "address"].contains(&k.as_str()))
+            {
                 return Err(self.at(
                     span,
                     format!(

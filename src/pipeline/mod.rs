@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::is_var_key;
 pub use triggers::skip_ci;
-pub use vars::{Fleet, FleetHost, RenderError, TagError, Vars, is_var_key, sanitize_tag};
+pub use vars::{Fleet, FleetHost, RenderError, TagError, Vars, sanitize_tag};
 
 /// Where the pipeline lives, at the root of the application's repository.
 pub const FILE_NAME: &str = ".hoist.yml";

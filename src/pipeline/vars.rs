@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::is_var_key;
+
 /// Docker allows 128 characters in a tag.
 const MAX_TAG_CHARS: usize = 128;
 
@@ -256,14 +258,6 @@ impl Vars {
         env.push(("CI", "true".to_string()));
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
-}
-
-/// `[A-Za-z0-9_-]+`: a key of `[host.X] vars` that a placeholder can name.
-pub fn is_var_key(key: &str) -> bool {
-    !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Make a rendered tag valid under Docker's grammar `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`,
