@@ -253,7 +253,6 @@ pub async fn releases(c: Client, app: String) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Start a rollback and follow it to its verdict; exit 0 only when every host was verified on the target.
 /// `hoist approve RUN STEP`: let a waiting `when.manual` step go.
 pub async fn approve(c: Client, run: i64, step: String) -> anyhow::Result<ExitCode> {
     let answer: Value = send(
@@ -273,6 +272,7 @@ pub async fn approve(c: Client, run: i64, step: String) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Start a rollback and follow it to its verdict; exit 0 only when every host was verified on the target.
 pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result<ExitCode> {
     let body = match to {
         Some(n) => serde_json::json!({ "to": n }),

@@ -3,8 +3,10 @@
 //!
 //! The page carries no data and needs no token to load. In the browser it asks for an API
 //! token once, keeps it in the tab's `sessionStorage` (never in a URL), and reads everything
-//! from the JSON API with `Authorization: Bearer`: runs and their logs, apps with releases,
-//! hosts and deployments, and rollback. Every value reaches the DOM as text, never as markup.
+//! from the JSON API with `Authorization: Bearer`: runs with their steps and logs, apps with
+//! releases, hosts and deployments; it approves a step that waits for approval (who approved it
+//! and when shows on the step) and rolls back. Every value reaches the DOM as text, never as
+//! markup.
 
 use axum::http::{HeaderName, header};
 use axum::response::Html;

@@ -11,8 +11,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::lab::{self, HOSTS, address, docker_lenient};
-use common::{Agent, GitRepo, api, api_post, hoist_client, push_github, run_log, token_toml};
+use common::lab::{self, HOSTS, docker_lenient, on_host};
+use common::{
+    Agent, GitRepo, api, api_post, hoist_client, push_github, release, run_log, step, token_toml,
+};
 use serde_json::Value;
 
 /// The four services, in the order the pipeline lists their deploy steps: auth first, the
@@ -72,23 +74,17 @@ fn fleet_pipeline(ports: &[u16; 4], broken: Option<&str>, atomic: bool) -> Strin
 
 /// An agent whose one repository is `repo`, allowed on the three lab hosts.
 fn agent(dir: &Path, repo: &GitRepo, extra_runner: &str) -> Agent {
-    let mut config = format!(
+    let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n{extra_runner}\
          [[repo]]\nname = {REPO:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOSTS:?}\n\
-         [[registry]]\nhost = {:?}\ninsecure = true\n{}",
+         [[registry]]\nhost = {:?}\ninsecure = true\n{}{}",
         dir.join("data"),
         lab::builder_url(),
         repo.bare,
         lab::REGISTRY,
-        token_toml()
+        token_toml(),
+        lab::hosts_toml()
     );
-    for h in HOSTS {
-        config.push_str(&format!(
-            "[host.{h}]\ndocker = {:?}\naddress = {:?}\n",
-            lab::socket(h),
-            address(h)
-        ));
-    }
     Agent::launch(dir, &config)
 }
 
@@ -133,36 +129,6 @@ fn millis(v: &Value) -> u128 {
         .as_millis()
 }
 
-/// Release `number` of `app`, as the API shows it.
-async fn release(agent: &Agent, app: &str, number: i64) -> Value {
-    let all = api(agent, &format!("/apps/{app}/releases")).await;
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["number"] == number)
-        .unwrap_or_else(|| panic!("{app} has no release {number}: {all:#}"))
-        .clone()
-}
-
-/// What host `h` runs as `app`'s container, read with the docker CLI, independently of hoist:
-/// (container ID, running, the repo digests of its image).
-fn on_host(h: &str, app: &str) -> (String, bool, String) {
-    let id = docker_lenient(h, &["inspect", app, "--format", "{{.Id}}"]);
-    let running = docker_lenient(h, &["inspect", app, "--format", "{{.State.Running}}"]) == "true";
-    let image = docker_lenient(h, &["inspect", app, "--format", "{{.Image}}"]);
-    let digests = docker_lenient(
-        h,
-        &[
-            "image",
-            "inspect",
-            &image,
-            "--format",
-            "{{json .RepoDigests}}",
-        ],
-    );
-    (id, running, digests)
-}
-
 /// Every host runs release `number` of `service`'s app: read back by digest.
 async fn assert_on(agent: &Agent, service: &str, number: i64) {
     let app = app(service);
@@ -171,10 +137,10 @@ async fn assert_on(agent: &Agent, service: &str, number: i64) {
         .unwrap()
         .to_string();
     for h in HOSTS {
-        let (_, running, digests) = on_host(h, &app);
+        let seen = on_host(h, &app);
         assert!(
-            running && digests.contains(&digest),
-            "{h} should run release {number} of {app} ({digest}); it runs {digests} (running: {running})"
+            seen.running && seen.digests.contains(&digest),
+            "{h} should run release {number} of {app} ({digest}); it runs {seen:?}"
         );
     }
 }
@@ -184,16 +150,6 @@ async fn last_deployment(agent: &Agent, app: &str) -> Value {
     let list = api(agent, &format!("/apps/{app}/deployments")).await;
     let id = list[0]["id"].as_i64().expect("a deployment");
     api(agent, &format!("/deployments/{id}")).await
-}
-
-/// The step named `name` of a run.
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {run:#}"))
 }
 
 /// Whether two steps ran at the same time, from their recorded start and end.
@@ -322,11 +278,11 @@ async fn four_services_deploy_as_their_graph_allows_and_roll_back_per_app() {
         .iter()
         .flat_map(|s| HOSTS.iter().map(move |h| (h.to_string(), app(s))))
         .collect();
-    let ids_before: Vec<String> = before.iter().map(|(h, a)| on_host(h, a).0).collect();
+    let ids_before: Vec<String> = before.iter().map(|(h, a)| on_host(h, a).id).collect();
     let out = hoist_client(&agent, &["rollback", &app("user")]);
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     assert_on(&agent, "user", 1).await;
-    let ids_after: Vec<String> = before.iter().map(|(h, a)| on_host(h, a).0).collect();
+    let ids_after: Vec<String> = before.iter().map(|(h, a)| on_host(h, a).id).collect();
     assert_eq!(ids_before, ids_after, "only user's containers may change");
     for s in ["auth", "file"] {
         assert_on(&agent, s, 2).await;

@@ -195,3 +195,56 @@ pub fn up() -> ExitStatus {
         .status()
         .unwrap()
 }
+
+/// The `[host.hN]` tables of the lab's hosts, for a test's own hoist.toml.
+pub fn hosts_toml() -> String {
+    HOSTS
+        .iter()
+        .map(|h| {
+            format!(
+                "[host.{h}]\ndocker = {:?}\naddress = {:?}\n",
+                socket(h),
+                address(h)
+            )
+        })
+        .collect()
+}
+
+/// What a lab host runs as one container, read with the docker CLI, independently of hoist.
+/// Every field is empty (and `running` false) when there is no such container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnHost {
+    /// The container's ID: a new one means the container was replaced.
+    pub id: String,
+    /// Whether it runs.
+    pub running: bool,
+    /// The repo digests of its image (JSON), which hold the release's manifest digest.
+    pub digests: String,
+    /// Its `hoist.release` label: the release hoist says it runs.
+    pub release: String,
+}
+
+/// Read container `name` on lab host `h` with the docker CLI.
+pub fn on_host(h: &str, name: &str) -> OnHost {
+    let inspect = |format: &str| docker_lenient(h, &["inspect", name, "--format", format]);
+    let image = inspect("{{.Image}}");
+    OnHost {
+        id: inspect("{{.Id}}"),
+        running: inspect("{{.State.Running}}") == "true",
+        digests: if image.is_empty() {
+            String::new()
+        } else {
+            docker_lenient(
+                h,
+                &[
+                    "image",
+                    "inspect",
+                    &image,
+                    "--format",
+                    "{{json .RepoDigests}}",
+                ],
+            )
+        },
+        release: inspect("{{index .Config.Labels \"hoist.release\"}}"),
+    }
+}

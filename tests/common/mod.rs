@@ -274,6 +274,23 @@ impl GitRepo {
     }
 }
 
+impl GitRepo {
+    /// Tag `commit` as `name` (a lightweight tag) and push the tag.
+    pub fn tag(&self, name: &str, commit: &str) {
+        git(&self.work, &["tag", "-f", name, commit]);
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                self.bare.to_str().unwrap(),
+                &format!("refs/tags/{name}:refs/tags/{name}"),
+            ],
+        );
+    }
+}
+
 pub fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
         .args(args)
@@ -432,12 +449,35 @@ pub async fn push_github(
     commit: &str,
     message: &str,
 ) -> serde_json::Value {
+    push_github_ref(
+        agent,
+        repo,
+        &format!("refs/heads/{branch}"),
+        commit,
+        message,
+    )
+    .await
+}
+
+/// `push_github` for any full ref (`refs/heads/…` or `refs/tags/…`); the delivery id is made
+/// from the ref and the commit, so that a tag pushed on a commit a branch also has is a
+/// delivery of its own.
+pub async fn push_github_ref(
+    agent: &Agent,
+    repo: &str,
+    git_ref: &str,
+    commit: &str,
+    message: &str,
+) -> serde_json::Value {
     let mut v: serde_json::Value =
-        serde_json::from_slice(&github_push(repo, &format!("refs/heads/{branch}"), commit))
-            .unwrap();
+        serde_json::from_slice(&github_push(repo, git_ref, commit)).unwrap();
     v["head_commit"]["message"] = message.into();
     let body = serde_json::to_vec(&v).unwrap();
-    let headers = signed_headers(Forge::Github, &format!("d-{commit}"), SECRET, &body);
+    let delivery = match git_ref.strip_prefix("refs/heads/") {
+        Some(_) => format!("d-{commit}"),
+        None => format!("d-{commit}-{}", git_ref.replace('/', "-")),
+    };
+    let headers = signed_headers(Forge::Github, &delivery, SECRET, &body);
     let url = format!("{}/hooks/github", agent.url);
     let r = post(&reqwest::Client::new(), &url, &headers, body)
         .send()
@@ -473,4 +513,25 @@ pub fn hoist_client(agent: &Agent, args: &[&str]) -> Cli {
     let mut all = args.to_vec();
     all.extend(["--server", &agent.url, "--token", TOKEN]);
     hoist(&all)
+}
+
+/// The step named `name` of a run, as the API shows it; fails the test showing the run.
+pub fn step<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    run["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a run has steps: {run:#}"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {run:#}"))
+}
+
+/// Release `number` of `app`, as the API shows it.
+pub async fn release(agent: &Agent, app: &str, number: i64) -> serde_json::Value {
+    let all = api(agent, &format!("/apps/{app}/releases")).await;
+    all.as_array()
+        .unwrap_or_else(|| panic!("{app} has no releases: {all:#}"))
+        .iter()
+        .find(|r| r["number"] == number)
+        .unwrap_or_else(|| panic!("{app} has no release {number}: {all:#}"))
+        .clone()
 }
