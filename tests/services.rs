@@ -293,3 +293,47 @@ async fn hoist_run_starts_services_and_removes_them() {
         .unwrap_or_else(|| panic!("unexpected network name {network}"));
     assert_nothing_left(&format!("hoist.agent={owner}"));
 }
+
+const HANGS: &str = r#"app: s15-hangs
+services:
+  - name: db
+    image: lab/busybox:1
+    command: ["nc", "-ll", "-p", "3306", "-e", "echo hi"]
+    ready: { tcp: 3306, deadline: 30s }
+steps:
+  - name: test
+    image: lab/busybox:1
+    commands: ["sleep 60"]
+    timeout: 2s
+"#;
+
+#[tokio::test]
+async fn a_step_timeout_and_a_cancel_leave_nothing_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let agent = agent(dir.path(), &repo);
+    let label = format!("hoist.agent={}", agent_id(dir.path()));
+
+    let commit = repo.commit("main", "times out", &[(".hoist.yml", HANGS)]);
+    let id = push(&agent, &commit).await;
+    let run = wait_end(&agent, id).await;
+    assert_eq!(run["steps"][0]["status"], "timed_out", "{run:#}");
+    assert_nothing_left(&label);
+
+    let without_timeout = HANGS.replace("    timeout: 2s\n", "");
+    let commit = repo.commit("main", "cancelled", &[(".hoist.yml", &without_timeout)]);
+    let id = push(&agent, &commit).await;
+    wait_for(
+        &agent,
+        &format!("/runs/{id}"),
+        "running its step",
+        60,
+        |r| r["steps"][0]["status"] == "running",
+    )
+    .await;
+    let answer = common::api_post(&agent, &format!("/runs/{id}/cancel"), None).await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let run = wait_end(&agent, id).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_nothing_left(&label);
+}
