@@ -337,3 +337,42 @@ async fn a_step_timeout_and_a_cancel_leave_nothing_either() {
     assert_eq!(run["status"], "cancelled", "{run:#}");
     assert_nothing_left(&label);
 }
+
+const STEADY: &str = r#"app: s15-steady
+steps:
+  - name: test
+    image: lab/busybox:1
+    commands: ["sleep 6", "echo steady finished"]
+"#;
+
+/// Two agents on one builder both number their runs from 1: the restart of one must not
+/// remove the other's running step (it did, when recovery went by `hoist.run` alone).
+#[tokio::test]
+async fn an_agents_restart_leaves_another_agents_run_alone() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (repo_a, repo_b) = (GitRepo::new(dir_a.path()), GitRepo::new(dir_b.path()));
+    let a = agent(dir_a.path(), &repo_a);
+    let mut b = agent(dir_b.path(), &repo_b);
+    assert_ne!(agent_id(dir_a.path()), agent_id(dir_b.path()));
+    let commit_a = repo_a.commit("main", "steady", &[(".hoist.yml", STEADY)]);
+    let commit_b = repo_b.commit("main", "slow", &[(".hoist.yml", SLOW)]);
+    let id_a = push(&a, &commit_a).await;
+    let id_b = push(&b, &commit_b).await;
+    assert_eq!(id_a, id_b, "both agents' first run");
+    for (agent, id) in [(&a, id_a), (&b, id_b)] {
+        wait_for(agent, &format!("/runs/{id}"), "running its step", 60, |r| {
+            r["steps"][0]["status"] == "running"
+        })
+        .await;
+    }
+    b.kill9();
+    // Its recovery runs before it listens: done once it answers.
+    let b = agent(dir_b.path(), &repo_b);
+    let run_a = wait_end(&a, id_a).await;
+    assert_eq!(run_a["status"], "success", "{run_a:#}");
+    assert!(run_log(&a, id_a).await.contains("steady finished"));
+    let run_b = wait_end(&b, id_b).await;
+    assert_eq!(run_b["status"], "success", "{run_b:#}");
+    assert_nothing_left(&format!("hoist.agent={}", agent_id(dir_a.path())));
+    assert_nothing_left(&format!("hoist.agent={}", agent_id(dir_b.path())));
+}
