@@ -376,3 +376,45 @@ async fn an_agents_restart_leaves_another_agents_run_alone() {
     assert_nothing_left(&format!("hoist.agent={}", agent_id(dir_a.path())));
     assert_nothing_left(&format!("hoist.agent={}", agent_id(dir_b.path())));
 }
+
+/// An image without `sh`: its `ready` cannot be probed, and the run says so at once.
+#[tokio::test]
+async fn a_service_whose_image_has_no_shell_fails_ready_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("no-sh");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM lab/busybox:1 AS b\nFROM scratch\nCOPY --from=b /bin/busybox /bin/busybox\n",
+    )
+    .unwrap();
+    let image = "hoist-test/s15-no-sh:1";
+    lab::docker(
+        lab::BUILDER,
+        &["build", "-q", "-t", image, context.to_str().unwrap()],
+    );
+    let yml = format!(
+        "app: s15-no-sh\nservices:\n  - name: bare\n    image: {image}\n    \
+         command: [\"/bin/busybox\", \"nc\", \"-ll\", \"-p\", \"3306\", \"-e\", \"/bin/busybox\", \"echo\", \"hi\"]\n    \
+         ready: {{ tcp: 3306, deadline: 90s }}\n\
+         steps:\n  - name: test\n    image: lab/busybox:1\n    commands: [\"echo must not run\"]\n"
+    );
+    let repo = GitRepo::new(dir.path());
+    let agent = agent(dir.path(), &repo);
+    let commit = repo.commit("main", "no sh", &[(".hoist.yml", &yml)]);
+    let started = Instant::now();
+    let id = push(&agent, &commit).await;
+    let run = wait_end(&agent, id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "it waited for the deadline"
+    );
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("service bare: cannot check `ready` (tcp 3306)")
+            && reason.contains("use an image with a shell"),
+        "{reason}"
+    );
+    assert_nothing_left(&format!("hoist.agent={}", agent_id(dir.path())));
+}
