@@ -193,9 +193,7 @@ async fn local_services(
         .flat_map(|s| &s.secrets)
         .filter_map(|n| std::env::var(n).ok())
         .collect();
-    // No agent here: the process id keeps the network and containers apart from any other
-    // `hoist run` and from every agent's (whose ids are hex digits only).
-    let owner = format!("local-{}", std::process::id());
+    let owner = owner();
     let setup = services::Setup {
         network: services::network_name(&owner, "local"),
         labels: HashMap::from([(runner::AGENT_LABEL.to_string(), owner)]),
@@ -212,6 +210,13 @@ async fn local_services(
             Ok(Err(e.to_string()))
         }
     }
+}
+
+/// What `hoist run` puts in the `hoist.agent` label of everything it creates on the engine.
+/// No agent here: the process id keeps its network and containers apart from any other
+/// `hoist run` and from every agent's (whose ids are hex digits only).
+fn owner() -> String {
+    format!("local-{}", std::process::id())
 }
 
 /// Where one local step runs.
@@ -283,7 +288,10 @@ async fn local_step(
         timeout: step.timeout,
         cancel: cancel.clone(),
         log: tx,
-        labels: HashMap::from([(runner::STEP_LABEL.to_string(), step.name.clone())]),
+        labels: HashMap::from([
+            (runner::AGENT_LABEL.to_string(), owner()),
+            (runner::STEP_LABEL.to_string(), step.name.clone()),
+        ]),
         network: network.map(str::to_string),
     };
     let outcome = match &step.action {

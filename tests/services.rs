@@ -418,3 +418,47 @@ async fn a_service_whose_image_has_no_shell_fails_ready_saying_why() {
     );
     assert_nothing_left(&format!("hoist.agent={}", agent_id(dir.path())));
 }
+
+/// Ctrl-C during `hoist run`'s step: the step is killed, and the services and the network are
+/// removed before it exits.
+#[test]
+fn hoist_run_removes_its_services_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let yml = SLOW.replace("\"sleep 3\"", "\"sleep 60\"");
+    repo.commit("main", "local", &[(".hoist.yml", &yml)]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["run", "--docker", &lab::builder_url()])
+        .arg(&repo.work)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let owner = format!("hoist.agent=local-{}", child.id());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Bounded by the service's ready deadline (30 s): hoist ends the run by itself past it.
+    let step_started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("+ sleep 60"));
+    assert!(step_started, "the step never started");
+    // Read on, so that hoist's output never meets a closed pipe.
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let (containers, networks) = on_builder(&owner);
+    assert_eq!(containers.lines().count(), 2, "the service and the step");
+    assert_eq!(networks.lines().count(), 1);
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = common::wait_until_blocking("hoist run to exit after Ctrl-C", 30, || {
+        child.try_wait().unwrap().ok_or("still running")
+    });
+    assert_eq!(status.code(), Some(1));
+    let rest = reader.join().unwrap().join("\n");
+    assert!(rest.contains("cancelled"), "{rest}");
+    assert_nothing_left(&owner);
+}
