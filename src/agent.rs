@@ -3,9 +3,10 @@
 //! Shutdown order matters: stop accepting connections, let in-flight requests finish (their
 //! writes are already queued), then let the store writer commit what is queued and stop.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Metrics};
@@ -32,8 +33,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
 
-    recover(&store, &config).await?;
-    let queue = Queue::new(store.clone(), config.clone(), shutdown.clone());
+    let agent_id = agent_id(&config.data_dir)?;
+    recover(&store, &config, &agent_id).await?;
+    let queue = Queue::new(store.clone(), config.clone(), shutdown.clone(), agent_id);
     // Deployments a crash left running are resolved before any run may deploy (they hold the
     // app's lease while they converge), but without delaying the server. Shutdown cuts it
     // off: what it left unresolved is still `running` in the journal, and the next start
@@ -95,24 +97,68 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs left running by a crash: re-queue or mark interrupted, and remove their step
-/// containers from the builder (best effort: the builder may be down; the runs are recorded anyway).
-async fn recover(store: &Store, config: &Config) -> anyhow::Result<()> {
+/// Where the agent keeps its id, in `data_dir`.
+const AGENT_ID_FILE: &str = "agent-id";
+
+/// This agent's id: made once (random, 16 hex digits) and kept in `data_dir/agent-id`, so
+/// that it stays the same across restarts; it is the value of the `hoist.agent` label on
+/// everything the agent creates on the builder. A copied data_dir keeps the id: delete the
+/// file in the copy to give it one of its own.
+pub fn agent_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(AGENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if !is_agent_id(id) {
+                bail!(
+                    "{} holds {id:?}, not an agent id (lowercase letters, digits, `-`, 1 to 64); \
+                     delete the file and hoist makes a new one",
+                    path.display()
+                );
+            }
+            return Ok(id.to_string());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    // Written beside and renamed into place: a crash never leaves half an id.
+    let tmp = data_dir.join(format!("{AGENT_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write the agent id to {}", path.display()))?;
+    Ok(id)
+}
+
+/// What an agent id may be: safe inside a label value and a Docker network name.
+fn is_agent_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Runs left running by a crash: re-queue or mark interrupted, and remove from the builder
+/// every container and network this agent left there (step and service containers, run
+/// networks; best effort: the builder may be down; the runs are recorded anyway). Nothing of
+/// this agent runs yet, and another agent's (another `hoist.agent` label) is never touched.
+async fn recover(store: &Store, config: &Config, agent: &str) -> anyhow::Result<()> {
     let found = store.recover_runs().await?;
     if found.requeued.is_empty() && found.interrupted.is_empty() {
         return Ok(());
     }
     tracing::warn!(requeued = ?found.requeued, interrupted = ?found.interrupted, "runs interrupted by the last stop");
     match crate::engine::connect(&config.builder.docker, None).await {
-        Ok(docker) => {
-            for run in found.requeued.iter().chain(&found.interrupted) {
-                if let Err(e) = crate::runner::remove_step_containers(&docker, Some(*run)).await {
-                    tracing::warn!(run, "cannot remove the run's step containers: {e:#}");
-                }
-            }
-        }
+        Ok(docker) => match crate::runner::remove_leftovers(&docker, agent, None).await {
+            Ok(removed) => tracing::info!(
+                containers = removed.containers,
+                networks = removed.networks,
+                "removed what the interrupted runs left on the builder"
+            ),
+            Err(e) => tracing::warn!("cannot remove the interrupted runs' leftovers: {e:#}"),
+        },
         Err(e) => {
-            tracing::warn!("cannot reach the builder to remove orphaned step containers: {e:#}")
+            tracing::warn!("cannot reach the builder to remove orphaned containers: {e:#}")
         }
     }
     Ok(())
@@ -136,4 +182,28 @@ async fn signal_shutdown(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = agent_id(dir.path()).unwrap();
+        assert!(is_agent_id(&first), "{first}");
+        assert_eq!(first.len(), 16);
+        assert_eq!(agent_id(dir.path()).unwrap(), first);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(agent_id(other.path()).unwrap(), first);
+    }
+
+    #[test]
+    fn a_damaged_agent_id_file_is_refused_saying_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(AGENT_ID_FILE), "Not An Id!\n").unwrap();
+        let e = agent_id(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("delete the file"), "{e}");
+    }
 }

@@ -216,8 +216,18 @@ impl StepLines {
     }
 
     fn print(&mut self, step: i64, line: &str, out: &mut impl Write) -> std::io::Result<()> {
+        // A service's log (a negative index) names it in its first line; the run's steps
+        // do not list services.
+        if let Some(rest) = line.strip_prefix("── service ")
+            && let Some(name) = rest.split_whitespace().next()
+        {
+            self.names.insert(step, format!("service {name}"));
+        }
         // A step's own header line (`── step NAME (kind)`) says whose lines follow already.
-        if self.last.is_some_and(|l| l != step) && !line.starts_with("── step ") {
+        if self.last.is_some_and(|l| l != step)
+            && !line.starts_with("── step ")
+            && !line.starts_with("── service ")
+        {
             let name = self
                 .names
                 .get(&step)
@@ -413,6 +423,27 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "── step a (container)\n── step b (container)\nb1\n── [a]\nhalf a\n── [b]\nb2\n"
+        );
+    }
+
+    #[test]
+    fn a_services_lines_are_named_after_its_heading() {
+        let mut lines = StepLines {
+            names: [(0, "test".to_string())].into(),
+            ..StepLines::default()
+        };
+        let mut out = Vec::new();
+        for (step, data) in [
+            (-1, "── service db (lab/busybox:1)\ndb starts\n"),
+            (0, "── step test (container)\n"),
+            (-1, "db answers\n"),
+        ] {
+            lines.push(step, data, &mut out).unwrap();
+        }
+        lines.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "── service db (lab/busybox:1)\ndb starts\n── step test (container)\n── [service db]\ndb answers\n"
         );
     }
 }

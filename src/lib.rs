@@ -15,6 +15,7 @@
 //! - [`logs`]: a step's log pump into the store, and live-log channels for followers.
 //! - [`checkout`]: git: per-repo mirrors and their locks, exact-commit fetch, workspaces, remote heads.
 //! - [`runner`]: executes one step, in a container on the builder or as a shell process.
+//! - [`services`]: a run's `services:` on the builder, on the run's own network, and their removal.
 //! - [`engine`]: connections to Docker engines.
 //! - [`image`]: build, push, and verify by digest with an independent registry client.
 //! - [`deploy`]: rollouts and rollbacks across hosts: one journaled engine, host operations, health.
@@ -42,5 +43,6 @@ pub mod queue;
 pub mod run;
 pub mod runner;
 pub mod schedule;
+pub mod services;
 pub mod store;
 pub mod web;

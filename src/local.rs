@@ -1,6 +1,8 @@
 //! `hoist run`: a pipeline's test steps on a local checkout, with the agent's runner, no server.
 //! Build and deploy steps are the agent's business and are skipped here, saying so. Steps run
-//! as the agent runs them (`schedule`: file order, or as `needs` allows).
+//! as the agent runs them (`schedule`: file order, or as `needs` allows), and the pipeline's
+//! `services:` start first on the given engine, as the agent starts them (`services`), and are
+//! removed at the end, also after Ctrl-C.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,6 +16,7 @@ use crate::forge::RefKind;
 use crate::pipeline::{self, Action, Vars};
 use crate::runner::{self, StepContext};
 use crate::schedule::{self, Ended, Schedule, State};
+use crate::services;
 
 /// What the local checkout stands for, for `when`: `hoist run --branch B` or `--tag T`
 /// (default: the checkout's current branch).
@@ -69,6 +72,24 @@ pub async fn run(
         });
     }
     let docker = tokio::sync::OnceCell::new();
+    let services = if p.services.is_empty() {
+        None
+    } else {
+        let d = docker
+            .get_or_try_init(|| crate::engine::connect(&docker_url, None))
+            .await?;
+        match local_services(&p, &vars, d, &cancel).await? {
+            Ok(s) => Some(s),
+            Err(why) => {
+                println!("── services failed: {why}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
+    let network = services.as_ref().map(|(s, _)| s.network().to_string());
+    if let Some(network) = &network {
+        println!("── services started on network {network}");
+    }
     let failed = std::sync::Mutex::new(Vec::new());
     let mut schedule = Schedule::of(&p, MAX_PARALLEL_STEPS);
     for (i, step) in p.steps.iter().enumerate() {
@@ -78,14 +99,29 @@ pub async fn run(
             }
         }
     }
-    let (p, vars, dir, docker, docker_url, failed, cancel) =
-        (&p, &vars, &dir, &docker, &docker_url, &failed, &cancel);
+    let (p, vars, dir, docker, docker_url, failed, cancel, network) = (
+        &p,
+        &vars,
+        &dir,
+        &docker,
+        &docker_url,
+        &failed,
+        &cancel,
+        &network,
+    );
     let end = schedule::walk(
         schedule,
         cancel,
         |i| async move {
             let step = &p.steps[i];
-            match local_step(p, step, vars, dir, docker, docker_url, cancel).await {
+            let ctx = Local {
+                dir,
+                docker,
+                docker_url,
+                cancel,
+                network: network.as_deref(),
+            };
+            match local_step(p, step, vars, &ctx).await {
                 Ok(true) => Ended::of(true),
                 Ok(false) => {
                     failed.lock().unwrap_or_else(|e| e.into_inner()).push(i);
@@ -104,6 +140,12 @@ pub async fn run(
         |_| async {},
     )
     .await;
+    if let Some((services, printers)) = services {
+        services.stop().await;
+        for printer in printers {
+            let _ = printer.await;
+        }
+    }
     let unfinished = (0..p.steps.len()).any(|i| matches!(end.state(i), State::Waiting));
     if !failed.lock().unwrap_or_else(|e| e.into_inner()).is_empty() || unfinished {
         return Ok(ExitCode::from(1));
@@ -115,6 +157,78 @@ pub async fn run(
 /// Steps run at once where `needs:` allows, as the agent's default `max_parallel_steps`.
 const MAX_PARALLEL_STEPS: usize = 4;
 
+/// Starts the pipeline's services on `docker`, each one's output printed line by line under
+/// its name (`db | …`); the reason when one cannot start (what started is removed already).
+async fn local_services(
+    p: &pipeline::Pipeline,
+    vars: &Vars,
+    docker: &bollard::Docker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Result<(services::Running, Vec<tokio::task::JoinHandle<()>>), String>> {
+    let mut starts = Vec::new();
+    let mut printers = Vec::new();
+    for spec in &p.services {
+        let env = spec
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let v = vars
+                    .render(v)
+                    .map_err(|e| anyhow::anyhow!("service {}: env {k}: {e}", spec.name))?;
+                Ok((k.clone(), v))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let (log, printer) = printer(Some(format!("{} | ", spec.name)));
+        printers.push(printer);
+        starts.push(services::Start {
+            spec: spec.clone(),
+            env,
+            log,
+        });
+    }
+    // The secrets the steps take from this environment are masked in the services' output too.
+    let secrets = p
+        .steps
+        .iter()
+        .flat_map(|s| &s.secrets)
+        .filter_map(|n| std::env::var(n).ok())
+        .collect();
+    let owner = owner();
+    let setup = services::Setup {
+        network: services::network_name(&owner, "local"),
+        labels: HashMap::from([(runner::AGENT_LABEL.to_string(), owner)]),
+        secrets,
+        cancel: cancel.clone(),
+    };
+    let started = services::start(docker, setup, starts).await;
+    match started {
+        Ok(running) => Ok(Ok((running, printers))),
+        Err(e) => {
+            for printer in printers {
+                let _ = printer.await;
+            }
+            Ok(Err(e.to_string()))
+        }
+    }
+}
+
+/// What `hoist run` puts in the `hoist.agent` label of everything it creates on the engine.
+/// No agent here: the process id keeps its network and containers apart from any other
+/// `hoist run` and from every agent's (whose ids are hex digits only).
+fn owner() -> String {
+    format!("local-{}", std::process::id())
+}
+
+/// Where one local step runs.
+struct Local<'a> {
+    dir: &'a std::path::Path,
+    docker: &'a tokio::sync::OnceCell<bollard::Docker>,
+    docker_url: &'a str,
+    cancel: &'a CancellationToken,
+    /// The services' network, which container steps join.
+    network: Option<&'a str>,
+}
+
 /// One step on the local checkout; whether it passed. Build and deploy steps count as passed
 /// (they are the agent's business), so the steps that need them still run. In a graph, whose
 /// steps may run at once, each output line carries its step's name.
@@ -122,11 +236,15 @@ async fn local_step(
     p: &pipeline::Pipeline,
     step: &pipeline::Step,
     vars: &Vars,
-    dir: &std::path::Path,
-    docker: &tokio::sync::OnceCell<bollard::Docker>,
-    docker_url: &str,
-    cancel: &CancellationToken,
+    local: &Local<'_>,
 ) -> anyhow::Result<bool> {
+    let Local {
+        dir,
+        docker,
+        docker_url,
+        cancel,
+        network,
+    } = *local;
     println!("── step {}", step.name);
     if step.when.manual {
         // Nobody approves here: the agent's gate is the one that counts.
@@ -162,7 +280,42 @@ async fn local_step(
                 .with_context(|| format!("secret {n}: export {n} to run this step locally"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let prefix = p.is_graph().then(|| format!("{} | ", step.name));
+    let (tx, printer) = printer(p.is_graph().then(|| format!("{} | ", step.name)));
+    let ctx = StepContext {
+        workspace: dir.to_path_buf(),
+        env,
+        secrets,
+        timeout: step.timeout,
+        cancel: cancel.clone(),
+        log: tx,
+        labels: HashMap::from([
+            (runner::AGENT_LABEL.to_string(), owner()),
+            (runner::STEP_LABEL.to_string(), step.name.clone()),
+        ]),
+        network: network.map(str::to_string),
+    };
+    let outcome = match &step.action {
+        Action::Container { image, commands } => {
+            let d = docker
+                .get_or_try_init(|| crate::engine::connect(docker_url, None))
+                .await?;
+            runner::run_container(d, image, commands, &ctx).await
+        }
+        Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
+        Action::Build(_) | Action::Deploy(_) => return Ok(true),
+    };
+    drop(ctx);
+    let _ = printer.await;
+    if !outcome.is_success() {
+        println!("── step {} {}", step.name, outcome.reason());
+    }
+    Ok(outcome.is_success())
+}
+
+/// A sink whose bytes are printed to stdout as they come, or, with a prefix, line by line
+/// each after the prefix (output of several things at once stays readable); and the task
+/// printing, which ends once every clone of the sink is dropped.
+fn printer(prefix: Option<String>) -> (runner::LogSink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let printer = tokio::spawn(async move {
         let mut pending = Vec::new();
@@ -190,31 +343,7 @@ async fn local_step(
             let _ = writeln!(out, "{prefix}{}", String::from_utf8_lossy(&pending));
         }
     });
-    let ctx = StepContext {
-        workspace: dir.to_path_buf(),
-        env,
-        secrets,
-        timeout: step.timeout,
-        cancel: cancel.clone(),
-        log: tx,
-        labels: HashMap::from([(runner::STEP_LABEL.to_string(), step.name.clone())]),
-    };
-    let outcome = match &step.action {
-        Action::Container { image, commands } => {
-            let d = docker
-                .get_or_try_init(|| crate::engine::connect(docker_url, None))
-                .await?;
-            runner::run_container(d, image, commands, &ctx).await
-        }
-        Action::Shell { commands } => runner::run_shell(commands, &ctx).await,
-        Action::Build(_) | Action::Deploy(_) => return Ok(true),
-    };
-    drop(ctx);
-    let _ = printer.await;
-    if !outcome.is_success() {
-        println!("── step {} {}", step.name, outcome.reason());
-    }
-    Ok(outcome.is_success())
+    (tx, printer)
 }
 
 /// Placeholders from the checkout's git HEAD, when it is a repository.

@@ -55,11 +55,20 @@ pub struct Queue {
     /// The build engine's connection, made once: negotiating and pinging per run cost tens of
     /// milliseconds before every first step.
     builder: tokio::sync::Mutex<Option<bollard::Docker>>,
+    /// This agent's id (`agent::agent_id`), on every container and network its runs create on
+    /// the builder, so that its recovery removes its own leftovers and nothing of another's.
+    pub agent_id: String,
 }
 
 impl Queue {
-    pub fn new(store: Store, config: Arc<Config>, shutdown: CancellationToken) -> Arc<Queue> {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+        agent_id: String,
+    ) -> Arc<Queue> {
         Arc::new(Queue {
+            agent_id,
             mirrors: Mirrors::new(&config.data_dir),
             store,
             config,

@@ -23,6 +23,7 @@ use crate::pipeline::{self, Action, Pipeline, Vars};
 use crate::queue::Queue;
 use crate::runner::{self, Outcome, StepContext};
 use crate::schedule::{self, Ended, Schedule, State};
+use crate::services;
 use crate::store::{
     DeploymentKind, DeploymentStatus, NewRelease, Park, Release, Run, Status, StepKind,
 };
@@ -155,7 +156,21 @@ async fn execute_run(
         checkout_ms = ms(planned.elapsed()),
         "run prepared"
     );
-    let verdict = run_steps(q, run, &pipeline, &workspace, cancel, &stored, resume).await;
+    let verdict = match start_services(q, run, &pipeline, cancel).await {
+        Ok(Ok(services)) => {
+            let network = services.as_ref().map(|s| s.running.network().to_string());
+            let verdict = run_steps(
+                q, run, &pipeline, &workspace, cancel, &stored, resume, network,
+            )
+            .await;
+            if let Some(services) = services {
+                services.stop().await;
+            }
+            verdict
+        }
+        Ok(Err(verdict)) => Ok(verdict),
+        Err(e) => Err(e),
+    };
     let failed = verdict.as_ref().map_or(true, |v| {
         !matches!(v.status, Status::Success | Status::Waiting)
     });
@@ -165,6 +180,120 @@ async fn execute_run(
         tracing::warn!(run = id, "cannot clean the workspace: {e:#}");
     }
     verdict
+}
+
+/// A run's services, started, and the pumps that store their logs.
+struct RunServices {
+    running: services::Running,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunServices {
+    /// Removes the services and their network; returns once their logs are stored.
+    async fn stop(self) {
+        self.running.stop().await;
+        for pump in self.pumps {
+            let _ = pump.await;
+        }
+    }
+}
+
+/// Where a service's log goes in the run's log: below the steps' indices, -1 for the first
+/// service, -2 for the second, so that `hoist logs` prints them first, each under its own
+/// `── service NAME` line.
+pub fn service_log_index(service: usize) -> i64 {
+    -(service as i64) - 1
+}
+
+/// Starts the pipeline's services for this run (nothing without `services:`), with their
+/// logs in the run's; the verdict of a run that ends here because one could not start.
+async fn start_services(
+    q: &Queue,
+    run: &Run,
+    pipeline: &Pipeline,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Result<Option<RunServices>, Verdict>> {
+    if pipeline.services.is_empty() {
+        return Ok(Ok(None));
+    }
+    let docker = match q.builder().await {
+        Ok(d) => d,
+        Err(e) => {
+            return Ok(Err(Verdict::new(
+                Status::Failed,
+                format!("services cannot start: {e:#}"),
+            )));
+        }
+    };
+    let vars = vars_of(run, &pipeline.app);
+    let mut starts = Vec::new();
+    let mut pumps = Vec::new();
+    let mut first_log = None;
+    for (k, spec) in pipeline.services.iter().enumerate() {
+        let mut env = Vec::new();
+        for (name, value) in &spec.env {
+            match vars.render(value) {
+                Ok(v) => env.push((name.clone(), v)),
+                Err(e) => {
+                    return Ok(Err(Verdict::new(
+                        Status::Failed,
+                        format!("service {}: env {name}: {e}", spec.name),
+                    )));
+                }
+            }
+        }
+        let (log, pump) = crate::logs::pump(
+            q.store.clone(),
+            q.logs.clone(),
+            run.id,
+            service_log_index(k),
+        );
+        first_log.get_or_insert_with(|| log.clone());
+        pumps.push(pump);
+        starts.push(services::Start {
+            spec: spec.clone(),
+            env,
+            log,
+        });
+    }
+    // Every secret the repository may use: a service can print any value a step hands it.
+    let secrets = q
+        .config
+        .repo(&run.repo)
+        .map(|r| {
+            r.secrets
+                .iter()
+                .filter_map(|n| q.config.secrets.get(n).map(|v| v.expose().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let setup = services::Setup {
+        network: services::network_name(&q.agent_id, &run.id.to_string()),
+        labels: HashMap::from([
+            (runner::AGENT_LABEL.to_string(), q.agent_id.clone()),
+            (runner::RUN_LABEL.to_string(), run.id.to_string()),
+        ]),
+        secrets,
+        cancel: cancel.clone(),
+    };
+    let started = services::start(&docker, setup, starts).await;
+    let verdict = match started {
+        Ok(running) => {
+            return Ok(Ok(Some(RunServices { running, pumps })));
+        }
+        Err(services::StartError::Cancelled) => Verdict::new(Status::Cancelled, "cancelled"),
+        Err(services::StartError::Failed(why)) => {
+            if let Some(log) = &first_log {
+                let _ = log.send(format!("── services failed: {why}\n").into_bytes());
+            }
+            Verdict::new(Status::Failed, why)
+        }
+    };
+    drop(first_log);
+    for pump in pumps {
+        let _ = pump.await;
+    }
+    Ok(Err(verdict))
 }
 
 /// A duration in milliseconds, for log fields.
@@ -607,6 +736,8 @@ struct RunState {
     switched: Mutex<Vec<Switched>>,
     /// Failed steps in the order they failed: (index, status, reason).
     failed: Mutex<Vec<(usize, Status, String)>>,
+    /// The run's network when it has services; its container steps join it.
+    network: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -619,6 +750,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// not match the push are skipped first (and every step that needs them). When nothing can go
 /// on before a `when.manual` step is approved, the run parks: the verdict is `Waiting`, and
 /// the approval queues it again, to go on from what `stored` (its steps' records) says.
+#[allow(clippy::too_many_arguments)]
 async fn run_steps(
     q: &Arc<Queue>,
     run: &Run,
@@ -627,9 +759,13 @@ async fn run_steps(
     cancel: &CancellationToken,
     stored: &[crate::store::Step],
     resume: bool,
+    network: Option<String>,
 ) -> anyhow::Result<Verdict> {
     let vars = vars_of(run, &pipeline.app);
-    let state = RunState::default();
+    let state = RunState {
+        network,
+        ..RunState::default()
+    };
     let mut schedule = Schedule::of(pipeline, q.config.runner.max_parallel_steps as usize);
     for (i, s) in stored.iter().enumerate().take(pipeline.steps.len()) {
         if s.approved_by.is_some() {
@@ -828,12 +964,18 @@ async fn one_step(
             let _ = sink.send(format!("── approved by {by} at {at}\n").into_bytes());
         }
     }
-    let outcome = match step_context(q, run, pipeline, step, vars, workspace, cancel, &sink) {
-        Err(e) => Outcome::Error {
-            reason: format!("{e:#}"),
-        },
-        Ok(ctx) => run_step(q, run, pipeline, step, &ctx, state).await,
-    };
+    let outcome =
+        match step_context(q, run, pipeline, step, vars, workspace, cancel, &sink).map(|ctx| {
+            StepContext {
+                network: state.network.clone(),
+                ..ctx
+            }
+        }) {
+            Err(e) => Outcome::Error {
+                reason: format!("{e:#}"),
+            },
+            Ok(ctx) => run_step(q, run, pipeline, step, &ctx, state).await,
+        };
     if !outcome.is_success() {
         let _ = sink.send(format!("── step {} {}\n", step.name, outcome.reason()).into_bytes());
     }
@@ -933,6 +1075,7 @@ fn step_context(
         q.config
             .secret_values(&run.repo, &step.secrets, &format!("step {}", step.name))?;
     let labels = HashMap::from([
+        (runner::AGENT_LABEL.to_string(), q.agent_id.clone()),
         (runner::RUN_LABEL.to_string(), run.id.to_string()),
         (runner::STEP_LABEL.to_string(), step.name.clone()),
     ]);
@@ -944,5 +1087,6 @@ fn step_context(
         cancel: cancel.clone(),
         log: log.clone(),
         labels,
+        network: None,
     })
 }

@@ -10,9 +10,10 @@
 //! secrets) reach a step only as environment variables, never as part of the script text, so a
 //! branch named `x;$(rm -rf ~)` is data, not code.
 //!
-//! **Invariant:** every container a step creates carries the step's labels (`hoist.run`,
-//! `hoist.step`) and is removed before the step returns; one left by a crash is found by its
-//! label and removed by [`remove_step_containers`].
+//! **Invariant:** every container a step creates carries the step's labels (`hoist.agent`,
+//! `hoist.run`, `hoist.step`) and is removed before the step returns; one left by a crash is
+//! found by its labels and removed by [`remove_leftovers`], which only ever touches what the
+//! calling agent's own id labels: agents sharing a builder never remove each other's work.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -33,8 +35,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Label carrying the run's id on every step container; what [`remove_step_containers`] looks for.
+/// Label carrying the run's id on every container and network a run creates on the builder.
 pub const RUN_LABEL: &str = "hoist.run";
+/// Label carrying the id of the agent that created a container or network on the builder; what
+/// [`remove_leftovers`] looks for. Run ids are only unique within one agent's store, so two
+/// agents sharing a builder both have a run 1: this label keeps their leftovers apart.
+pub const AGENT_LABEL: &str = "hoist.agent";
+/// Label carrying a service's name on its container (see `services`).
+pub const SERVICE_LABEL: &str = "hoist.service";
 /// Label carrying the step's name on every step container, for a person reading `docker ps`.
 pub const STEP_LABEL: &str = "hoist.step";
 
@@ -70,9 +78,12 @@ pub struct StepContext {
     pub cancel: CancellationToken,
     /// Receives the step's masked output.
     pub log: LogSink,
-    /// Put on every container the step creates ([`RUN_LABEL`], [`STEP_LABEL`]) so that
-    /// containers orphaned by a crash can be found and removed.
+    /// Put on every container the step creates ([`AGENT_LABEL`], [`RUN_LABEL`], [`STEP_LABEL`])
+    /// so that containers orphaned by a crash can be found and removed.
     pub labels: HashMap<String, String>,
+    /// The run's own Docker network, when it has services: a container step joins it, so that
+    /// it reaches each service by name. Shell steps run on the agent's machine and cannot.
+    pub network: Option<String>,
 }
 
 /// How a step ended.
@@ -141,14 +152,29 @@ pub async fn run_shell(commands: &[String], ctx: &StepContext) -> Outcome {
     outcome
 }
 
-/// Removes containers left by earlier crashes that carry the label `hoist.run`: all of them
-/// (`None`, at start, when no run is in progress), or those of one run. Returns how many.
-pub async fn remove_step_containers(docker: &Docker, run: Option<i64>) -> anyhow::Result<usize> {
-    let label = match run {
-        Some(run) => format!("{RUN_LABEL}={run}"),
-        None => RUN_LABEL.to_string(),
-    };
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
+/// What [`remove_leftovers`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub containers: usize,
+    pub networks: usize,
+}
+
+/// Removes the containers (step and service containers) and then the networks that carry
+/// `agent`'s [`AGENT_LABEL`], left by a crash or a failed cleanup: all of them (`run` is
+/// `None`, at start, when this agent runs nothing yet), or those of one run. Another agent's
+/// are never touched, whatever their run ids.
+pub async fn remove_leftovers(
+    docker: &Docker,
+    agent: &str,
+    run: Option<i64>,
+) -> anyhow::Result<Removed> {
+    let mut labels = vec![format!("{AGENT_LABEL}={agent}")];
+    if let Some(run) = run {
+        labels.push(format!("{RUN_LABEL}={run}"));
+    }
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    // Several `label` filters must all match.
+    let filters = HashMap::from([("label", labels.clone())]);
     let options = ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
@@ -156,21 +182,43 @@ pub async fn remove_step_containers(docker: &Docker, run: Option<i64>) -> anyhow
     let containers = docker
         .list_containers(Some(options))
         .await
-        .with_context(|| format!("listing step containers labelled {label}"))?;
-    let mut removed = 0;
+        .with_context(|| format!("listing containers labelled {}", labels.join(", ")))?;
+    let mut removed = Removed::default();
     for id in containers.into_iter().filter_map(|c| c.id) {
         match force_remove(docker, &id).await {
-            Ok(()) => removed += 1,
+            Ok(()) => removed.containers += 1,
             // Removed meanwhile, by its own step or another cleanup.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("removing step container {id}"));
-            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing container {id}")),
+        }
+    }
+    let options = ListNetworksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let networks = docker
+        .list_networks(Some(options))
+        .await
+        .with_context(|| format!("listing networks labelled {}", labels.join(", ")))?;
+    for network in networks {
+        let Some(id) = network.id else { continue };
+        match docker.remove_network(&id).await {
+            Ok(()) => removed.networks += 1,
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing network {id}")),
         }
     }
     Ok(removed)
+}
+
+/// Whether the engine answered 404: the thing is gone already.
+pub(crate) fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 /// The script both executors run: each command preceded by a line echoing it.
@@ -250,7 +298,7 @@ fn deadline(ctx: &StepContext) -> Option<Instant> {
 }
 
 /// Sleeps until the deadline, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
@@ -304,6 +352,7 @@ async fn container_step(
         attach_stderr: Some(true),
         open_stdin: Some(false),
         host_config: Some(HostConfig {
+            network_mode: ctx.network.clone(),
             mounts: Some(vec![Mount {
                 target: Some(CONTAINER_WORKSPACE.to_string()),
                 source: Some(workspace.to_string_lossy().into_owned()),
@@ -339,15 +388,41 @@ async fn ensure_image(
     ctx: &StepContext,
     deadline: Option<Instant>,
 ) -> Result<(), Outcome> {
+    pull_if_missing(docker, image, &ctx.cancel, deadline)
+        .await
+        .map_err(|e| match e {
+            Pull::Cancelled => Outcome::Cancelled,
+            Pull::TimedOut => Outcome::TimedOut {
+                after: ctx.timeout.unwrap_or_default(),
+            },
+            Pull::Failed(reason) => Outcome::Error { reason },
+        })
+}
+
+/// Why [`pull_if_missing`] could not make an image available.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Pull {
+    Cancelled,
+    /// The deadline passed during the pull.
+    TimedOut,
+    /// The engine could not look it up or pull it; a sentence naming the image.
+    Failed(String),
+}
+
+/// Pulls `image` onto the build engine unless it is there already; for steps and services.
+pub(crate) async fn pull_if_missing(
+    docker: &Docker,
+    image: &str,
+    cancel: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Result<(), Pull> {
     match docker.inspect_image(image).await {
         Ok(_) => return Ok(()),
-        Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
+        Err(e) if is_not_found(&e) => {}
         Err(e) => {
-            return Err(Outcome::Error {
-                reason: format!("cannot look up image {image} on the build engine: {e}"),
-            });
+            return Err(Pull::Failed(format!(
+                "cannot look up image {image} on the build engine: {e}"
+            )));
         }
     }
     let mut options = CreateImageOptionsBuilder::default().from_image(image);
@@ -364,13 +439,13 @@ async fn ensure_image(
     };
     let pulled = tokio::select! {
         pulled = pull => pulled,
-        _ = ctx.cancel.cancelled() => return Err(Outcome::Cancelled),
-        _ = sleep_until(deadline) => {
-            return Err(Outcome::TimedOut { after: ctx.timeout.unwrap_or_default() });
-        }
+        _ = cancel.cancelled() => return Err(Pull::Cancelled),
+        _ = sleep_until(deadline) => return Err(Pull::TimedOut),
     };
-    pulled.map_err(|e| Outcome::Error {
-        reason: format!("image {image} is not on the build engine and could not be pulled: {e}"),
+    pulled.map_err(|e| {
+        Pull::Failed(format!(
+            "image {image} is not on the build engine and could not be pulled: {e}"
+        ))
     })
 }
 
@@ -514,7 +589,7 @@ impl Drop for ContainerGuard {
 }
 
 /// Removes a container, killing it if it runs, with its anonymous volumes.
-async fn force_remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+pub(crate) async fn force_remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)

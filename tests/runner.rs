@@ -18,7 +18,8 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::lab::{self, BASE_IMAGE as IMAGE};
 use common::wait_until;
 use hoist::runner::{
-    self, LogSink, Outcome, RUN_LABEL, STEP_LABEL, StepContext, run_container, run_shell,
+    self, AGENT_LABEL, LogSink, Outcome, RUN_LABEL, STEP_LABEL, StepContext, run_container,
+    run_shell,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,7 @@ fn step(name: &str) -> Step {
             (RUN_LABEL.to_string(), run.to_string()),
             (STEP_LABEL.to_string(), name.to_string()),
         ]),
+        network: None,
     };
     Step {
         run,
@@ -406,32 +408,46 @@ async fn container_step_fails_clearly_when_the_image_is_missing() {
 }
 
 #[tokio::test]
-async fn leftover_step_containers_are_removed_by_run() {
+async fn leftovers_are_removed_by_agent_and_run_and_never_another_agents() {
     let docker = builder().await;
-    let (orphan_run, other_run) = (unique_run(), unique_run());
-    for run in [orphan_run, orphan_run, other_run] {
+    let run = unique_run();
+    // Two agents, each with a run of the same id, as two agents' stores both have a run 1.
+    let (mine, theirs) = (format!("test-mine-{run}"), format!("test-theirs-{run}"));
+    let other_run = unique_run();
+    for (agent, run) in [
+        (&mine, run),
+        (&mine, run),
+        (&mine, other_run),
+        (&theirs, run),
+    ] {
         let body = ContainerCreateBody {
             image: Some(IMAGE.to_string()),
             cmd: Some(cmds(&["sleep", "30"])),
-            labels: Some(HashMap::from([(RUN_LABEL.to_string(), run.to_string())])),
+            labels: Some(HashMap::from([
+                (AGENT_LABEL.to_string(), agent.clone()),
+                (RUN_LABEL.to_string(), run.to_string()),
+            ])),
             ..Default::default()
         };
         docker.create_container(None, body).await.unwrap();
     }
-    let removed = runner::remove_step_containers(&docker, Some(orphan_run))
+    let removed = runner::remove_leftovers(&docker, &mine, Some(run))
         .await
         .unwrap();
-    assert_eq!(removed, 2);
-    assert_eq!(containers_of(&docker, orphan_run).await, 0);
-    assert_eq!(
-        containers_of(&docker, other_run).await,
-        1,
-        "another run's container was touched"
-    );
-    let removed = runner::remove_step_containers(&docker, Some(other_run))
+    assert_eq!(removed.containers, 2);
+    assert_eq!(containers_of(&docker, other_run).await, 1, "another run's");
+    assert_eq!(containers_of(&docker, run).await, 1, "the other agent's");
+    // At start: everything of this agent, still nothing of the other's.
+    let removed = runner::remove_leftovers(&docker, &mine, None)
         .await
         .unwrap();
-    assert_eq!(removed, 1);
+    assert_eq!(removed.containers, 1);
+    assert_eq!(containers_of(&docker, run).await, 1, "the other agent's");
+    let removed = runner::remove_leftovers(&docker, &theirs, None)
+        .await
+        .unwrap();
+    assert_eq!(removed.containers, 1);
+    assert_eq!(containers_of(&docker, run).await, 0);
 }
 
 // ---- shell steps ----
