@@ -437,6 +437,18 @@ async fn a_refused_status_is_given_up_and_shown_with_the_forges_answer() {
         assert!(answer.contains("check the token"), "{answer}");
     }
     assert_eq!(fake.seen(gh.api_path).len(), 2);
+    let metrics = reqwest::get(format!("{}/metrics", agent.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "hoist_outbox_rows{state=\"pending\"} 0",
+        "hoist_outbox_rows{state=\"gave_up\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in {metrics}");
+    }
 }
 
 #[tokio::test]

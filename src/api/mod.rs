@@ -174,6 +174,21 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             v.load(Ordering::Relaxed)
         ));
     }
+    // The outbox's rows by state: owed ones that keep growing mean a forge or a chat is down.
+    match s.store.outbox_counts().await {
+        Ok(counts) => {
+            let n = "hoist_outbox_rows";
+            out.push_str(&format!(
+                "# HELP {n} commit statuses and notifications in the outbox, by state (pending: owed)
+# TYPE {n} gauge
+"
+            ));
+            for (state, count) in counts {
+                out.push_str(&format!("{n}{{state=\"{state}\"}} {count}\n"));
+            }
+        }
+        Err(e) => tracing::warn!("metrics: cannot count the outbox: {e:#}"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

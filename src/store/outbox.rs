@@ -58,6 +58,15 @@ pub struct Reporting {
     pub mask: Box<dyn Fn(&str) -> String + Send + Sync>,
 }
 
+impl OutboxState {
+    /// Every state, in the order `/metrics` lists them.
+    pub const EVERY: [OutboxState; 3] = [
+        OutboxState::Pending,
+        OutboxState::Delivered,
+        OutboxState::GaveUp,
+    ];
+}
+
 impl std::fmt::Debug for Reporting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reporting")
@@ -545,6 +554,25 @@ impl Store {
                 c.prepare_cached("SELECT MIN(next_try) FROM outbox WHERE state = 'pending'")?
                     .query_row([], |r| r.get(0))?,
             )
+        })
+        .await
+    }
+
+    /// How many rows are in each state.
+    pub async fn outbox_counts(&self) -> anyhow::Result<Vec<(OutboxState, i64)>> {
+        self.read(|c| {
+            let mut counts: Vec<(OutboxState, i64)> =
+                OutboxState::EVERY.iter().map(|&s| (s, 0)).collect();
+            let mut stmt = c.prepare_cached("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
+            for row in stmt.query_map([], |r| {
+                Ok((r.get::<_, OutboxState>(0)?, r.get::<_, i64>(1)?))
+            })? {
+                let (state, n) = row?;
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                    slot.1 = n;
+                }
+            }
+            Ok(counts)
         })
         .await
     }
