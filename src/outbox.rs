@@ -252,10 +252,13 @@ async fn send(client: &reqwest::Client, config: &Config, row: &Claimed, base: Du
 
 /// What to send for a row.
 struct Outgoing {
+    /// Where to POST.
     url: String,
     /// The URL is a secret (a chat webhook), never shown.
     hidden_url: bool,
+    /// Content type and, for statuses, the forge's token header.
     headers: Vec<(&'static str, String)>,
+    /// The JSON to send.
     body: serde_json::Value,
 }
 

@@ -26,10 +26,13 @@ use serde_json::{Value, json};
 /// One request the fake received.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// Every forge documents POST.
     method: String,
+    /// The path, with its percent-encoding as sent (GitLab's `%2F`).
     path: String,
     /// Header names in lowercase.
     headers: BTreeMap<String, String>,
+    /// The JSON sent (Null if it was not JSON).
     body: Value,
     /// What the fake answered.
     answered: u16,
@@ -39,10 +42,13 @@ struct Seen {
 /// `default` (201).
 #[derive(Clone, Default)]
 struct Fake {
+    /// Every request, in order. A std Mutex: never held across an `.await`.
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Codes to answer first, one per request.
     script: Arc<Mutex<VecDeque<u16>>>,
     /// The answer once the script is used up (0: 201).
     default: Arc<Mutex<u16>>,
+    /// `http://127.0.0.1:PORT`.
     url: String,
 }
 
@@ -132,9 +138,13 @@ const FAILING: &str =
 
 /// One `[[repo]]` with statuses: name, forge, the fake's path for its API base.
 struct StatusRepo {
+    /// `owner/name`; its name part is the pipeline's app, so even a first run reports under it.
     name: &'static str,
+    /// The forge, as `[[repo]] forge` names it.
     forge: &'static str,
+    /// The fake's path prefix for this repo's `api` (with the forge's version prefix).
     api_path: &'static str,
+    /// The environment variable its `status_token` comes from.
     token_env: &'static str,
 }
 
@@ -385,7 +395,10 @@ async fn a_forge_answering_500_gets_the_status_after_retries() {
     let good = git.commit("main", "good", &[(".hoist.yml", PASSING)]);
     let gh = &FIVE[0];
     let agent = agent(dir.path(), &git, &fake, &[gh], "");
-    let run = start_run(&agent, gh.name, &good).await;
+    // Through the webhook this time: a push's run owes its statuses like a manual one.
+    let run = push_github(&agent, gh.name, "main", &good, "good").await["runs"][0]
+        .as_i64()
+        .unwrap();
     // The run does not wait for the forge.
     assert_eq!(run_end(&agent, run).await["status"], "success");
 

@@ -53,6 +53,7 @@ pub struct CommitStatus {
     pub repo: String,
     /// The full commit id.
     pub commit: String,
+    /// What the mark says; each forge has its own word for it ([`state_name`]).
     pub state: CommitState,
     /// Tells hoist's mark apart from other systems' on the forge: `hoist/<app>`.
     pub context: String,
@@ -65,10 +66,13 @@ pub struct CommitStatus {
 /// An HTTP request, ready to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// Always `POST` for a status; kept so the request reads whole.
     pub method: &'static str,
+    /// `api` and the forge's route for the commit.
     pub url: String,
     /// Header names and values; one of them carries the token.
     pub headers: Vec<(&'static str, String)>,
+    /// The JSON the forge's page documents.
     pub body: Value,
 }
 

@@ -81,20 +81,27 @@ impl std::fmt::Debug for Reporting {
 /// config when sending.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct OutboxItem {
+    /// The row's id, for `?before=`.
     pub id: i64,
+    /// A commit status or a notification.
     pub kind: OutboxKind,
     /// The repository (statuses) or `notify #N`.
     pub target: String,
     /// `status.pending`, `status.success` …, or the notification's event.
     pub event: String,
+    /// The run it reports on, if a run.
     pub run: Option<i64>,
+    /// The deployment it reports on, if a deployment.
     pub deployment: Option<i64>,
+    /// Owed, delivered or given up.
     pub state: OutboxState,
     /// Tries so far.
     pub attempts: i64,
+    /// When the change it reports was recorded.
     pub created_at: String,
     /// When it is tried next, while pending.
     pub next_try: Option<String>,
+    /// When it was last tried (claimed).
     pub last_try: Option<String>,
     /// The receiver's last HTTP status, if it answered at all.
     pub last_code: Option<i64>,
@@ -110,30 +117,44 @@ pub struct OutboxItem {
 /// A claimed row, for the sender.
 #[derive(Debug, Clone)]
 pub struct Claimed {
+    /// The row, to record the answer on.
     pub id: i64,
+    /// Decides how the request is built.
     pub kind: OutboxKind,
+    /// The repository or `notify #N`, looked up in the config for the token or URL.
     pub target: String,
+    /// For logs, and to check that the notification still subscribes to it.
     pub event: String,
     /// This try's number, from 1.
     pub attempt: i64,
+    /// What to send, as stored.
     pub payload: Value,
 }
 
 /// How one try ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
+    /// A 2xx: done.
     Delivered {
+        /// The receiver's status code.
         code: u16,
+        /// A snippet of its answer.
         answer: String,
     },
     /// Try again in `retry_in_ms`.
     Retry {
+        /// The receiver's status code, None when it could not be reached.
         code: Option<u16>,
+        /// A snippet of its answer, or why it could not be reached.
         answer: String,
+        /// The backoff before the next try.
         retry_in_ms: i64,
     },
+    /// Never to be sent: refused for good, out of tries, or no longer configured.
     GiveUp {
+        /// The receiver's status code, None when it was not reached.
         code: Option<u16>,
+        /// A snippet of its answer, or why hoist gave up.
         answer: String,
     },
 }
