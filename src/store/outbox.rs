@@ -233,6 +233,10 @@ pub(super) fn run_changed(
     now: i64,
 ) -> anyhow::Result<()> {
     let Some(rep) = rep else { return Ok(()) };
+    if rep.statuses.is_empty() && rep.notify.is_empty() {
+        // Nothing is ever owed: the intake path pays not even a read.
+        return Ok(());
+    }
     let row = c
         .prepare_cached(
             "SELECT repo, name, commit_sha, status, reason, app FROM runs WHERE id = ?1",
@@ -405,6 +409,9 @@ pub(super) fn deployment_finished(
     now: i64,
 ) -> anyhow::Result<()> {
     let Some(rep) = rep else { return Ok(()) };
+    if rep.notify.is_empty() {
+        return Ok(());
+    }
     let row = c
         .prepare_cached(
             "SELECT d.app, d.kind, d.status, d.reason, d.failing_host, d.to_release, d.from_release,
