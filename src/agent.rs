@@ -20,6 +20,8 @@ const WORKER_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
+    // Before anything can change: every change from here on writes what it owes.
+    store.set_reporting(crate::outbox::reporting(&config));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -59,6 +61,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(queue.clone().dispatch(crate::run::execute));
     let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
     let janitor = tokio::spawn(crate::janitor::keep_tidy(queue.clone()));
+    let sender = tokio::spawn(crate::outbox::deliver_forever(
+        store.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
 
     let state = AppState {
         config,
@@ -83,6 +90,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     recovery.abort();
     let _ = poller.await;
     let _ = janitor.await;
+    let _ = sender.await;
     queue.tasks.close();
     if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait())
         .await

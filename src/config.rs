@@ -39,6 +39,66 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// Load balancers hoist keeps in step with what runs, by name (`[balancer.NAME]`).
     pub balancers: BTreeMap<String, BalancerConfig>,
+    /// Where people reach the web page, without a trailing `/`: the links in commit statuses
+    /// and notifications start with it (default `http://` and `listen`).
+    pub public_url: String,
+    /// Chat webhooks (`[[notify]]`) and the events each one is sent.
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// `[[notify]]`: a webhook that receives a JSON POST per subscribed event.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Where to POST. A chat webhook's URL carries its own credential, so it is a secret
+    /// (`env:` or `file:`), never written in the file.
+    pub url: Secret,
+    /// The events this webhook is sent, in the order written.
+    pub events: Vec<Event>,
+}
+
+/// What a `[[notify]]` can subscribe to; `events` names them by these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A run ended failed, timed out or interrupted.
+    RunFailed,
+    /// A run ended successful.
+    RunSucceeded,
+    /// Every host of a deployment was verified on its release.
+    DeploymentSucceeded,
+    /// A deployment failed and every touched host was verified back on the release before.
+    DeploymentRolledBack,
+    /// A deployment failed and its hosts could not all be verified on one release.
+    DeploymentFailed,
+    /// A host stopped running what hoist left on it (reported by the drift watch).
+    HostDrifted,
+}
+
+impl Event {
+    /// Every event, in the order the docs list them.
+    pub const ALL: [Event; 6] = [
+        Event::RunFailed,
+        Event::RunSucceeded,
+        Event::DeploymentSucceeded,
+        Event::DeploymentRolledBack,
+        Event::DeploymentFailed,
+        Event::HostDrifted,
+    ];
+
+    /// The name `events` and the JSON `event` field use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::RunFailed => "run.failed",
+            Event::RunSucceeded => "run.succeeded",
+            Event::DeploymentSucceeded => "deployment.succeeded",
+            Event::DeploymentRolledBack => "deployment.rolled_back",
+            Event::DeploymentFailed => "deployment.failed",
+            Event::HostDrifted => "host.drifted",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.as_str() == name)
+    }
 }
 
 /// `[balancer.NAME]`: an nginx whose file hoist owns, either on the agent's machine or in a
@@ -148,6 +208,11 @@ pub struct RepoConfig {
     pub secrets: Vec<String>,
     /// A newer push to a branch cancels its older queued or running run.
     pub cancel_superseded: bool,
+    /// The token hoist reports commit statuses with (resolved); None: no statuses.
+    pub status_token: Option<Secret>,
+    /// The forge's API base, without a trailing `/` (`api`; default: the forge's public one,
+    /// [`crate::forge::status::default_api`]).
+    pub api: String,
 }
 
 /// Credentials and transport for one registry.
@@ -242,6 +307,16 @@ struct RawConfig {
     token: Vec<RawToken>,
     #[serde(default)]
     balancer: BTreeMap<String, Spanned<RawBalancer>>,
+    public_url: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: Spanned<String>,
+    events: Spanned<Vec<String>>,
 }
 
 /// `[builder]` as written: the endpoint keeps its place for the error that refuses it.
@@ -316,6 +391,8 @@ struct RawRepo {
     secrets: Spanned<Vec<String>>,
     #[serde(default = "default_true")]
     cancel_superseded: bool,
+    status_token: Option<Spanned<String>>,
+    api: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -419,7 +496,11 @@ impl Config {
         let secrets = doc.secrets(raw.secrets, source)?;
         let tokens = doc.tokens(raw.token)?;
         let balancers = doc.balancers(raw.balancer, &hosts)?;
+        let public_url = doc.public_url(raw.public_url.as_ref(), listen)?;
+        let notify = doc.notify(raw.notify, source)?;
         Ok(Config {
+            public_url,
+            notify,
             listen,
             data_dir: raw.data_dir,
             builder,
@@ -741,6 +822,36 @@ impl Doc<'_> {
                 format!("repo {name}: secret {n:?} is not in [secrets]; add {n} = \"env:…\" there"),
             ));
         }
+        let status_token = self.optional_secret(
+            &r.status_token,
+            &format!("repo {name} status_token"),
+            source,
+        )?;
+        if let (Some(t), Some(raw)) = (&status_token, &r.status_token)
+            && t.expose().trim().is_empty()
+        {
+            return Err(self.at(
+                raw.span(),
+                format!("repo {name}: status_token is empty; give the forge token statuses are posted with, or remove the key"),
+            ));
+        }
+        let api = match &r.api {
+            None => crate::forge::status::default_api(forge).to_string(),
+            Some(api) => {
+                let url = api.get_ref().trim_end_matches('/');
+                if !is_http_url(url) {
+                    return Err(self.at(
+                        api.span(),
+                        format!(
+                            "repo {name}: api = {:?} is not an http:// or https:// URL; write the forge's API base, like {:?}",
+                            api.get_ref(),
+                            crate::forge::status::default_api(forge)
+                        ),
+                    ));
+                }
+                url.to_string()
+            }
+        };
         Ok(RepoConfig {
             name,
             url: r.url.into_inner(),
@@ -749,7 +860,83 @@ impl Doc<'_> {
             hosts: r.hosts.into_inner(),
             secrets: r.secrets.into_inner(),
             cancel_superseded: r.cancel_superseded,
+            status_token,
+            api,
         })
+    }
+
+    /// `public_url`, checked, without its trailing `/`; `http://LISTEN` when absent.
+    fn public_url(
+        &self,
+        raw: Option<&Spanned<String>>,
+        listen: SocketAddr,
+    ) -> Result<String, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(format!("http://{listen}"));
+        };
+        let url = raw.get_ref().trim_end_matches('/');
+        if !is_http_url(url) {
+            return Err(self.at(
+                raw.span(),
+                format!(
+                    "public_url = {:?} is not an http:// or https:// URL; write where people reach \
+                     the web page, like \"https://hoist.example.com\"",
+                    raw.get_ref()
+                ),
+            ));
+        }
+        Ok(url.to_string())
+    }
+
+    /// Every `[[notify]]`: a secret URL (checked without showing it) and known events.
+    fn notify(
+        &self,
+        raw: Vec<RawNotify>,
+        source: &dyn SecretSource,
+    ) -> Result<Vec<NotifyConfig>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, n) in raw.into_iter().enumerate() {
+            let what = format!("notify #{} url", i + 1);
+            let url = self.secret(&n.url, &what, source)?;
+            if !is_http_url(url.expose()) {
+                // The value is a secret: the message names where it came from, not what it is.
+                return Err(self.at(
+                    n.url.span(),
+                    format!(
+                        "{what}: the value of {} is not an http:// or https:// URL",
+                        n.url.get_ref()
+                    ),
+                ));
+            }
+            let mut events = Vec::new();
+            for name in n.events.get_ref() {
+                let Some(e) = Event::from_name(name) else {
+                    let known: Vec<&str> = Event::ALL.iter().map(|e| e.as_str()).collect();
+                    return Err(self.at(
+                        n.events.span(),
+                        format!(
+                            "notify #{}: event {name:?} is not one hoist sends; use some of {}",
+                            i + 1,
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                if !events.contains(&e) {
+                    events.push(e);
+                }
+            }
+            if events.is_empty() {
+                return Err(self.at(
+                    n.events.span(),
+                    format!(
+                        "notify #{}: events is empty; name what to send, like [\"run.failed\", \"deployment.rolled_back\"]",
+                        i + 1
+                    ),
+                ));
+            }
+            out.push(NotifyConfig { url, events });
+        }
+        Ok(out)
     }
 
     fn registries(
@@ -919,6 +1106,14 @@ fn check_docker_url(key: &str, url: &str) -> Result<(), DockerUrlError> {
     }
 }
 
+/// An `http://` or `https://` URL with something after the scheme.
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    })
+}
+
 fn valid_repo_name(name: &str) -> bool {
     let mut parts = name.split('/');
     let ok = |s: Option<&str>| {
@@ -977,7 +1172,11 @@ mod tests {
     struct Fake;
     impl SecretSource for Fake {
         fn env(&self, name: &str) -> Option<String> {
-            (name != "MISSING").then(|| format!("value-of-{name}"))
+            match name {
+                "MISSING" => None,
+                "CHAT_URL" => Some("https://chat.example.com/hooks/T0/B0/s3cr3t".into()),
+                _ => Some(format!("value-of-{name}")),
+            }
         }
         fn file(&self, path: &Path) -> std::io::Result<String> {
             if path == Path::new("/secret/hook") {
@@ -1028,6 +1227,88 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
             Ok(c) => assert_eq!("ok", expect, "parsed: {c:?}"),
             Err(e) => assert_eq!(e.to_string(), expect),
         }
+    }
+
+    #[test]
+    fn statuses_and_notifications_are_checked() {
+        let c = Config::parse("hoist.toml", GOOD, &Fake).unwrap();
+        assert_eq!(c.public_url, "http://127.0.0.1:9000");
+        assert!(c.notify.is_empty());
+        assert_eq!(c.repos[0].api, "https://gitea.com/api/v1");
+        assert!(c.repos[0].status_token.is_none());
+
+        let text = GOOD
+            .replace(
+                "data_dir = \"/tmp/hoist\"",
+                "data_dir = \"/tmp/hoist\"\npublic_url = \"https://hoist.example.com/\"",
+            )
+            .replace(
+                "hosts = [\"web1\"]",
+                "hosts = [\"web1\"]\nstatus_token = \"env:WEB_STATUS\"\napi = \"https://git.example.com/api/v1/\"",
+            )
+            + "\n[[notify]]\nurl = \"env:CHAT_URL\"\nevents = [\"run.failed\", \"deployment.rolled_back\", \"run.failed\"]\n";
+        let c = Config::parse("hoist.toml", &text, &Fake).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.public_url, "https://hoist.example.com");
+        assert_eq!(c.repos[0].api, "https://git.example.com/api/v1");
+        assert_eq!(
+            c.repos[0].status_token.as_ref().map(Secret::expose),
+            Some("value-of-WEB_STATUS")
+        );
+        assert_eq!(
+            c.notify[0].events,
+            [Event::RunFailed, Event::DeploymentRolledBack]
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+
+        let notify = |url: &str, events: &str| {
+            format!("{GOOD}\n[[notify]]\nurl = {url:?}\nevents = {events}\n")
+        };
+        let err = |text: &str| {
+            Config::parse("hoist.toml", text, &Fake)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&notify(
+            "https://chat.example.com/hooks/x",
+            "[\"run.failed\"]",
+        ));
+        assert!(
+            e.contains("notify #1 url: a literal secret is refused"),
+            "{e}"
+        );
+        let e = err(&notify("env:SOMETHING", "[\"run.failed\"]"));
+        assert!(
+            e.contains(
+                "notify #1 url: the value of env:SOMETHING is not an http:// or https:// URL"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("value-of-SOMETHING"), "{e}");
+        let e = err(&notify("env:CHAT_URL", "[\"deployment.rollback\"]"));
+        assert!(
+            e.contains("event \"deployment.rollback\" is not one hoist sends; use some of run.failed, run.succeeded, deployment.succeeded, deployment.rolled_back, deployment.failed, host.drifted"),
+            "{e}"
+        );
+        let e = err(&notify("env:CHAT_URL", "[]"));
+        assert!(e.contains("events is empty"), "{e}");
+        let e = err(&GOOD.replace(
+            "hosts = [\"web1\"]",
+            "hosts = [\"web1\"]\napi = \"git.example.com\"",
+        ));
+        assert!(
+            e.contains(
+                "repo acme/web: api = \"git.example.com\" is not an http:// or https:// URL"
+            ),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "data_dir = \"/tmp/hoist\"",
+            "data_dir = \"/tmp/hoist\"\npublic_url = \"hoist\"",
+        ));
+        assert!(
+            e.starts_with("hoist.toml:4:14: public_url = \"hoist\" is not an http"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,9 +23,10 @@ pub async fn keep_tidy(q: Arc<Queue>) {
     loop {
         let started = Instant::now();
         match q.store.prune(q.config.runner.retention).await {
-            Ok(p) if p.runs > 0 || p.deliveries > 0 => tracing::info!(
+            Ok(p) if p.runs > 0 || p.deliveries > 0 || p.outbox > 0 => tracing::info!(
                 runs = p.runs,
                 deliveries = p.deliveries,
+                outbox = p.outbox,
                 ms = started.elapsed().as_millis() as u64,
                 "pruned by retention"
             ),

@@ -19,6 +19,7 @@
 //! - [`engine`]: connections to Docker engines.
 //! - [`image`]: build, push, and verify by digest with an independent registry client.
 //! - [`deploy`]: rollouts and rollbacks across hosts: one journaled engine, host operations, health.
+//! - [`outbox`]: delivers what the store's outbox owes: commit statuses on the forges, notifications.
 //! - [`poll`]: finds pushes whose webhook never came, and enqueues them.
 //! - [`agent`]: `hoist serve` wiring: state, server, workers, graceful shutdown.
 //!
@@ -37,6 +38,7 @@ pub mod image;
 pub mod janitor;
 pub mod local;
 pub mod logs;
+pub mod outbox;
 pub mod pipeline;
 pub mod poll;
 pub mod queue;

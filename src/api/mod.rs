@@ -124,7 +124,8 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{app}/hosts", get(apps::app_hosts))
         .route("/apps/{app}/deployments", get(apps::list_deployments))
         .route("/deployments/{id}", get(apps::get_deployment))
-        .route("/hosts", get(apps::hosts));
+        .route("/hosts", get(apps::hosts))
+        .route("/outbox", get(list_outbox));
     Router::new()
         .route("/hooks/{forge}", post(receive_hook))
         .nest("/api/v1", api)
@@ -172,6 +173,21 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             "# HELP {n} {help}\n# TYPE {n} counter\n{n} {}\n",
             v.load(Ordering::Relaxed)
         ));
+    }
+    // The outbox's rows by state: owed ones that keep growing mean a forge or a chat is down.
+    match s.store.outbox_counts().await {
+        Ok(counts) => {
+            let n = "hoist_outbox_rows";
+            out.push_str(&format!(
+                "# HELP {n} commit statuses and notifications in the outbox, by state (pending: owed)
+# TYPE {n} gauge
+"
+            ));
+            for (state, count) in counts {
+                out.push_str(&format!("{n}{{state=\"{state}\"}} {count}\n"));
+            }
+        }
+        Err(e) => tracing::warn!("metrics: cannot count the outbox: {e:#}"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
@@ -390,6 +406,41 @@ async fn list_deliveries(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let list = store
         .deliveries(page.limit(), page.before)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!(list)))
+}
+
+/// `?limit&before` like every list, and `state` (pending, delivered, gave_up).
+#[derive(Debug, Deserialize)]
+pub struct OutboxQuery {
+    pub limit: Option<u32>,
+    pub before: Option<i64>,
+    pub state: Option<String>,
+}
+
+/// What the outbox owes and what it sent: statuses and notifications, newest first, each with
+/// the receiver's last answer.
+async fn list_outbox(
+    _: Authorized,
+    State(store): State<Store>,
+    Query(q): Query<OutboxQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<crate::store::OutboxState>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("state={s:?} is not one of pending, delivered, gave_up"),
+            )
+        })?),
+    };
+    let page = Page {
+        limit: q.limit,
+        before: q.before,
+    };
+    let list = store
+        .outbox(page.limit(), page.before, state)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!(list)))

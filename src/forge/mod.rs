@@ -20,6 +20,8 @@
 //! - `payload`: the pruned parse and the typed field readers the forge modules share.
 //! - `github`, `gitea` (Gitea and Forgejo), `gitlab`, `bitbucket`: each forge's payloads, the
 //!   fields read from them (`PAYLOAD`) and how they become ref updates.
+//! - `status`: the other direction, commit statuses: each forge's request (route, auth header,
+//!   body) for marking a commit, built as data for the outbox to send.
 //! - `testkit` (tests only): the deliveries every module's tests send, and the fixture table.
 //!
 //! Invariant: this module does no I/O. It never stores, fetches or logs; the HTTP handler does.
@@ -30,6 +32,7 @@ mod github;
 mod gitlab;
 mod payload;
 mod signature;
+pub mod status;
 #[cfg(test)]
 mod testkit;
 

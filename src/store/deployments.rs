@@ -384,17 +384,21 @@ impl Store {
         failing_host: Option<String>,
     ) -> anyhow::Result<()> {
         let now = now_millis();
-        self.write(move |c| {
+        let rep = self.reporting();
+        let out = self.write(move |c| {
             check_lease(c, &lease)?;
             c.execute(
                 "UPDATE deployments SET status = ?2, reason = ?3, failing_host = ?4, finished_at = ?5 WHERE id = ?1",
                 params![lease.deployment, status, reason, failing_host, now],
             )?;
+            super::outbox::deployment_finished(c, rep.as_deref(), lease.deployment, now)?;
             event(c, lease.deployment, None, "end", Some(&format!("{status}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())), now)?;
             c.execute("DELETE FROM leases WHERE app = ?1 AND token = ?2", params![lease.app, lease.token])?;
             Ok(())
         })
-        .await
+        .await;
+        self.wake_outbox();
+        out
     }
 
     pub async fn deployment(

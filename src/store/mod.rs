@@ -9,14 +9,14 @@
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::forge::{Forge, PushEvent, RefKind};
 
@@ -106,10 +106,14 @@ pub struct UnknownText {
 pub(crate) use text_enum;
 
 mod deployments;
+mod outbox;
 mod prune;
 mod releases;
 mod runs;
 pub use deployments::*;
+pub use outbox::{
+    Attempt, Claimed, MAX_ANSWER, OutboxItem, OutboxKind, OutboxState, Reporting, notify_target,
+};
 pub use prune::Pruned;
 pub use releases::*;
 pub use runs::*;
@@ -275,6 +279,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE steps ADD COLUMN approved_at INTEGER;
     DROP INDEX runs_active;
     CREATE INDEX runs_active ON runs(repo, git_ref) WHERE status IN ('queued', 'running', 'waiting');",
+    // 8: the outbox: commit statuses and notifications owed, written with the change they
+    // report (`outbox.rs`). `stream` orders the rows of one commit status; NULL: no order.
+    "CREATE TABLE outbox (
+        id            INTEGER PRIMARY KEY,
+        kind          TEXT    NOT NULL,
+        target        TEXT    NOT NULL,
+        stream        TEXT,
+        event         TEXT    NOT NULL,
+        run           INTEGER,
+        deployment    INTEGER,
+        payload       TEXT    NOT NULL,
+        state         TEXT    NOT NULL,
+        attempts      INTEGER NOT NULL,
+        next_try      INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_try      INTEGER,
+        last_code     INTEGER,
+        last_answer   TEXT,
+        finished_at   INTEGER
+    );
+    CREATE INDEX outbox_owed ON outbox(next_try) WHERE state = 'pending';
+    CREATE INDEX outbox_by_stream ON outbox(stream, id) WHERE state = 'pending';
+    CREATE INDEX outbox_by_run ON outbox(run);",
 ];
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;
@@ -297,6 +324,11 @@ pub struct Store {
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Where the database lives, for messages.
     path: PathBuf,
+    /// What the outbox owes for each change, set once at start from the config; unset (tests
+    /// of the store alone, `hoist run`), nothing is owed.
+    reporting: Arc<OnceLock<Arc<Reporting>>>,
+    /// Woken after a write that may have added outbox rows, so the sender need not poll.
+    outbox_wake: Arc<Notify>,
 }
 
 /// A delivery as stored.
@@ -367,7 +399,30 @@ impl Store {
             reader: Arc::new(Mutex::new(reader)),
             thread: Arc::new(Mutex::new(Some(thread))),
             path,
+            reporting: Arc::new(OnceLock::new()),
+            outbox_wake: Arc::new(Notify::new()),
         })
+    }
+
+    /// Say what the outbox owes from now on; the first call wins (the agent calls it once,
+    /// before anything is queued).
+    pub fn set_reporting(&self, reporting: Reporting) {
+        let _ = self.reporting.set(Arc::new(reporting));
+    }
+
+    /// The policy writes consult, if one was set.
+    pub(crate) fn reporting(&self) -> Option<Arc<Reporting>> {
+        self.reporting.get().cloned()
+    }
+
+    /// Wake the outbox sender: rows may be due.
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_one();
+    }
+
+    /// What the outbox sender waits on between rounds.
+    pub fn outbox_wakeup(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
     }
 
     /// Run `f` in the writer's next transaction; returns once it is committed and synced.
@@ -423,8 +478,17 @@ impl Store {
     /// and queue their runs in the same transaction.
     pub async fn accept(&self, events: Vec<Intake>) -> anyhow::Result<Vec<Accepted>> {
         let now = now_millis();
-        self.write(move |c| events.iter().map(|e| accept_one(c, e, now)).collect())
-            .await
+        let rep = self.reporting();
+        let out = self
+            .write(move |c| {
+                events
+                    .iter()
+                    .map(|e| accept_one(c, e, rep.as_deref(), now))
+                    .collect()
+            })
+            .await;
+        self.wake_outbox();
+        out
     }
 
     /// Deliveries, newest first: at most `limit`, with ids below `before` when given.
@@ -460,7 +524,12 @@ impl Store {
     }
 }
 
-fn accept_one(c: &Connection, intake: &Intake, now: i64) -> anyhow::Result<Accepted> {
+fn accept_one(
+    c: &Connection,
+    intake: &Intake,
+    rep: Option<&Reporting>,
+    now: i64,
+) -> anyhow::Result<Accepted> {
     let e = &intake.event;
     let existing: Option<i64> = c
         .prepare_cached(
@@ -527,6 +596,7 @@ fn accept_one(c: &Connection, intake: &Intake, now: i64) -> anyhow::Result<Accep
             author: e.author.clone(),
             cancel_superseded: intake.cancel_superseded,
         },
+        rep,
         now,
     )?;
     Ok(Accepted {

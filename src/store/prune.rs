@@ -1,7 +1,8 @@
 //! Retention: finished runs beyond `[runner] keep_runs` per repository, or older than
 //! `keep_runs_for`, lose their logs, and their rows go too unless a release or a deployment
 //! names them (a release's run stays, so the chain of custody still starts at a commit).
-//! Deliveries no run names go by the same rule. Releases, deployments and their journals are
+//! Deliveries no run names go by the same rule, and so do delivered or given-up outbox rows
+//! (those of pruned runs, older ones, and beyond four per kept run). Releases, deployments and their journals are
 //! never pruned. Freed pages go back to the file system (`auto_vacuum = INCREMENTAL`).
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -13,6 +14,9 @@ use crate::config::Retention;
 /// never holds the writer for long: the job repeats until less than this is left.
 const BATCH: i64 = 500;
 
+/// Finished outbox rows kept per kept run (`keep_runs`), whatever their repository.
+const OUTBOX_ROWS_PER_RUN: i64 = 4;
+
 /// What one prune removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
@@ -20,6 +24,8 @@ pub struct Pruned {
     pub runs: u64,
     /// Delivery rows removed.
     pub deliveries: u64,
+    /// Outbox rows removed (delivered or given up).
+    pub outbox: u64,
 }
 
 impl Store {
@@ -46,6 +52,9 @@ impl Store {
                         p.runs += prune_runs(c, &repo, keep, cutoff)?;
                         p.deliveries += prune_deliveries(c, &repo, keep, cutoff)?;
                     }
+                    // A run owes a few rows (a status when queued and when ended, a
+                    // notification or two): keep that many per kept run.
+                    p.outbox += super::outbox::prune_outbox(c, keep * OUTBOX_ROWS_PER_RUN, cutoff)?;
                     if p != Pruned::default() {
                         // Frees one page per step: step it to the end.
                         let mut vacuum = c.prepare_cached("PRAGMA incremental_vacuum")?;
@@ -57,6 +66,7 @@ impl Store {
                 .await?;
             total.runs += batch.runs;
             total.deliveries += batch.deliveries;
+            total.outbox += batch.outbox;
             if batch.runs < BATCH as u64 && batch.deliveries < BATCH as u64 {
                 return Ok(total);
             }
@@ -219,7 +229,8 @@ mod tests {
             pruned,
             Pruned {
                 runs: 20,
-                deliveries: 19
+                deliveries: 19,
+                outbox: 0
             }
         );
         assert_eq!(count(&store, "SELECT COUNT(*) FROM runs").await, 10 + 1 + 1);

@@ -7,7 +7,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{Store, now_millis, rfc3339};
+use super::outbox::run_changed;
+use super::{Reporting, Store, now_millis, rfc3339};
 use crate::forge::RefKind;
 
 super::text_enum! {
@@ -174,7 +175,12 @@ pub struct Recovered {
 /// How many times a run may be claimed: the first attempt and one re-queue after a crash.
 pub const MAX_ATTEMPTS: i64 = 2;
 
-pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result<Created> {
+pub(super) fn create_run(
+    c: &Connection,
+    r: &NewRun,
+    rep: Option<&Reporting>,
+    now: i64,
+) -> anyhow::Result<Created> {
     let mut superseded_running = Vec::new();
     if r.cancel_superseded && r.kind == RefKind::Branch {
         let mut older = c.prepare_cached(
@@ -192,6 +198,7 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
                 )?
                 .execute(params![id, format!("superseded by a newer push ({})", short(&r.commit)), now])?;
                 end_waiting_steps(c, id, now)?;
+                run_changed(c, rep, id, now)?;
             } else {
                 superseded_running.push(id);
             }
@@ -213,8 +220,10 @@ pub(super) fn create_run(c: &Connection, r: &NewRun, now: i64) -> anyhow::Result
         r.author,
         now
     ])?;
+    let id = c.last_insert_rowid();
+    run_changed(c, rep, id, now)?;
     Ok(Created {
-        id: c.last_insert_rowid(),
+        id,
         superseded_running,
     })
 }
@@ -293,7 +302,12 @@ impl Store {
     /// Create a queued run (manual, replay, poll); pushes create theirs in `accept`.
     pub async fn create_run(&self, run: NewRun) -> anyhow::Result<Created> {
         let now = now_millis();
-        self.write(move |c| create_run(c, &run, now)).await
+        let rep = self.reporting();
+        let out = self
+            .write(move |c| create_run(c, &run, rep.as_deref(), now))
+            .await;
+        self.wake_outbox();
+        out
     }
 
     /// Take the oldest queued run, mark it running and count the attempt.
@@ -378,31 +392,37 @@ impl Store {
         reason: Option<String>,
     ) -> anyhow::Result<()> {
         let now = now_millis();
-        self.write(move |c| {
-            c.execute(
-                "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
-                params![run, st, reason, now],
-            )?;
-            let leftover = if st == Status::Success {
-                Status::Skipped
-            } else {
-                st
-            };
-            c.execute(
+        let rep = self.reporting();
+        let out = self
+            .write(move |c| {
+                c.execute(
+                    "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+                    params![run, st, reason, now],
+                )?;
+                run_changed(c, rep.as_deref(), run, now)?;
+                let leftover = if st == Status::Success {
+                    Status::Skipped
+                } else {
+                    st
+                };
+                c.execute(
                 "UPDATE steps SET status = CASE status WHEN 'running' THEN ?2 ELSE 'skipped' END,
                         finished_at = ?3
                  WHERE run = ?1 AND status IN ('queued', 'running', 'waiting')",
                 params![run, leftover, now],
             )?;
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await;
+        self.wake_outbox();
+        out
     }
 
     /// Cancel a run: a queued one at once, a running one by its worker.
     pub async fn cancel_run(&self, run: i64, reason: String) -> anyhow::Result<Cancel> {
         let now = now_millis();
-        self.write(move |c| {
+        let rep = self.reporting();
+        let out = self.write(move |c| {
             let st: Option<Status> = c
                 .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
                 .optional()?;
@@ -413,6 +433,7 @@ impl Store {
                         "UPDATE runs SET status = 'cancelled', reason = ?2, finished_at = ?3 WHERE id = ?1",
                         params![run, reason, now],
                     )?;
+                    run_changed(c, rep.as_deref(), run, now)?;
                     Cancel::Dequeued
                 }
                 Some(Status::Waiting) => {
@@ -421,13 +442,16 @@ impl Store {
                         params![run, reason, now],
                     )?;
                     end_waiting_steps(c, run, now)?;
+                    run_changed(c, rep.as_deref(), run, now)?;
                     Cancel::Dequeued
                 }
                 Some(Status::Running) => Cancel::Running,
                 Some(other) => Cancel::Ended(other),
             })
         })
-        .await
+        .await;
+        self.wake_outbox();
+        out
     }
 
     /// A `when.manual` step is ready and waits for approval (the run may still run others).
@@ -538,7 +562,8 @@ impl Store {
     /// steps had started, else marked interrupted. A deploy is never re-run blindly.
     pub async fn recover_runs(&self) -> anyhow::Result<Recovered> {
         let now = now_millis();
-        self.write(move |c| {
+        let rep = self.reporting();
+        let out = self.write(move |c| {
             let mut out = Recovered::default();
             let running: Vec<(i64, i64, bool)> = c
                 .prepare(
@@ -573,12 +598,15 @@ impl Store {
                         "UPDATE steps SET status = 'interrupted', finished_at = ?2 WHERE run = ?1 AND status = 'running'",
                         params![id, now],
                     )?;
+                    run_changed(c, rep.as_deref(), id, now)?;
                     out.interrupted.push(id);
                 }
             }
             Ok(out)
         })
-        .await
+        .await;
+        self.wake_outbox();
+        out
     }
 
     /// Append log chunks (run, step, bytes); returns each chunk with its sequence number.
