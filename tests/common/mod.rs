@@ -213,6 +213,12 @@ impl GitRepo {
             &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
         );
         git(dir, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        // No background `git gc --auto`: after a few thousand commits (a soak) it runs detached
+        // and holds HEAD.lock while the next commit's checkout wants it (seen at run 1800 of a
+        // soak); a push runs one in the bare repository too.
+        git(&work, &["config", "gc.auto", "0"]);
+        git(&bare, &["config", "gc.auto", "0"]);
+        git(&bare, &["config", "receive.autogc", "false"]);
         GitRepo { bare, work }
     }
 
