@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::lab::{self, HOSTS, OnHost, docker_lenient, on_host};
+use common::nginx::{Load, Nginx};
 use common::{
     Agent, GitRepo, api, api_post, hoist_client, push_github, release, token_toml, wait_for,
 };
@@ -21,11 +22,17 @@ use serde_json::{Value, json};
 const REPO: &str = "acme/wheel";
 
 fn agent(dir: &Path, repo: &GitRepo) -> Agent {
+    agent_with(dir, repo, "")
+}
+
+/// An agent whose one repository is `repo`, with the lab's builder, registry and hosts, and
+/// `extra` config (a `[balancer.NAME]`).
+fn agent_with(dir: &Path, repo: &GitRepo, extra: &str) -> Agent {
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n\
          [runner]\npoll_interval = \"0s\"\n\
          [[repo]]\nname = {REPO:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOSTS:?}\n\
-         [[registry]]\nhost = {:?}\ninsecure = true\n{}{}",
+         [[registry]]\nhost = {:?}\ninsecure = true\n{}{}{extra}",
         dir.join("data"),
         lab::builder_url(),
         repo.bare,
@@ -54,18 +61,27 @@ struct Rollout {
 }
 
 /// The pipeline of `app`: the image's build and its deploy `ship` to the three hosts
-/// (container `app`, published on `port`).
-fn pipeline(app: &str, port: u16, r: &Rollout) -> String {
+/// (container `app`, published on `port`; None: an engine-picked port behind balancer `edge`,
+/// so that a host switches with no gap).
+fn pipeline(app: &str, port: Option<u16>, r: &Rollout) -> String {
+    let (ports, balancer) = match port {
+        Some(p) => (format!("{p}:8080"), String::new()),
+        None => (
+            "8080".to_string(),
+            "      balancer: { name: edge, port: 8080, check: /healthz, drain: 500ms }\n"
+                .to_string(),
+        ),
+    };
     format!(
         "app: {app}\nsteps:\n\
          \x20 - name: build\n    build:\n      context: .\n      \
          repository: {registry}/hoist-e2e/{app}\n      tags: [\"${{commit_short}}\"]\n\
          \x20 - name: ship\n    deploy:\n      image: build\n      \
          hosts: [h1, h2, h3]\n      container:\n        name: {app}\n        \
-         ports: [\"{port}:8080\"]\n        env: {{ WHERE: \"${{host}}\" }}\n      health:\n        \
+         ports: [\"{ports}\"]\n        env: {{ WHERE: \"${{host}}\" }}\n      health:\n        \
          http: {{ port: 8080, path: /healthz }}\n        \
          interval: 200ms\n        timeout: 1s\n        healthy_for: {healthy_for}\n        deadline: {deadline}\n      \
-         rollout:\n        max_parallel: {max_parallel}\n        bake: {bake}\n        keep: 3\n",
+         rollout:\n        max_parallel: {max_parallel}\n        bake: {bake}\n        keep: 3\n{balancer}",
         registry = lab::REGISTRY,
         healthy_for = r.healthy_for,
         deadline = r.deadline,
@@ -202,7 +218,7 @@ async fn an_instant_rollback_starts_every_host_at_once_and_hosts_limit_a_rollbac
         healthy_for: "1s",
         deadline: "20s",
     };
-    let yml = pipeline(APP, lab::free_port(), &rollout);
+    let yml = pipeline(APP, Some(lab::free_port()), &rollout);
 
     // Releases 1 and 2, each rolled out: every host keeps release 1 stopped as APP-r1.
     for (n, version) in [(1, "one\n"), (2, "two\n")] {
@@ -427,13 +443,15 @@ async fn stuck_on_h2(agent: &Agent, repo: &GitRepo, yml: &str, app: &str) -> (i6
 }
 
 /// After an abort: h1 and h2 were touched and are back on release 1 (read back), h3 was
-/// never touched (same container); the revert was quick. `asked` is when the abort was asked.
+/// never touched (same container); the revert was quick. `asked` is when the abort was asked;
+/// `drain` the balancer's (a revert waits it out before B leaves), zero without one.
 async fn assert_reverted(
     agent: &Agent,
     app: &str,
     d: &Value,
     before: &[OnHost],
     asked: SystemTime,
+    drain: Duration,
 ) {
     let d1 = digest(agent, app, 1).await;
     for h in ["h1", "h2"] {
@@ -451,11 +469,13 @@ async fn assert_reverted(
     assert_eq!(h3.id, before[2].id, "h3 was never touched");
     // From the journal: the forward path stopped within one health interval (200 ms) of the
     // ask (plus the request's own way), and each host was reverted within its revert's own
-    // health time (healthy_for 400 ms and its checks) plus the container actions.
+    // health time (healthy_for 400 ms and its checks) plus the balancer's drain and the
+    // container actions (2 s: stop, rename, start, remove on a loaded machine).
     let stopped = at(&event(d, None, "aborted")["at"]);
     let waited = stopped.duration_since(asked).unwrap_or_default();
+    eprintln!("{app}: the forward path stopped {waited:?} after the abort was asked");
     assert!(
-        waited < Duration::from_millis(200 + 300),
+        waited < Duration::from_millis(200 + 800),
         "the health wait went on for {waited:?} after the abort"
     );
     for h in ["h1", "h2"] {
@@ -468,8 +488,9 @@ async fn assert_reverted(
             .and_then(|t| humantime::parse_duration(t).ok())
             .unwrap_or_else(|| panic!("the revert's health time is journaled: {detail}"));
         let took = at(&reverted["at"]).duration_since(stopped).unwrap();
+        eprintln!("{app}: {h} reverted {took:?} after that; its health took {health:?}");
         assert!(
-            took < health + Duration::from_millis(200 + 2000),
+            took < health + drain + Duration::from_millis(200 + 2000),
             "{h} reverted {took:?} after the abort; its health took {health:?}"
         );
     }
@@ -488,7 +509,7 @@ async fn an_abort_during_a_health_wait_reverts_every_touched_host_at_once() {
         healthy_for: "400ms",
         deadline: "120s",
     };
-    let yml = pipeline(APP, lab::free_port(), &rollout);
+    let yml = pipeline(APP, Some(lab::free_port()), &rollout);
     let c = repo.commit("main", "one", &files(&yml, "one\n", false));
     let run = run_end(&agent, push(&agent, &c, "one").await).await;
     assert_eq!(run["status"], "success", "{run:#}");
@@ -506,7 +527,7 @@ async fn an_abort_during_a_health_wait_reverts_every_touched_host_at_once() {
     let d = deployment_end(&agent, id, 60).await;
     assert_eq!(d["status"], "aborted", "{d:#}");
     assert_eq!(d["reason"], "aborted by e2e", "{d:#}");
-    assert_reverted(&agent, APP, &d, &before, asked).await;
+    assert_reverted(&agent, APP, &d, &before, asked, Duration::ZERO).await;
     // The run whose deploy step it was failed, saying so.
     let run = run_end(&agent, run).await;
     assert_eq!(run["status"], "failed", "{run:#}");
@@ -543,7 +564,7 @@ async fn cancelling_a_run_during_its_deploy_step_aborts_the_deployment() {
         healthy_for: "400ms",
         deadline: "120s",
     };
-    let yml = pipeline(APP, lab::free_port(), &rollout);
+    let yml = pipeline(APP, Some(lab::free_port()), &rollout);
     let c = repo.commit("main", "one", &files(&yml, "one\n", false));
     let run = run_end(&agent, push(&agent, &c, "one").await).await;
     assert_eq!(run["status"], "success", "{run:#}");
@@ -560,7 +581,53 @@ async fn cancelling_a_run_during_its_deploy_step_aborts_the_deployment() {
         format!("aborted by run {run} (the run was cancelled)"),
         "{d:#}"
     );
-    assert_reverted(&agent, APP, &d, &before, asked).await;
+    assert_reverted(&agent, APP, &d, &before, asked, Duration::ZERO).await;
     let run = run_end(&agent, run).await;
     assert_eq!(run["status"], "cancelled", "{run:#}");
+}
+
+#[tokio::test]
+async fn an_abort_behind_nginx_fails_no_request() {
+    const APP: &str = "w11-edge";
+    let _clean = Clean::new(APP);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let nginx = Nginx::start(dir.path(), APP);
+    let agent = agent_with(dir.path(), &repo, &nginx.toml("edge"));
+    let rollout = Rollout {
+        max_parallel: 1,
+        bake: "0s",
+        healthy_for: "400ms",
+        deadline: "120s",
+    };
+    let yml = pipeline(APP, None, &rollout);
+    let c = repo.commit("main", "one", &files(&yml, "one\n", false));
+    let run = run_end(&agent, push(&agent, &c, "one").await).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let before: Vec<OnHost> = HOSTS.iter().map(|h| on_host(h, APP)).collect();
+
+    // Load through nginx from before release 2 starts until the abort's verdict.
+    let load = Load::start(format!("{}/version", nginx.url()));
+    load.wait_some().await;
+    let (_, id) = stuck_on_h2(&agent, &repo, &yml, APP).await;
+    let asked = SystemTime::now();
+    let r = api_post(&agent, &format!("/deployments/{id}/abort"), None).await;
+    assert_eq!(r.status(), 202);
+    let d = deployment_end(&agent, id, 60).await;
+    let (requests, failures) = load.finish().await;
+    assert_eq!(d["status"], "aborted", "{d:#}");
+    assert_eq!(d["reason"], "aborted by e2e", "{d:#}");
+    assert_reverted(&agent, APP, &d, &before, asked, Duration::from_millis(500)).await;
+    eprintln!(
+        "{APP}: {requests} requests through nginx, {} failed, {} retried by nginx",
+        failures.len(),
+        nginx.retries().len()
+    );
+    assert!(requests > 20, "the load client made {requests} requests");
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        nginx.retries().is_empty(),
+        "nginx retried: {:?}",
+        nginx.retries()
+    );
 }
