@@ -625,7 +625,7 @@ impl Deployer {
         say: &impl Fn(String),
         lost: &CancellationToken,
     ) -> Result<(), Failure> {
-        self.pull_all(s, say).await?;
+        self.pull_all(s, say, lost).await?;
         let per_batch = s.plan.per_batch(s.hosts.len());
         for batch in s.hosts.chunks(per_batch) {
             let switches = batch.iter().map(|h| self.switch_host(s, h, say, lost));
@@ -980,4 +980,77 @@ async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: 
 /// "release 4", or "none" when the host ran nothing of the app.
 fn release_text(release: Option<i64>) -> String {
     release.map_or("none".into(), |r| r.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Action, parse};
+
+    /// A rollback plan of release 2 of `web`, whose deploy step names h1, h2, h3 in batches of one.
+    fn plan() -> Plan {
+        let p = parse(
+            "app: web\nsteps:\n  - name: build\n    build:\n      repository: 10.0.0.1:5000/web\n\
+             \x20 - name: ship\n    deploy:\n      image: build\n      hosts: [h1, h2, h3]\n      \
+             container:\n        name: web\n      health: { docker: true }\n      rollout: { max_parallel: 1, bake: 5s }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let spec = p
+            .steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::Deploy(d) => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+        Plan {
+            to: Release {
+                app: "web".into(),
+                number: 2,
+                repo: "acme/web".into(),
+                commit: "c".into(),
+                run: 1,
+                step: "build".into(),
+                repository: "10.0.0.1:5000/web".into(),
+                manifest_digest: "sha256:0".into(),
+                config_digest: "sha256:1".into(),
+                tags: vec![],
+                deploy: Some(spec.clone()),
+                created_at: String::new(),
+            },
+            spec,
+            kind: DeploymentKind::Rollback,
+            run: None,
+            requested_by: "e2e".into(),
+            hooks_dir: None,
+            vars: Vars::default(),
+            now: false,
+            hosts: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_limited_to_hosts_names_the_unknown_ones_and_now_is_one_batch() {
+        let mut p = plan();
+        assert_eq!(p.per_batch(3), 1);
+        p.now = true;
+        assert_eq!(p.per_batch(3), 3);
+
+        let err = p
+            .only_hosts(&["h1".into(), "h9".into(), "h8".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "app web has no host h9, h8; release 2 runs on h1, h2, h3"
+        );
+        assert_eq!(p.hosts, None);
+        let err = p.only_hosts(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("no host named"), "{err}");
+
+        p.only_hosts(&["h3".into(), "h1".into()]).unwrap();
+        assert_eq!(p.hosts, Some(vec!["h3".to_string(), "h1".to_string()]));
+        // ${hosts.*} still renders over the step's whole list.
+        assert_eq!(p.spec.hosts, ["h1", "h2", "h3"]);
+    }
 }

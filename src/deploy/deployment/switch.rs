@@ -30,15 +30,24 @@ use crate::store::{HostState, HostUpdate, Release};
 
 impl Deployer {
     /// Pull B by digest on every host, in parallel, before anything is stopped; journal each
-    /// pull in host order.
-    pub(super) async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
+    /// pull in host order. `lost` (an abort, a lost lease) stops the pulls where they are:
+    /// nothing that serves was touched yet.
+    pub(super) async fn pull_all(
+        &self,
+        s: &Started,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), Failure> {
         let b = &s.plan.to;
         let hosts = s
             .hosts
             .iter()
             .map(|h| OnHost::new(self, s, h))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let pulls = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)).await;
+        let pulls = tokio::select! {
+            p = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)) => p,
+            _ = lost.cancelled() => return Err(Failure::general("stopped while pulling")),
+        };
         for (on, pulled) in hosts.iter().zip(pulls) {
             let h = on.host;
             let id = pulled.map_err(|e| {
