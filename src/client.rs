@@ -574,6 +574,7 @@ fn since(a: std::time::SystemTime, b: std::time::SystemTime) -> String {
 /// A table printed with aligned columns, whatever the widths of its cells: each column as
 /// wide as its widest cell (header included), two spaces apart; the last one is not padded.
 struct Table {
+    /// The header, then the rows, as cells.
     rows: Vec<Vec<String>>,
     /// Columns aligned to the right (numbers).
     right: Vec<usize>,

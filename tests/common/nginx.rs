@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use super::lab::free_port;
 
 pub struct Nginx {
+    /// Its config, the file hoist owns (`conf.d/hoist.conf`), its pid and logs.
     dir: PathBuf,
+    /// Where it listens on loopback.
     port: u16,
 }
 
@@ -92,8 +94,11 @@ impl Drop for Nginx {
 /// A bounded load client: GET `url`, each request on a fresh connection, one after another,
 /// until stopped (at most `MAX` requests or 10 minutes). Counts failures.
 pub struct Load {
+    /// Set by `finish`: the loop ends after its current request.
     stop: Arc<AtomicBool>,
+    /// The loop: the requests made and the failures seen.
     task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+    /// Requests answered 2xx so far, for `wait_some`.
     ok: Arc<AtomicU64>,
 }
 

@@ -20,7 +20,8 @@ use crate::store::{DeploymentStatus, Store};
 /// A carried deployment: the path of its store, and its id.
 type Key = (PathBuf, i64);
 
-/// The deployments this process is carrying now.
+/// The deployments this process is carrying now. A std Mutex: held only for one map
+/// operation, never across an `.await`.
 static CARRIED: LazyLock<Mutex<HashMap<Key, Arc<Abort>>>> = LazyLock::new(Default::default);
 
 /// One carried deployment's abort switch.
@@ -28,7 +29,8 @@ static CARRIED: LazyLock<Mutex<HashMap<Key, Arc<Abort>>>> = LazyLock::new(Defaul
 pub struct Abort {
     /// Cancelled by [`abort`]; the engine's waits select on it.
     token: CancellationToken,
-    /// Who aborted (an API token's name, or "run N (cancelled)"), for the verdict.
+    /// Who aborted (an API token's name, or "run N (the run was cancelled)"), for the
+    /// verdict. A std Mutex: set or read at once, never held across an `.await`.
     by: Mutex<Option<String>>,
 }
 
@@ -60,7 +62,9 @@ impl Abort {
 /// done with the deployment, whatever the way out) gives the place back.
 #[derive(Debug)]
 pub struct Carried {
+    /// Where the table holds it.
     key: Key,
+    /// Its switch, shared with the table (where [`abort`] finds it).
     pub abort: Arc<Abort>,
 }
 
