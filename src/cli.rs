@@ -92,6 +92,30 @@ enum Command {
         /// The release to go back to.
         #[arg(long)]
         to: Option<i64>,
+        /// Every host at once from its kept container: no batches, no bake.
+        #[arg(long)]
+        now: bool,
+        /// Only this host (repeat for more), e.g. to leave out one that is down.
+        #[arg(long = "host", value_name = "H")]
+        hosts: Vec<String>,
+    },
+    /// List deployments (newest first): every app's, or APP's.
+    Deployments {
+        #[command(flatten)]
+        client: Client,
+        app: Option<String>,
+    },
+    /// One deployment: its verdict, and per host a timeline of its steps and what was read back.
+    Deployment {
+        #[command(flatten)]
+        client: Client,
+        id: i64,
+    },
+    /// Stop a deployment in flight and revert every host it touched, verified.
+    Abort {
+        #[command(flatten)]
+        client: Client,
+        deployment: i64,
     },
     /// Let a `manual` step that waits for a person go.
     Approve {
@@ -171,7 +195,16 @@ pub fn main() -> ExitCode {
             follow,
         } => block_on(crate::client::logs(client, run, follow)),
         Command::Releases { client, app } => block_on(crate::client::releases(client, app)),
-        Command::Rollback { client, app, to } => block_on(crate::client::rollback(client, app, to)),
+        Command::Rollback {
+            client,
+            app,
+            to,
+            now,
+            hosts,
+        } => block_on(crate::client::rollback(client, app, to, now, hosts)),
+        Command::Deployments { client, app } => block_on(crate::client::deployments(client, app)),
+        Command::Deployment { client, id } => block_on(crate::client::deployment(client, id)),
+        Command::Abort { client, deployment } => block_on(crate::client::abort(client, deployment)),
         Command::Hosts { client, app } => block_on(crate::client::hosts(client, app)),
         Command::Approve { client, run, step } => {
             block_on(crate::client::approve(client, run, step))

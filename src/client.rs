@@ -75,22 +75,20 @@ pub async fn runs(
         req = req.query(&[("status", s)]);
     }
     let runs: Vec<Value> = send(req, &c.server).await?.json().await?;
-    println!(
-        "{:>6}  {:<11}  {:<20}  {:<24}  {:<8}  REASON",
-        "RUN", "STATUS", "REPO", "REF", "COMMIT"
-    );
+    let mut table = Table::new(&["RUN", "STATUS", "REPO", "REF", "COMMIT", "REASON"]);
+    table.right(&[0]);
     for r in runs {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-        println!(
-            "{:>6}  {:<11}  {:<20}  {:<24}  {:<8}  {}",
-            r["id"],
+        table.row(vec![
+            r["id"].to_string(),
             s("status"),
             s("repo"),
             s("ref"),
             s("commit").chars().take(8).collect::<String>(),
-            s("reason").lines().next().unwrap_or("")
-        );
+            s("reason").lines().next().unwrap_or("").to_string(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -245,21 +243,19 @@ pub async fn releases(c: Client, app: String) -> anyhow::Result<ExitCode> {
         .await?
         .json()
         .await?;
-    println!(
-        "{:>7}  {:<8}  {:>5}  {:<71}  CREATED",
-        "RELEASE", "COMMIT", "RUN", "IMAGE"
-    );
+    let mut table = Table::new(&["RELEASE", "COMMIT", "RUN", "IMAGE", "CREATED"]);
+    table.right(&[0, 2]);
     for r in releases {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-        println!(
-            "{:>7}  {:<8}  {:>5}  {:<71}  {}",
-            r["number"],
+        table.row(vec![
+            r["number"].to_string(),
             s("commit").chars().take(8).collect::<String>(),
-            r["run"],
+            r["run"].to_string(),
             format!("{}@{}", s("repository"), s("manifest_digest")),
-            s("created_at")
-        );
+            s("created_at"),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,12 +278,22 @@ pub async fn approve(c: Client, run: i64, step: String) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// Start a rollback and follow it to its verdict; exit 0 only when every host was verified on the target.
-pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result<ExitCode> {
-    let body = match to {
-        Some(n) => serde_json::json!({ "to": n }),
-        None => serde_json::json!({}),
-    };
+/// Start a rollback and follow it to its verdict, printing each host's steps as they are
+/// journaled; exit 0 only when every host was verified on the target.
+pub async fn rollback(
+    c: Client,
+    app: String,
+    to: Option<i64>,
+    now: bool,
+    hosts: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut body = serde_json::json!({ "now": now });
+    if let Some(n) = to {
+        body["to"] = n.into();
+    }
+    if !hosts.is_empty() {
+        body["hosts"] = hosts.into();
+    }
     let started: Value = send(
         c.request(
             reqwest::Method::POST,
@@ -304,30 +310,55 @@ pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result
         .context("the agent did not name the deployment")?;
     eprintln!("deployment {id} started");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
+    let mut shown = 0;
     let d = loop {
         let d: Value = send(c.get(&format!("/api/v1/deployments/{id}"))?, &c.server)
             .await?
             .json()
             .await?;
+        let width = d["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["host"].as_str())
+            .map(str::len)
+            .max()
+            .unwrap_or(4)
+            .max("deployment".len());
+        // Each journaled step once, as it appears.
+        for e in d["events"].as_array().into_iter().flatten().skip(shown) {
+            shown += 1;
+            let step = e["step"].as_str().unwrap_or("");
+            if step == "end" {
+                continue;
+            }
+            println!(
+                "{:<width$}  {:<12}  {}",
+                e["host"].as_str().unwrap_or("deployment"),
+                step,
+                e["detail"].as_str().unwrap_or("")
+            );
+        }
         if d["status"] != "running" {
             break d;
         }
         if std::time::Instant::now() > deadline {
             bail!(
-                "deployment {id} is still running after 30 minutes; follow it with GET /api/v1/deployments/{id}"
+                "deployment {id} is still running after 30 minutes; follow it with `hoist deployment {id}`"
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
+    let mut table = Table::new(&["HOST", "STATE", "EXPECTED", "READ BACK"]);
     for h in d["hosts"].as_array().into_iter().flatten() {
-        println!(
-            "{:<10} {:<10} expected {}  read back {}",
-            h["host"].as_str().unwrap_or(""),
-            h["state"].as_str().unwrap_or(""),
-            h["expected"].as_str().unwrap_or("-"),
-            h["read_back"].as_str().unwrap_or("-")
-        );
+        table.row(vec![
+            text(h, "host"),
+            text(h, "state"),
+            h["expected"].as_str().unwrap_or("-").to_string(),
+            h["read_back"].as_str().unwrap_or("-").to_string(),
+        ]);
     }
+    table.print();
     let status = d["status"].as_str().unwrap_or("unknown");
     println!(
         "deployment {id} to release {}: {status}{}",
@@ -344,6 +375,282 @@ pub async fn rollback(c: Client, app: String, to: Option<i64>) -> anyhow::Result
     })
 }
 
+/// `hoist deployments [APP]`: one app's deployments, or every app's, newest first.
+pub async fn deployments(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
+    let apps: Vec<String> = match app {
+        Some(a) => vec![a],
+        None => {
+            let all: Vec<Value> = send(c.get("/api/v1/apps")?, &c.server)
+                .await?
+                .json()
+                .await?;
+            all.iter()
+                .filter_map(|a| a["app"].as_str())
+                .map(str::to_string)
+                .collect()
+        }
+    };
+    let mut list: Vec<Value> = Vec::new();
+    for a in &apps {
+        let some: Vec<Value> = send(c.get(&format!("/api/v1/apps/{a}/deployments"))?, &c.server)
+            .await?
+            .json()
+            .await?;
+        list.extend(some);
+    }
+    list.sort_by_key(|d| std::cmp::Reverse(d["id"].as_i64().unwrap_or(0)));
+    let mut table = Table::new(&[
+        "ID",
+        "APP",
+        "KIND",
+        "FROM -> TO",
+        "STATUS",
+        "STARTED",
+        "DURATION",
+    ]);
+    table.right(&[0, 6]);
+    for d in &list {
+        let from = d["from_release"]
+            .as_i64()
+            .map_or("none".to_string(), |r| r.to_string());
+        table.row(vec![
+            d["id"].to_string(),
+            text(d, "app"),
+            text(d, "kind"),
+            format!("{from} -> {}", d["to_release"]),
+            text(d, "status"),
+            text(d, "created_at"),
+            match (at(&d["created_at"]), at(&d["finished_at"])) {
+                (Some(a), Some(b)) => since(a, b),
+                _ => "running".to_string(),
+            },
+        ]);
+    }
+    table.print();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hoist deployment ID`: the verdict, then per host its timeline (each journaled step with
+/// the time it took since the host's step before) and its chain of custody.
+pub async fn deployment(c: Client, id: i64) -> anyhow::Result<ExitCode> {
+    let d: Value = send(c.get(&format!("/api/v1/deployments/{id}"))?, &c.server)
+        .await?
+        .json()
+        .await?;
+    let from = d["from_release"]
+        .as_i64()
+        .map_or("none".to_string(), |r| r.to_string());
+    println!(
+        "deployment {id}: {} of {} from release {from} to {}, asked by {}",
+        text(&d, "kind"),
+        text(&d, "app"),
+        d["to_release"],
+        text(&d, "requested_by")
+    );
+    println!(
+        "status {}{}{}",
+        text(&d, "status"),
+        d["failing_host"]
+            .as_str()
+            .map(|h| format!(" (failing host {h})"))
+            .unwrap_or_default(),
+        d["reason"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    let start = at(&d["created_at"]);
+    let events: Vec<&Value> = d["events"].as_array().into_iter().flatten().collect();
+    let timeline = |host: Option<&str>| {
+        let mut table = Table::new(&["AT", "STEP", "TOOK", "DETAIL"]);
+        table.right(&[0, 2]);
+        let mut last = start;
+        for e in events.iter().filter(|e| e["host"].as_str() == host) {
+            let t = at(&e["at"]);
+            table.row(vec![
+                match (start, t) {
+                    (Some(a), Some(b)) => format!("+{}", since(a, b)),
+                    _ => "?".into(),
+                },
+                text(e, "step"),
+                match (last, t) {
+                    (Some(a), Some(b)) => since(a, b),
+                    _ => "?".into(),
+                },
+                text(e, "detail"),
+            ]);
+            last = t.or(last);
+        }
+        table
+    };
+    for h in d["hosts"].as_array().into_iter().flatten() {
+        let name = text(h, "host");
+        println!(
+            "\n{name} (batch {}): {}{}",
+            h["batch"],
+            text(h, "state"),
+            h["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        timeline(Some(&name)).print_indented("  ");
+        let expected = h["expected"].as_str().unwrap_or("-");
+        let back = h["read_back"].as_str().unwrap_or("-");
+        let verdict = match (h["expected"].as_str(), h["read_back"].as_str()) {
+            (Some(e), Some(b)) if e == b => "the same image",
+            (_, Some(_)) => "the previous release's image (reverted)",
+            _ => "nothing read back",
+        };
+        println!("  custody: expected {expected}");
+        println!("           read back {back}: {verdict}");
+    }
+    println!("\ndeployment");
+    timeline(None).print_indented("  ");
+    let status = text(&d, "status");
+    Ok(if status == "succeeded" || status == "running" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `hoist abort DEPLOYMENT`: tell the agent to stop it and revert; follow it to its verdict.
+pub async fn abort(c: Client, id: i64) -> anyhow::Result<ExitCode> {
+    let answer: Value = send(
+        c.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/deployments/{id}/abort"),
+        )?,
+        &c.server,
+    )
+    .await?
+    .json()
+    .await?;
+    eprintln!(
+        "deployment {id}: aborted by {}; reverting every touched host",
+        answer["aborted_by"].as_str().unwrap_or("?")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let d: Value = send(c.get(&format!("/api/v1/deployments/{id}"))?, &c.server)
+            .await?
+            .json()
+            .await?;
+        if d["status"] != "running" {
+            let status = text(&d, "status");
+            println!(
+                "deployment {id}: {status}{}",
+                d["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+            return Ok(if status == "aborted" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "deployment {id} is still reverting after 10 minutes; follow it with `hoist deployment {id}`"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// A string field of an API object, "" when absent.
+fn text(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or("").to_string()
+}
+
+/// An API timestamp (RFC 3339).
+fn at(v: &Value) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(v.as_str()?).ok()
+}
+
+/// The time from `a` to `b`, to the millisecond: "1.234s", "56ms".
+fn since(a: std::time::SystemTime, b: std::time::SystemTime) -> String {
+    let d = b.duration_since(a).unwrap_or_default();
+    if d.as_secs() >= 1 {
+        format!("{:.3}s", d.as_secs_f64())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A table printed with aligned columns, whatever the widths of its cells: each column as
+/// wide as its widest cell (header included), two spaces apart; the last one is not padded.
+struct Table {
+    /// The header, then the rows, as cells.
+    rows: Vec<Vec<String>>,
+    /// Columns aligned to the right (numbers).
+    right: Vec<usize>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+            right: Vec::new(),
+        }
+    }
+
+    fn right(&mut self, columns: &[usize]) {
+        self.right = columns.to_vec();
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let n = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..n)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|c| c.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        self.rows
+            .iter()
+            .map(|r| {
+                let cells: Vec<String> = r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let w = widths[i];
+                        if self.right.contains(&i) {
+                            format!("{c:>w$}")
+                        } else if i + 1 == r.len() {
+                            c.clone()
+                        } else {
+                            format!("{c:<w$}")
+                        }
+                    })
+                    .collect();
+                cells.join("  ").trim_end().to_string()
+            })
+            .collect()
+    }
+
+    fn print(&self) {
+        self.print_indented("");
+    }
+
+    fn print_indented(&self, indent: &str) {
+        for l in self.lines() {
+            println!("{indent}{l}");
+        }
+    }
+}
+
 pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
     match app {
         Some(app) => {
@@ -351,10 +658,8 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
                 .await?
                 .json()
                 .await?;
-            println!(
-                "{:<10} {:>7}  {:<10} {:<8} HEALTH",
-                "HOST", "RELEASE", "CONTAINER", "DIGEST"
-            );
+            let mut table = Table::new(&["HOST", "RELEASE", "CONTAINER", "DIGEST", "HEALTH"]);
+            table.right(&[1]);
             for r in rows {
                 let expected = r["digest_expected"].as_str().unwrap_or("");
                 let back = r["digest_read_back"].as_str().unwrap_or("");
@@ -363,38 +668,39 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
                 } else {
                     "MISMATCH"
                 };
-                println!(
-                    "{:<10} {:>7}  {:<10} {:<8} {}",
-                    r["host"].as_str().unwrap_or(""),
-                    r["release"],
-                    r["container"].as_str().unwrap_or("-"),
-                    digest,
-                    r["health"].as_str().unwrap_or("")
-                );
+                table.row(vec![
+                    text(&r, "host"),
+                    r["release"].to_string(),
+                    r["container"].as_str().unwrap_or("-").to_string(),
+                    digest.to_string(),
+                    text(&r, "health"),
+                ]);
             }
+            table.print();
         }
         None => {
             let rows: Vec<Value> = send(c.get("/api/v1/hosts")?, &c.server)
                 .await?
                 .json()
                 .await?;
+            let mut table = Table::new(&["HOST", "ADDRESS", "STATE", "ENGINE"]);
             for r in rows {
                 let state = if r["reachable"] == true {
                     "reachable"
                 } else {
                     "UNREACHABLE"
                 };
-                println!(
-                    "{:<10} {:<14} {:<11} {}",
-                    r["host"].as_str().unwrap_or(""),
-                    r["address"].as_str().unwrap_or(""),
-                    state,
+                table.row(vec![
+                    text(&r, "host"),
+                    text(&r, "address"),
+                    state.to_string(),
                     r.get("engine")
                         .or(r.get("error"))
                         .map(|v| v.to_string())
-                        .unwrap_or_default()
-                );
+                        .unwrap_or_default(),
+                ]);
             }
+            table.print();
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -402,7 +708,23 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::StepLines;
+    use super::{StepLines, Table};
+
+    #[test]
+    fn table_columns_line_up_whatever_the_widths() {
+        let mut t = Table::new(&["ID", "APP", "STATUS"]);
+        t.right(&[0]);
+        t.row(vec!["7".into(), "a-very-long-app-name".into(), "ok".into()]);
+        t.row(vec!["1234".into(), "w".into(), "rolled_back".into()]);
+        assert_eq!(
+            t.lines(),
+            [
+                "  ID  APP                   STATUS",
+                "   7  a-very-long-app-name  ok",
+                "1234  w                     rolled_back",
+            ]
+        );
+    }
 
     #[test]
     fn lines_of_steps_that_ran_at_once_stay_whole_and_say_whose_they_are() {

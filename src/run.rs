@@ -578,6 +578,8 @@ async fn deploy_step(
         requested_by: format!("run {}", run.id),
         hooks_dir: Some(ctx.workspace.clone()),
         vars: vars_of(run, &release.app),
+        now: false,
+        hosts: None,
     };
     let verdict = deploy(&deployer, plan, &ctx.log, &ctx.cancel).await?;
     let from = q
@@ -618,7 +620,8 @@ async fn deploy(
             Err(e) => return Err(e.into()),
         }
     };
-    let verdict = deployer.run(started, log).await;
+    // Cancelling the run aborts the deployment: it stops and reverts what it touched.
+    let verdict = deployer.run_for(started, log, cancel).await;
     if verdict.status == DeploymentStatus::Succeeded {
         return Ok(verdict);
     }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Authorized, Page};
-use crate::deploy::deployment::{Deployer, StartError};
+use crate::deploy::deployment::{AbortError, Deployer, StartError};
 
 pub async fn list_apps(_: Authorized, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(
@@ -40,10 +40,17 @@ pub async fn list_releases(
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     to: Option<i64>,
+    /// Every host at once from its kept container: no batches, no bake.
+    #[serde(default)]
+    now: bool,
+    /// Only these hosts (e.g. leaving out one that is down); absent: all of the release's.
+    hosts: Option<Vec<String>>,
 }
 
-/// `POST /api/v1/apps/{app}/rollback` `{"to": RELEASE}` (optional): a deployment back to an
-/// earlier release with the settings it was deployed with. 202 `{"deployment": ID}` once the
+/// `POST /api/v1/apps/{app}/rollback` `{"to": RELEASE, "now": false, "hosts": [...]}` (each
+/// optional): a deployment back to an earlier release with the settings it was deployed
+/// with; `now` starts every host at once, `hosts` limits it (an unknown name: 400 listing
+/// the app's hosts). 202 `{"deployment": ID}` once the
 /// lease is held and every host answered; the rest is a job the agent tracks (shutdown waits
 /// for it; a restart's recovery resolves it from the journal).
 ///
@@ -63,14 +70,22 @@ pub async fn rollback(
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("{e}; send {{\"to\": RELEASE}} or no body"),
+                format!(
+                    "{e}; send {{\"to\": RELEASE, \"now\": BOOL, \"hosts\": [HOST, …]}} (each optional) or no body"
+                ),
             )
         })?
     };
     let deployer = Deployer::new(s.store.clone(), s.config.clone(), s.queue.shutdown.clone());
-    let plan = crate::deploy::rollback_plan(&deployer, &s.queue.mirrors, &app, req.to, &auth.token)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+    let mut plan =
+        crate::deploy::rollback_plan(&deployer, &s.queue.mirrors, &app, req.to, &auth.token)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))?;
+    plan.now = req.now;
+    if let Some(hosts) = &req.hosts {
+        plan.only_hosts(hosts)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    }
     let started = deployer.start(plan).await.map_err(|e| match e {
         StartError::Busy { .. } | StartError::Refused(_) => {
             ApiError::new(StatusCode::CONFLICT, e.to_string())
@@ -94,6 +109,30 @@ pub async fn rollback(
         let _ = logger.await;
     });
     Ok((StatusCode::ACCEPTED, Json(json!({ "deployment": id }))))
+}
+
+/// `POST /api/v1/deployments/{id}/abort`: 202 once the deployment was told to stop; it
+/// reverts every touched host in the background (follow it with `GET /deployments/{id}`).
+/// 404 for an unknown deployment, 409 for one that has already ended.
+pub async fn abort_deployment(
+    auth: Authorized,
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::deploy::deployment::abort(&s.store, id, &auth.token)
+        .await
+        .map_err(|e| match e {
+            AbortError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            AbortError::Finished { .. } | AbortError::NotCarried(_) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            AbortError::Other(e) => ApiError::internal(e),
+        })?;
+    tracing::warn!(deployment = id, by = %auth.token, "deployment aborted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "deployment": id, "aborted_by": auth.token })),
+    ))
 }
 
 pub async fn get_deployment(

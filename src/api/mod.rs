@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{app}/hosts", get(apps::app_hosts))
         .route("/apps/{app}/deployments", get(apps::list_deployments))
         .route("/deployments/{id}", get(apps::get_deployment))
+        .route("/deployments/{id}/abort", post(apps::abort_deployment))
         .route("/hosts", get(apps::hosts))
         .route("/outbox", get(list_outbox));
     Router::new()

@@ -21,6 +21,7 @@
 //! was read back running A's digest. A restarted agent resolves a deployment it left running
 //! the same way, from the journal ([`Deployer::recover`]).
 
+mod abort;
 mod hooks;
 mod switch;
 
@@ -42,6 +43,7 @@ use crate::store::{
     NewDeployment, Release, Store,
 };
 
+pub use abort::{AbortError, abort};
 pub use switch::render_container;
 
 /// How long a lease lives without renewal; renewed every third of it.
@@ -60,6 +62,50 @@ pub struct Plan {
     pub hooks_dir: Option<PathBuf>,
     /// Placeholder values (commit, branch, …); `host` and `release` are set per host here.
     pub vars: Vars,
+    /// Every host at once, each from its kept `NAME-r<B>` container where it has one (B
+    /// afresh by digest where it was pruned): one health pass per host, no batches, no bake.
+    pub now: bool,
+    /// Only these of the spec's hosts (a rollback that leaves out a host that is down); None:
+    /// all. `${hosts.*}` still renders over the spec's whole list.
+    pub hosts: Option<Vec<String>>,
+}
+
+impl Plan {
+    /// Limit the plan to `hosts`, each one the spec names; an error names the ones it does not.
+    pub fn only_hosts(&mut self, hosts: &[String]) -> anyhow::Result<()> {
+        let all = &self.spec.hosts;
+        let unknown: Vec<&str> = hosts
+            .iter()
+            .filter(|h| !all.contains(h))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "app {} has no host {}; release {} runs on {}",
+                self.to.app,
+                unknown.join(", "),
+                self.to.number,
+                all.join(", ")
+            );
+        }
+        if hosts.is_empty() {
+            bail!(
+                "no host named; name one or more of {}, or leave `hosts` out for all",
+                all.join(", ")
+            );
+        }
+        self.hosts = Some(hosts.to_vec());
+        Ok(())
+    }
+
+    /// Hosts switched at once: every host for `now`, else `rollout.max_parallel`.
+    fn per_batch(&self, hosts: usize) -> usize {
+        if self.now {
+            hosts.max(1)
+        } else {
+            self.spec.rollout.max_parallel.max(1) as usize
+        }
+    }
 }
 
 /// Everything the engine needs besides the plan.
@@ -106,11 +152,19 @@ pub struct Started {
     /// Old containers being drained and stopped off the critical path, one task per host
     /// switched; the deployment ends (and a revert starts) only once they are done.
     stops: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The deployment's abort switch, held while this agent carries it; None for one a
+    /// restart's recovery resolves (that only reverts or verifies, and is not aborted).
+    carried: Option<abort::Carried>,
 }
 
 impl Started {
     pub fn id(&self) -> i64 {
         self.lease.deployment
+    }
+
+    /// Who aborted the deployment, once someone did.
+    fn aborted_by(&self) -> Option<String> {
+        self.carried.as_ref().and_then(|c| c.abort.by())
     }
 
     /// After `drain`, stop the old containers `names` on host `h` (renamed to their kept names
@@ -244,7 +298,7 @@ impl Deployer {
         for owned in futures_util::future::join_all(owners).await {
             owned.map_err(refused)?;
         }
-        let per_batch = plan.spec.rollout.max_parallel.max(1) as usize;
+        let per_batch = plan.per_batch(hosts.len());
         let batches = hosts
             .iter()
             .enumerate()
@@ -274,6 +328,7 @@ impl Deployer {
                 app,
                 deployment: held.deployment,
             })?;
+        let carried = Some(abort::Carried::new(&self.store, lease.deployment));
         Ok(Started {
             lease,
             plan,
@@ -283,6 +338,7 @@ impl Deployer {
             secrets,
             masker: self.masker(),
             stops: Default::default(),
+            carried,
         })
     }
 
@@ -318,7 +374,8 @@ impl Deployer {
         Ok(())
     }
 
-    /// The plan's hosts, each configured and allowed for the repository.
+    /// The plan's hosts (the spec's, or the ones it is limited to), each configured and
+    /// allowed for the repository.
     fn allowed_hosts(&self, plan: &Plan) -> anyhow::Result<Vec<String>> {
         let repo = self.config.repo(&plan.to.repo);
         for h in &plan.spec.hosts {
@@ -332,7 +389,16 @@ impl Deployer {
                 );
             }
         }
-        Ok(plan.spec.hosts.clone())
+        Ok(match &plan.hosts {
+            Some(only) => plan
+                .spec
+                .hosts
+                .iter()
+                .filter(|h| only.contains(h))
+                .cloned()
+                .collect(),
+            None => plan.spec.hosts.clone(),
+        })
     }
 
     /// Connect every host in parallel and read the release each serves as `name`.
@@ -369,10 +435,32 @@ impl Deployer {
         Ok((engines, before))
     }
 
+    /// [`Deployer::run`], aborting the deployment if `cancel` fires first: the run whose
+    /// deploy step this is was cancelled.
+    pub async fn run_for(&self, s: Started, log: &LogSink, cancel: &CancellationToken) -> Verdict {
+        let link = s.carried.as_ref().map(|c| {
+            let (abort, cancel) = (c.abort.clone(), cancel.clone());
+            let by = format!("{} (the run was cancelled)", s.plan.requested_by);
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                abort.abort(&by);
+            })
+        });
+        let verdict = self.run(s, log).await;
+        if let Some(l) = link {
+            l.abort();
+        }
+        verdict
+    }
+
     /// Carry a started deployment to its verdict, logging progress to `log`.
     pub async fn run(&self, s: Started, log: &LogSink) -> Verdict {
-        // Renew the lease while we act; losing it stops us (a stale holder must not act).
-        let lost = CancellationToken::new();
+        // Renew the lease while we act; losing it stops us (a stale holder must not act). An
+        // abort stops us the same way: the token every wait selects on is the abort's child.
+        let lost = match &s.carried {
+            Some(c) => c.abort.token().child_token(),
+            None => CancellationToken::new(),
+        };
         let renewer = tokio::spawn(renew_lease(
             self.store.clone(),
             s.lease.clone(),
@@ -405,6 +493,11 @@ impl Deployer {
             Ok(()) => return self.succeeded(s, say).await,
             Err(f) => f,
         };
+        if !self.shutdown.is_cancelled()
+            && let Some(by) = s.aborted_by()
+        {
+            return self.aborted(s, &by, say).await;
+        }
         say(format!(
             "deployment {d}: failed{}: {reason}",
             host.as_deref()
@@ -440,6 +533,39 @@ impl Deployer {
                 let why = format!("{reason}; and the rollback failed too: {e:#}");
                 say(format!("deployment {d}: {why}"));
                 self.finish(s, DeploymentStatus::Failed, Some(why), host)
+                    .await
+            }
+        }
+    }
+
+    /// Someone aborted the deployment: every touched host goes back on what it ran before,
+    /// verified by read-back, whatever `auto_rollback` says.
+    async fn aborted(&self, s: &Started, by: &str, say: &impl Fn(String)) -> Verdict {
+        let d = s.id();
+        say(format!(
+            "deployment {d}: aborted by {by}; reverting every touched host"
+        ));
+        let reason = format!("aborted by {by}");
+        // When the forward path stopped: what the abort's promptness is measured against.
+        if let Err(e) = self
+            .store
+            .deployment_event(s.lease.clone(), "aborted".into(), Some(format!("by {by}")))
+            .await
+        {
+            tracing::error!("cannot journal the abort of deployment {d}: {e:#}");
+        }
+        match self.revert(s, say).await {
+            Ok(()) => {
+                say(format!(
+                    "deployment {d}: aborted; every touched host verified on its previous release"
+                ));
+                self.finish(s, DeploymentStatus::Aborted, Some(reason), None)
+                    .await
+            }
+            Err(e) => {
+                let why = format!("{reason}; and the revert failed: {e:#}");
+                say(format!("deployment {d}: {why}"));
+                self.finish(s, DeploymentStatus::Failed, Some(why), None)
                     .await
             }
         }
@@ -499,8 +625,8 @@ impl Deployer {
         say: &impl Fn(String),
         lost: &CancellationToken,
     ) -> Result<(), Failure> {
-        self.pull_all(s, say).await?;
-        let per_batch = s.plan.spec.rollout.max_parallel.max(1) as usize;
+        self.pull_all(s, say, lost).await?;
+        let per_batch = s.plan.per_batch(s.hosts.len());
         for batch in s.hosts.chunks(per_batch) {
             let switches = batch.iter().map(|h| self.switch_host(s, h, say, lost));
             for r in futures_util::future::join_all(switches).await {
@@ -540,7 +666,7 @@ impl Deployer {
         lost: &CancellationToken,
     ) -> Result<(), Failure> {
         let bake = s.plan.spec.rollout.bake;
-        if bake.is_zero() {
+        if bake.is_zero() || s.plan.now {
             return Ok(());
         }
         let shown = humantime::format_duration(bake);
@@ -734,6 +860,8 @@ impl Deployer {
                 run: d.run,
                 requested_by: d.requested_by.clone(),
                 hooks_dir: None,
+                now: false,
+                hosts: None,
             },
             hosts: hosts.iter().map(|h| h.host.clone()).collect(),
             before: hosts
@@ -742,6 +870,7 @@ impl Deployer {
                 .collect(),
             engines,
             stops: Default::default(),
+            carried: None,
         };
         Ok((started, hosts))
     }
@@ -851,4 +980,77 @@ async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: 
 /// "release 4", or "none" when the host ran nothing of the app.
 fn release_text(release: Option<i64>) -> String {
     release.map_or("none".into(), |r| r.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Action, parse};
+
+    /// A rollback plan of release 2 of `web`, whose deploy step names h1, h2, h3 in batches of one.
+    fn plan() -> Plan {
+        let p = parse(
+            "app: web\nsteps:\n  - name: build\n    build:\n      repository: 10.0.0.1:5000/web\n\
+             \x20 - name: ship\n    deploy:\n      image: build\n      hosts: [h1, h2, h3]\n      \
+             container:\n        name: web\n      health: { docker: true }\n      rollout: { max_parallel: 1, bake: 5s }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let spec = p
+            .steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::Deploy(d) => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+        Plan {
+            to: Release {
+                app: "web".into(),
+                number: 2,
+                repo: "acme/web".into(),
+                commit: "c".into(),
+                run: 1,
+                step: "build".into(),
+                repository: "10.0.0.1:5000/web".into(),
+                manifest_digest: "sha256:0".into(),
+                config_digest: "sha256:1".into(),
+                tags: vec![],
+                deploy: Some(spec.clone()),
+                created_at: String::new(),
+            },
+            spec,
+            kind: DeploymentKind::Rollback,
+            run: None,
+            requested_by: "e2e".into(),
+            hooks_dir: None,
+            vars: Vars::default(),
+            now: false,
+            hosts: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_limited_to_hosts_names_the_unknown_ones_and_now_is_one_batch() {
+        let mut p = plan();
+        assert_eq!(p.per_batch(3), 1);
+        p.now = true;
+        assert_eq!(p.per_batch(3), 3);
+
+        let err = p
+            .only_hosts(&["h1".into(), "h9".into(), "h8".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "app web has no host h9, h8; release 2 runs on h1, h2, h3"
+        );
+        assert_eq!(p.hosts, None);
+        let err = p.only_hosts(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("no host named"), "{err}");
+
+        p.only_hosts(&["h3".into(), "h1".into()]).unwrap();
+        assert_eq!(p.hosts, Some(vec!["h3".to_string(), "h1".to_string()]));
+        // ${hosts.*} still renders over the step's whole list.
+        assert_eq!(p.spec.hosts, ["h1", "h2", "h3"]);
+    }
 }

@@ -68,6 +68,8 @@ pub async fn rollback_plan(
         run: None,
         requested_by: who.to_string(),
         hooks_dir,
+        now: false,
+        hosts: None,
     })
 }
 

@@ -32,6 +32,9 @@ super::text_enum! {
         Succeeded = "succeeded",
         /// Something failed and every touched host was verified back on A.
         RolledBack = "rolled_back",
+        /// A person (or the cancelled run) stopped it, and every touched host was verified
+        /// back on A; the reason names who.
+        Aborted = "aborted",
         /// Something failed and the hosts could not all be verified on one release: a person must look.
         Failed = "failed",
     }

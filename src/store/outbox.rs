@@ -438,7 +438,9 @@ pub(super) fn deployment_finished(
     };
     let event = match status {
         DeploymentStatus::Succeeded => Event::DeploymentSucceeded,
-        DeploymentStatus::RolledBack => Event::DeploymentRolledBack,
+        // An abort reverts every touched host and reads it back, like an automatic rollback;
+        // its reason says who aborted.
+        DeploymentStatus::RolledBack | DeploymentStatus::Aborted => Event::DeploymentRolledBack,
         DeploymentStatus::Failed => Event::DeploymentFailed,
         DeploymentStatus::Running => return Ok(()),
     };

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod nginx;
 
 /// The build engine's URL, checked; benches/runs.rs includes this module and uses the name.
 #[allow(unused_imports)]

@@ -30,15 +30,24 @@ use crate::store::{HostState, HostUpdate, Release};
 
 impl Deployer {
     /// Pull B by digest on every host, in parallel, before anything is stopped; journal each
-    /// pull in host order.
-    pub(super) async fn pull_all(&self, s: &Started, say: &impl Fn(String)) -> Result<(), Failure> {
+    /// pull in host order. `lost` (an abort, a lost lease) stops the pulls where they are:
+    /// nothing that serves was touched yet.
+    pub(super) async fn pull_all(
+        &self,
+        s: &Started,
+        say: &impl Fn(String),
+        lost: &CancellationToken,
+    ) -> Result<(), Failure> {
         let b = &s.plan.to;
         let hosts = s
             .hosts
             .iter()
             .map(|h| OnHost::new(self, s, h))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let pulls = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)).await;
+        let pulls = tokio::select! {
+            p = futures_util::future::join_all(hosts.iter().map(OnHost::pull_b)) => p,
+            _ = lost.cancelled() => return Err(Failure::general("stopped while pulling")),
+        };
         for (on, pulled) in hosts.iter().zip(pulls) {
             let h = on.host;
             let id = pulled.map_err(|e| {
@@ -95,8 +104,12 @@ impl Deployer {
         let container = render_container(&spec.container, &vars).map_err(fail)?;
         let overlap = spec.container.ports_allow_overlap();
         let old = on.keep_a(overlap).await.map_err(fail)?;
-        let names = on.start_b(&container).await.map_err(fail)?;
-        let detail = format!("{} as {}", b.image(), on.describe(&names).await);
+        let (names, how) = if s.plan.now {
+            on.start_kept_b(&container).await.map_err(fail)?
+        } else {
+            (on.start_b(&container).await.map_err(fail)?, "")
+        };
+        let detail = format!("{}{how} as {}", b.image(), on.describe(&names).await);
         on.journal(HostState::Started, detail, HostUpdate::default())
             .await?;
         let report = on
@@ -195,7 +208,8 @@ impl Deployer {
             .config
             .secret_values(&a.repo, &a_spec.container.secrets, &what)?;
         let names = on.restore_a(&a, a_spec, &vars, &secrets).await?;
-        on.healthy(&names, &a_spec.health, &CancellationToken::new())
+        let health = on
+            .healthy(&names, &a_spec.health, &CancellationToken::new())
             .await
             .map_err(|why| anyhow!("release {} is not healthy again: {why}", a.number))?;
         if let Some(argv) = &hooks.after_host {
@@ -214,7 +228,14 @@ impl Deployer {
             read_back: Some(got.clone()),
             ..Default::default()
         };
-        let detail = format!("runs release {} ({got})", a.number);
+        // The revert's own health time, to the millisecond: what an abort's revert is held to.
+        let took = std::time::Duration::from_millis(health.took.as_millis() as u64);
+        let detail = format!(
+            "runs release {} ({got}); healthy in {}, {} checks",
+            a.number,
+            humantime::format_duration(took),
+            health.checks
+        );
         on.journal(HostState::Reverted, detail, read_back).await?;
         say(format!(
             "  {h}: back on release {} and verified ({got})",
@@ -354,6 +375,40 @@ impl<'a> OnHost<'a> {
                 .with_context(|| format!("cannot start release {} as {name}", b.number))?;
         }
         Ok(names)
+    }
+
+    /// (+) For an instant rollback: start B from its kept containers `NAME[-<i>]-r<B>` (made
+    /// when B last served here, with the settings it ran with), B afresh by digest for a
+    /// replica whose kept container was pruned or holds a secret's earlier value. Returns the
+    /// names and, for the journal, where B came from.
+    async fn start_kept_b(
+        &self,
+        container: &ContainerSpec,
+    ) -> anyhow::Result<(Vec<String>, &'static str)> {
+        let b = &self.s.plan.to;
+        let names = host::replica_names(self.name, container.replicas);
+        let mut fresh = 0;
+        for name in &names {
+            let kept = host::kept_name(name, b.number);
+            if !host::env_has(self.docker, &kept, &self.s.secrets).await? {
+                host::remove(self.docker, &kept, self.app).await?;
+            }
+            if host::restore_kept(self.docker, name, self.app, b.number).await? {
+                continue;
+            }
+            fresh += 1;
+            let mut one = container.clone();
+            one.name = name.clone();
+            self.start(b, &one, &self.s.secrets)
+                .await
+                .with_context(|| format!("cannot start release {} as {name}", b.number))?;
+        }
+        let how = match fresh {
+            0 => " (its kept container)",
+            n if n == names.len() => " (afresh: no kept container)",
+            _ => " (kept containers, some afresh)",
+        };
+        Ok((names, how))
     }
 
     /// (−) Take away whatever serves that is not A running (B, a half-started B): with
