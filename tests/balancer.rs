@@ -1,20 +1,20 @@
 //! No gap on any host (issue 10): engine-picked ports, replicas, start-before-stop, and an nginx
 //! hoist keeps in step. Real binary, build engine, registry and hosts; each test runs an nginx
-//! of its own on the agent's machine (a free loopback port, its own directory) whose
-//! `include` is the file hoist owns, and a bounded load client against it that counts every
-//! failed request and every retry nginx made (from its access log): both must be 0.
+//! of its own, on the agent's machine (a free loopback port, its own directory) or in a
+//! container on a lab host (`lab/nginx:1`, a published port; hoist writes through the
+//! engine's archive API and tests and reloads by exec), whose `include` is the file hoist
+//! owns, and a bounded load client against it that counts every failed request and every
+//! retry nginx made (from its access log): both must be 0.
 //!
 //! Every test uses its own app, container name, registry repository and nginx, so that they
 //! run beside each other and beside other test binaries on the same lab hosts.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::lab::{self, address, docker_lenient, free_port};
+use common::lab::{self, address, docker_lenient};
+use common::nginx::{Load, Nginx, Place};
 use common::{Agent, GitRepo, api, api_post, push_github, run_log, token_toml, wait_for};
 use serde_json::{Value, json};
 
@@ -44,176 +44,21 @@ wait "$pid"
 const DOCKERFILE: &str =
     "FROM lab/busybox:1\nARG V=1\nENV V=$V\nCOPY . /app\nCMD [\"/app/start.sh\"]\n";
 
-/// An nginx of the test's own, on the agent's machine: `include`s `conf.d/*.conf`, where
-/// hoist's file is `conf.d/hoist.conf`; logs every request's upstream attempts.
-struct Nginx {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(dir: &Path, upstream: &str) -> Nginx {
-        let dir = dir.join("nginx");
-        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let port = free_port();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\n\
-             http {{\n  log_format up '$status \"$upstream_addr\" \"$upstream_status\"';\n  access_log {d}/access.log up;\n\
-             client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
-             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  include {d}/conf.d/*.conf;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location = /nginx-health {{ return 200 \"ok\\n\"; }}\n\
-             location / {{\n      proxy_pass http://{upstream};\n      proxy_next_upstream error timeout http_502 http_503;\n\
-             proxy_connect_timeout 1s;\n      proxy_read_timeout 5s;\n    }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        // nginx refuses a proxy_pass to an upstream that does not exist: until hoist writes
-        // its file, one server that is down.
-        std::fs::write(
-            dir.join("conf.d/hoist.conf"),
-            format!("upstream {upstream} {{ server 127.0.0.1:9 down; }}\n"),
-        )
-        .unwrap();
-        let n = Nginx { dir, port };
-        let out = std::process::Command::new("nginx")
-            .args(["-c", &n.conf()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "nginx: {out:?}");
-        n
-    }
-
-    fn conf(&self) -> String {
-        self.dir.join("nginx.conf").display().to_string()
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The file hoist owns.
-    fn hoist_file(&self) -> PathBuf {
-        self.dir.join("conf.d/hoist.conf")
-    }
-
-    /// `[balancer.NAME]` for the agent's config.
-    fn toml(&self, name: &str, reload: Option<Vec<String>>) -> String {
-        let reload = reload.unwrap_or_else(|| {
-            vec![
-                "nginx".into(),
-                "-s".into(),
-                "reload".into(),
-                "-c".into(),
-                self.conf(),
-            ]
-        });
-        format!(
-            "[balancer.{name}]\nkind = \"nginx\"\nconfig = {:?}\ntest = [\"nginx\", \"-t\", \"-q\", \"-c\", {:?}]\nreload = {reload:?}\nurl = {:?}\n",
-            self.hoist_file().display().to_string(),
-            self.conf(),
-            self.url()
-        )
-    }
-
-    /// Requests nginx retried on another upstream (its access log lists two or more
-    /// addresses), since the log was last truncated.
-    fn retries(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(", ") || l.contains(" : "))
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn truncate_log(&self) {
-        let _ = std::fs::write(self.dir.join("access.log"), "");
-        let _ = std::process::Command::new("nginx")
-            .args(["-s", "reopen", "-c", &self.conf()])
-            .output();
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("nginx")
-            .args(["-s", "stop", "-c", &self.conf()])
-            .output();
-    }
-}
-
-/// A bounded load client: GET `/` through nginx, each request on a fresh connection, one
-/// after another, until stopped (at most `MAX` requests or 10 minutes). Counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
-    ok: Arc<AtomicU64>,
-}
-
-const MAX: u64 = 200_000;
-
-impl Load {
-    fn start(url: String) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let (s, o) = (stop.clone(), ok.clone());
-        let task = tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
-            let end = Instant::now() + Duration::from_secs(600);
-            let mut failures = Vec::new();
-            let mut n = 0;
-            while !s.load(Ordering::Relaxed) && n < MAX && Instant::now() < end {
-                n += 1;
-                match client.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        o.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failures.push(format!("status {}", r.status())),
-                    Err(e) => failures.push(format!("{e}")),
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (n, failures)
-        });
-        Load { stop, task, ok }
-    }
-
-    /// Stop; the requests made and the failures seen.
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
-    }
-
-    async fn wait_some(&self) {
-        let ok = self.ok.clone();
-        common::wait_until("the load client's first answers", 30, || {
-            let ok = ok.clone();
-            async move {
-                let n = ok.load(Ordering::Relaxed);
-                if n >= 5 {
-                    Ok(())
-                } else {
-                    Err(format!("{n} answers"))
-                }
-            }
-        })
-        .await;
-    }
-}
-
 /// Remove every container of `name` (serving and kept) from every lab host.
 struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for h in lab::HOSTS {
-            let ids = docker_lenient(h, &["ps", "-aq", "--filter", &format!("name={}", self.0)]);
+        for h in lab::ALL_HOSTS {
+            let ids = docker_lenient(
+                h,
+                &[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=hoist.app={}", self.0),
+                ],
+            );
             for id in ids.split_whitespace() {
                 docker_lenient(h, &["rm", "-f", id]);
             }
@@ -245,6 +90,17 @@ fn pipeline(app: &str, hosts: &[&str], replicas: u32, extra_container: &str) -> 
 
 impl Setup {
     fn new(prefix: &str, hosts: &[&str], replicas: u32, extra_container: &str) -> Setup {
+        Setup::with_nginx(prefix, hosts, replicas, extra_container, None)
+    }
+
+    /// With `nginx_on`, the test's nginx runs in a container on that lab host.
+    fn with_nginx(
+        prefix: &str,
+        hosts: &[&str],
+        replicas: u32,
+        extra_container: &str,
+        nginx_on: Option<&'static str>,
+    ) -> Setup {
         let app = unique(prefix);
         let dir = tempfile::tempdir().unwrap();
         let repo_dir = dir.path().join("repo");
@@ -263,7 +119,12 @@ impl Setup {
             .arg(&start)
             .status()
             .unwrap();
-        let nginx = Nginx::start(dir.path(), &app);
+        let nginx = match nginx_on {
+            None => Nginx::start(dir.path(), &app),
+            Some(host) => {
+                Nginx::start_in_container(dir.path(), host, &format!("{app}-nginx"), &app)
+            }
+        };
         Setup {
             _clean: Cleanup(app.clone()),
             app,
@@ -284,9 +145,9 @@ impl Setup {
             token_toml(),
             self.app,
             self.repo.bare,
-            lab::HOSTS,
+            lab::ALL_HOSTS,
         );
-        for h in lab::HOSTS {
+        for h in lab::ALL_HOSTS {
             c.push_str(&format!(
                 "[host.{h}]\ndocker = {:?}\naddress = {:?}\n",
                 lab::socket(h),
@@ -341,7 +202,7 @@ impl Setup {
     /// The file lists exactly the app's running serving containers, by the host ports the
     /// engines report; returns the `ADDR:PORT`s.
     fn assert_file_matches_engines(&self, hosts: &[&str]) -> Vec<String> {
-        let text = std::fs::read_to_string(self.nginx.hoist_file()).unwrap();
+        let text = self.nginx.hoist_text();
         let mut listed: Vec<String> = text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("server "))
@@ -513,16 +374,17 @@ async fn three_hosts_one_replica_each_switch_with_no_gap() {
     three_switches(&s, &lab::HOSTS, 1).await;
 }
 
-/// Scaling by a push: replicas 2 → 3 and a host added to the deploy step; nginx gains them
-/// with no edit by hand.
+/// Scaling by a push: replicas 2 → 3 and a fourth host added to the deploy step; nginx gains
+/// them with no edit by hand.
 #[tokio::test(flavor = "multi_thread")]
-async fn more_replicas_and_a_new_host_join_the_balancer() {
-    let s = Setup::new("balscale", &["h1", "h2"], 2, "");
+async fn more_replicas_and_a_fourth_host_join_the_balancer() {
+    lab::check_host("h4");
+    let s = Setup::new("balscale", &lab::HOSTS, 2, "");
     let agent = s.agent();
     let (r, _) = s.push(&agent, "v1", &[]).await;
     assert_eq!(r["status"], "success", "{r:#}");
-    assert_eq!(s.assert_file_matches_engines(&["h1", "h2"]).len(), 4);
-    let grown = pipeline(&s.app, &["h1", "h2", "h3"], 3, "");
+    assert_eq!(s.assert_file_matches_engines(&lab::HOSTS).len(), 6);
+    let grown = pipeline(&s.app, &lab::ALL_HOSTS, 3, "");
     s.nginx.truncate_log();
     let load = Load::start(s.nginx.url());
     load.wait_some().await;
@@ -530,7 +392,23 @@ async fn more_replicas_and_a_new_host_join_the_balancer() {
     assert_eq!(r["status"], "success", "{r:#}");
     assert_no_gap(load.finish().await, s.nginx.retries(), "scale-out");
     assert_eq!(s.serves().await, c2);
-    assert_eq!(s.assert_file_matches_engines(&lab::HOSTS).len(), 9);
+    assert_eq!(s.assert_file_matches_engines(&lab::ALL_HOSTS).len(), 12);
+}
+
+/// nginx in a container on a lab host (`[balancer.NAME] host, container`): hoist writes its
+/// file through the engine's archive API, tests and reloads it by exec; a rollout, an
+/// automatic and a manual rollback through it lose no request, and the file in the container
+/// always lists exactly what runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_in_a_container_on_a_host_is_kept_in_step() {
+    lab::check_host("h4");
+    let s = Setup::with_nginx("balctr", &["h2", "h3"], 1, "", Some("h4"));
+    three_switches(&s, &["h2", "h3"], 1).await;
+    // The container's nginx accepts the file hoist left (its own test, by exec).
+    let Place::Container { host, name } = &s.nginx.place else {
+        unreachable!()
+    };
+    lab::docker(host, &["exec", name, "nginx", "-t", "-q"]);
 }
 
 /// An app that ignores SIGTERM takes its whole 10 s stop timeout to stop; the rollout's time
@@ -585,9 +463,9 @@ async fn a_failing_test_keeps_the_previous_file_and_rolls_back() {
     let agent = s.agent();
     let (r, c1) = s.push(&agent, "v1", &[]).await;
     assert_eq!(r["status"], "success", "{r:#}");
-    let before = std::fs::read_to_string(s.nginx.hoist_file()).unwrap();
+    let before = s.nginx.hoist_text();
     std::fs::write(
-        s.nginx.dir.join("conf.d/broken.conf"),
+        s.nginx.dir().join("conf.d/broken.conf"),
         "this is not nginx;\n",
     )
     .unwrap();
@@ -602,10 +480,7 @@ async fn a_failing_test_keeps_the_previous_file_and_rolls_back() {
             .contains("refused the new file"),
         "{d:#}"
     );
-    assert_eq!(
-        std::fs::read_to_string(s.nginx.hoist_file()).unwrap(),
-        before
-    );
+    assert_eq!(s.nginx.hoist_text(), before);
     assert_eq!(s.serves().await, c1);
     s.assert_file_matches_engines(&["h3"]);
 }
@@ -635,7 +510,7 @@ async fn a_kill_between_write_and_reload_is_made_true_at_restart() {
         async move { if m.exists() { Ok(()) } else { Err("not yet") } }
     })
     .await;
-    let written = std::fs::read_to_string(s.nginx.hoist_file()).unwrap();
+    let written = s.nginx.hoist_text();
     agent.kill9();
     drop(agent);
     std::fs::write(s.dir.path().join("hoist.toml"), s.config(None)).unwrap();
@@ -643,7 +518,7 @@ async fn a_kill_between_write_and_reload_is_made_true_at_restart() {
     let d = latest_deployment(&agent, &s.app).await;
     assert_ne!(d["status"], "running", "{d:#}");
     s.assert_file_matches_engines(&["h1"]);
-    let now = std::fs::read_to_string(s.nginx.hoist_file()).unwrap();
+    let now = s.nginx.hoist_text();
     // Resolved either way from the journal (B had been verified: succeeded; else rolled
     // back); nginx serves what the file says, and no old container is left running.
     let want = if d["status"] == "succeeded" {

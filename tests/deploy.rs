@@ -1,7 +1,11 @@
 //! End-to-end deployments on the lab: three hosts (network namespaces with their own dockerd)
 //! behind nginx, the real registry, the real build engine, the real binary.
 //!
-//! The tests share the hosts' port 8080 and nginx, so they take turns (`HOSTS` lock).
+//! The demo app's pipeline publishes on ports the engines pick and names a balancer: each test
+//! runs an nginx of its own that hoist keeps in step (`[balancer.e2e]`). One test keeps the
+//! other way, fixed ports and the nginx drain hooks on the lab's nginx, since hooks stay the way
+//! to drive other balancers. The tests share the app name `web` and the hosts' port 8080, so
+//! they take turns (`HOSTS` lock).
 
 mod common;
 
@@ -11,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::lab::{self, HOSTS as HOST_NAMES, NGINX, address, docker_lenient};
+use common::lab::{self, HOSTS as HOST_NAMES, address, docker_lenient};
+use common::nginx::Nginx;
 use common::{
     Agent, GitRepo, api, api_post, hoist_client, push_github, run_log, token_toml, wait_for,
 };
@@ -29,9 +34,28 @@ fn clean_hosts() {
     }
 }
 
-/// The pipeline: the demo app's, with this checkout's drain hooks and its own repository.
+/// The pipeline: the demo app's (engine-picked ports, a balancer in front), with the test's own
+/// balancer `e2e` and its own repository.
 fn pipeline(extra_args: &str) -> String {
+    demo_pipeline(extra_args).replace("        name: lab\n", "        name: e2e\n")
+}
+
+/// The demo app's pipeline as the teams hoist replaces drove other balancers: fixed ports, and
+/// this checkout's nginx drain hooks (on the lab's nginx) instead of `balancer:`.
+fn pipeline_with_hooks(extra_args: &str) -> String {
     let hooks = concat!(env!("CARGO_MANIFEST_DIR"), "/agent/hooks");
+    let text = demo_pipeline(extra_args).replace("ports: [\"8080\"]", "ports: [\"8080:8080\"]");
+    let balancer = text
+        .find("      balancer:")
+        .expect("the demo app's deploy step ends with `balancer:`");
+    format!(
+        "{}      hooks:\n        before_host: [\"{hooks}/nginx-drain\"]\n        after_host: [\"{hooks}/nginx-undrain\"]\n",
+        &text[..balancer]
+    )
+}
+
+/// examples/demo-app/.hoist.yml with the test's registry repository and build args.
+fn demo_pipeline(extra_args: &str) -> String {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/demo-app/.hoist.yml"
@@ -41,7 +65,6 @@ fn pipeline(extra_args: &str) -> String {
         &format!("{}/acme/web", lab::REGISTRY),
         &format!("{}/hoist-e2e/web", lab::REGISTRY),
     )
-    .replace("/usr/local/lib/hoist/hooks", hooks)
     .replace(
         "args: { VERSION: \"${commit_short}\" }",
         &format!("args: {{ VERSION: \"${{commit_short}}\"{extra_args} }}"),
@@ -71,7 +94,19 @@ fn database_url(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-fn agent(dir: &Path, repo: &GitRepo) -> Agent {
+/// Where `page` of host `h`'s container `web` answers: the host port its engine published
+/// 8080 on (picked by the engine, or fixed), read with the docker CLI.
+fn host_url(h: &str, page: &str) -> String {
+    let published = docker_lenient(h, &["port", "web", "8080/tcp"]);
+    let port = published
+        .lines()
+        .find_map(|l| l.strip_prefix("0.0.0.0:"))
+        .unwrap_or_else(|| panic!("{h}: web publishes no 8080: {published:?}"));
+    format!("http://{}:{port}/{page}", address(h))
+}
+
+/// The agent, with the test's nginx as `[balancer.e2e]`.
+fn agent(dir: &Path, repo: &GitRepo, nginx: &Nginx) -> Agent {
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
          [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\nsecrets = [\"DATABASE_URL\"]\n\
@@ -91,16 +126,19 @@ fn agent(dir: &Path, repo: &GitRepo) -> Agent {
             address(h)
         ));
     }
+    config.push_str(&nginx.toml("e2e", None));
     Agent::launch(dir, &config)
 }
 
-/// Clean hosts, the demo app in a new repository, an agent, and its release 1 rolled out.
-async fn first_release(dir: &Path) -> (Agent, GitRepo, Value) {
+/// Clean hosts, the demo app in a new repository (with `pipeline`), its nginx, an agent, and
+/// its release 1 rolled out.
+async fn first_release(dir: &Path, pipeline: fn(&str) -> String) -> (Agent, GitRepo, Value, Nginx) {
     clean_hosts();
     let repo = app_repo(dir);
     std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
     let c1 = repo.commit("main", "v1", &[]);
-    let agent = agent(dir, &repo);
+    let nginx = Nginx::start(dir, "web");
+    let agent = agent(dir, &repo, &nginx);
     let run = run_end(&agent, push(&agent, &c1).await).await;
     assert_eq!(run["status"], "success", "{run:#}");
     // The demo app's DATABASE_URL came from [secrets]: each host serves its hash, and the
@@ -110,7 +148,7 @@ async fn first_release(dir: &Path) -> (Agent, GitRepo, Value) {
     ));
     let peers = HOST_NAMES.map(address).join(",");
     for h in HOST_NAMES {
-        let url = |page: &str| format!("http://{}:{}/{page}", address(h), lab::APP_PORT);
+        let url = |page: &str| host_url(h, page);
         let db = reqwest::get(url("db")).await.unwrap().text().await.unwrap();
         assert_eq!(db.trim(), want, "{h}");
         let seen = reqwest::get(url("peers"))
@@ -122,7 +160,7 @@ async fn first_release(dir: &Path) -> (Agent, GitRepo, Value) {
         assert_eq!(seen.trim(), peers, "{h}");
     }
     let rel1 = api(&agent, "/apps/web/releases").await[0].clone();
-    (agent, repo, rel1)
+    (agent, repo, rel1, nginx)
 }
 
 async fn push(agent: &Agent, commit: &str) -> i64 {
@@ -186,7 +224,7 @@ fn assert_hosts_on(release: &Value) {
     }
 }
 
-/// Load through nginx until stopped (bounded: at most 90 s and 200 000 requests).
+/// Load through nginx (`url`) until stopped (bounded: at most 90 s and 200 000 requests).
 ///
 /// It behaves like a browser: a new connection per request, and a GET whose connection was
 /// closed before any response arrived is sent once more (HTTP lets a client retry an
@@ -202,7 +240,8 @@ struct Load {
 }
 
 impl Load {
-    fn start() -> Load {
+    fn start(url: &str) -> Load {
+        let url = format!("{url}/version");
         let (stop, ok, failed, retried) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicU64::new(0)),
@@ -224,13 +263,13 @@ impl Load {
                 && n < 200_000
             {
                 n += 1;
-                let mut answer = client.get(format!("{NGINX}/version")).send().await;
+                let mut answer = client.get(&url).send().await;
                 if answer
                     .as_ref()
                     .is_err_and(|e| e.is_request() || e.is_connect())
                 {
                     r.fetch_add(1, Ordering::Relaxed);
-                    answer = client.get(format!("{NGINX}/version")).send().await;
+                    answer = client.get(&url).send().await;
                 }
                 match answer {
                     Ok(resp) if resp.status().is_success() => {
@@ -284,7 +323,8 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
     let repo = app_repo(dir.path());
     std::fs::write(repo.work.join(".hoist.yml"), pipeline("")).unwrap();
     let c1 = repo.commit("main", "v1", &[]);
-    let agent = agent(dir.path(), &repo);
+    let nginx = Nginx::start(dir.path(), "web");
+    let agent = agent(dir.path(), &repo, &nginx);
 
     // A good rollout: test → build → push → verify → three hosts, verified.
     let r1 = push(&agent, &c1).await;
@@ -317,7 +357,7 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
     assert_hosts_on(&rel1);
     // Distinct per-host values.
     for h in HOST_NAMES {
-        let node = reqwest::get(format!("http://{}:{}/node", address(h), lab::APP_PORT))
+        let node = reqwest::get(host_url(h, "node"))
             .await
             .unwrap()
             .text()
@@ -337,7 +377,7 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
     );
 
     // Release 2 rolls out under load through nginx: no failed request.
-    let load = Load::start();
+    let load = Load::start(&nginx.url());
     let c2 = repo.commit(
         "main",
         "v2",
@@ -360,7 +400,7 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
 
     // Release 3 fails its health check on h2: h1 and h2 go back to release 2, verified; h3 is
     // never touched. Under load, still no failed request.
-    let load = Load::start();
+    let load = Load::start(&nginx.url());
     std::fs::write(repo.work.join(".hoist.yml"), pipeline(", BROKEN_ON: h2")).unwrap();
     let c3 = repo.commit("main", "v3 broken on h2", &[]);
     let r3 = push(&agent, &c3).await;
@@ -445,7 +485,8 @@ async fn rolling_deploy_auto_rollback_manual_rollback_and_the_lock() {
 async fn a_container_that_exits_at_once_is_rolled_back_fast() {
     let _turn = HOSTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (agent, repo, rel1) = first_release(dir.path()).await;
+    // With fixed ports and the drain hooks (on the lab's nginx), as before the balancer.
+    let (agent, repo, rel1, _nginx) = first_release(dir.path(), pipeline_with_hooks).await;
 
     // The process does not stay in the foreground: the container exits at once.
     let dockerfile = std::fs::read_to_string(repo.work.join("Dockerfile"))
@@ -471,7 +512,7 @@ async fn a_container_that_exits_at_once_is_rolled_back_fast() {
 async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     let _turn = HOSTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut agent, repo, rel1) = first_release(dir.path()).await;
+    let (mut agent, repo, rel1, nginx) = first_release(dir.path(), pipeline).await;
 
     // h3's dockerd dies while h1 is being switched: h3 fails, h1 and h2 go back to release 1.
     let c2 = repo.commit("main", "v2", &[("www/index.html", "hoist demo app v2")]);
@@ -543,7 +584,7 @@ async fn a_host_lost_mid_rollout_and_an_agent_killed_mid_rollout() {
     )
     .await;
     agent.kill9();
-    let agent = self::agent(dir.path(), &repo);
+    let agent = self::agent(dir.path(), &repo, &nginx);
     let d = wait_for(
         &agent,
         &format!("/deployments/{}", d["id"]),

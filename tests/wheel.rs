@@ -593,7 +593,7 @@ async fn an_abort_behind_nginx_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let repo = GitRepo::new(dir.path());
     let nginx = Nginx::start(dir.path(), APP);
-    let agent = agent_with(dir.path(), &repo, &nginx.toml("edge"));
+    let agent = agent_with(dir.path(), &repo, &nginx.toml("edge", None));
     let rollout = Rollout {
         max_parallel: 1,
         bake: "0s",

@@ -784,6 +784,14 @@ fn convert_deploy(
 ) -> DeploySpec {
     let at = deploy.referenced;
     let raw = deploy.value;
+    // Where each fixed `HOST:CONTAINER` port was written, for the balancer's check below.
+    let fixed_ports: Vec<(Location, String)> = raw
+        .container
+        .iter()
+        .flat_map(|c| c.value.ports.iter())
+        .filter(|p| super::is_fixed_port(&p.value))
+        .map(|p| (p.referenced, p.value.clone()))
+        .collect();
     // Fields are evaluated in the order written, which is the order problems at `at` print in.
     let mut spec = DeploySpec {
         image: deploy_image_name(problems, raw.image, at, places),
@@ -809,6 +817,23 @@ fn convert_deploy(
         hooks: convert_hooks(problems, raw.hooks.unwrap_or_default()),
         balancer: None,
     };
+    if raw.balancer.is_some() {
+        // A balancer switches a host by starting the new release beside the old one; a fixed
+        // host port can be published by only one of them, so the old would have to stop first
+        // and the balancer would send to a port nobody listens on meanwhile.
+        for (loc, port) in &fixed_ports {
+            let container = port.rsplit(':').next().unwrap_or(port);
+            problems.at(
+                *loc,
+                format!(
+                    "port {port:?} is fixed, and a `balancer` needs the new release to start \
+                     beside the old one, which a fixed host port forbids; write only the \
+                     container port (like \"{container}\") and the engine picks a host port \
+                     that hoist tells the balancer"
+                ),
+            );
+        }
+    }
     spec.balancer = raw
         .balancer
         .map(|b| convert_balancer(problems, b, &spec.container));
@@ -2082,6 +2107,21 @@ mod tests {
             .hoist.yml:12:36: balancer port 9090 is not in `container.ports`; add "9090" there (the engine picks the host port, hoist tells the balancer)
             .hoist.yml:12:49: `check` "health" must be a path starting with /
             .hoist.yml:12:67: `upstream` "a b" is not an nginx upstream name: letters, digits, `_`, `-`, `.`"#,
+        );
+        let fixed = |ports: &str| {
+            with_deploy("      balancer: {name: edge, port: 8080}\n")
+                .replace("{name: web}", &format!("{{name: web, ports: {ports}}}"))
+        };
+        check(
+            &fixed(r#"["9090", "8080:8080", "127.0.0.1:9091:8080/tcp"]"#),
+            r#"
+            .hoist.yml:10:46: port "8080:8080" is fixed, and a `balancer` needs the new release to start beside the old one, which a fixed host port forbids; write only the container port (like "8080") and the engine picks a host port that hoist tells the balancer
+            .hoist.yml:10:59: port "127.0.0.1:9091:8080/tcp" is fixed, and a `balancer` needs the new release to start beside the old one, which a fixed host port forbids; write only the container port (like "8080/tcp") and the engine picks a host port that hoist tells the balancer"#,
+        );
+        // Without a balancer, fixed ports keep today's stop-then-start order.
+        check(
+            &with_deploy("").replace("{name: web}", "{name: web, ports: [\"8080:8080\"]}"),
+            "ok",
         );
         check(
             &balanced("{port: 8080, drain: soon}"),

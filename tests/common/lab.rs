@@ -15,8 +15,11 @@ use bollard::Docker;
 pub const DIR: &str = "/var/lib/hoist-lab";
 /// The namespace of the build engine (`LAB_BUILDER` is its socket).
 pub const BUILDER: &str = "hb";
-/// The hosts `scripts/lab up` makes by default (`LAB_HOSTS`).
+/// The hosts most tests deploy to. The lab has one more, h4 (see `ALL_HOSTS`).
 pub const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+/// The hosts `scripts/lab up` makes by default (`LAB_HOSTS`): `HOSTS` and h4, the host a deploy
+/// step gains in the balancer's scale-out test.
+pub const ALL_HOSTS: [&str; 4] = ["h1", "h2", "h3", "h4"];
 /// The registry, plain HTTP (`LAB_REGISTRY`).
 pub const REGISTRY: &str = "10.203.0.1:5000";
 /// The private registry, plain HTTP with htpasswd auth (`LAB_AUTH_REGISTRY`).
@@ -180,6 +183,19 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in 18000..18999 on 127.0.0.1");
+}
+
+/// Fails the test saying what to do unless lab host `engine` answers. A lab brought up with
+/// fewer hosts (an older `scripts/lab up` made 3) gains the missing ones by `scripts/lab up`.
+pub fn check_host(engine: &str) {
+    let url = engine_url(engine);
+    let answers = docker_command(&url, &["version", "--format", "{{.Server.Version}}"])
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        answers,
+        "lab host {engine} does not answer at {url}: run scripts/lab up (it makes {} hosts by default)",
+        ALL_HOSTS.len()
+    );
 }
 
 /// `scripts/lab up`: brings back what a test took down (a killed dockerd).

@@ -1,4 +1,4 @@
-//! Shared helpers for the end-to-end tests: the lab (`lab`), the real `hoist` binary started
+//! Shared helpers for the end-to-end tests: the lab (`lab`), a test's own nginx (`nginx`), the real `hoist` binary started
 //! with a config of our own, the one way to call its API (`api_request` and what is built on
 //! it) and its command line (`hoist`, `hoist_client`), bounded waits (`wait_until`,
 //! `wait_for`), signed deliveries like a forge's, and git repositories to push from.

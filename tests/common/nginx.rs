@@ -1,25 +1,54 @@
-//! An nginx of a test's own in front of the lab hosts, and a bounded load client through it.
-//! The nginx runs on the agent's machine (a free loopback port, its own directory) and
-//! `include`s the file a `[balancer.NAME]` of the agent owns; its access log lists every
-//! upstream attempt, so that a request nginx had to retry on another server is seen.
+//! A test's own nginx in front of an app: on the agent's machine (a free loopback port, its own
+//! directory) or in a container on a lab host (`lab/nginx:1`, a published port the engine
+//! picks). Either way its `include` takes `conf.d/*.conf`, where the file a hoist
+//! `[balancer.NAME]` owns is `conf.d/hoist.conf`, and its access log lists each request's
+//! upstream attempts, so that a test counts the requests nginx retried. [`Load`] is the bounded
+//! load client that counts the requests that failed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::lab::free_port;
+use super::lab::{self, address, docker_lenient, free_port};
 
-pub struct Nginx {
-    /// Its config, the file hoist owns (`conf.d/hoist.conf`), its pid and logs.
-    dir: PathBuf,
-    /// Where it listens on loopback.
-    port: u16,
+/// Where a test's nginx runs.
+pub enum Place {
+    /// On the agent's machine, with its files in `dir`.
+    Agent { dir: PathBuf },
+    /// In container `name` (from `lab/nginx:1`) on lab host `host`.
+    Container { host: &'static str, name: String },
 }
 
+/// An nginx of the test's own that `include`s `conf.d/*.conf`, where hoist's file is
+/// `conf.d/hoist.conf`; logs every request's upstream attempts.
+pub struct Nginx {
+    pub place: Place,
+    /// Where clients (and hoist's `check`) reach it.
+    pub url: String,
+}
+
+/// The `log_format` and `server` of a test's nginx, inside `http {}`.
+fn site(listen: &str, upstream: &str, access_log: &str) -> String {
+    format!(
+        "log_format up '$status \"$upstream_addr\" \"$upstream_status\"';\naccess_log {access_log} up;\n\
+         server {{\n    listen {listen};\n    location = /nginx-health {{ return 200 \"ok\\n\"; }}\n\
+         location / {{\n      proxy_pass http://{upstream};\n      proxy_next_upstream error timeout http_502 http_503;\n\
+         proxy_connect_timeout 1s;\n      proxy_read_timeout 5s;\n    }}\n}}\n"
+    )
+}
+
+/// nginx refuses a proxy_pass to an upstream that does not exist: until hoist writes its
+/// file, one server that is down.
+fn placeholder(upstream: &str) -> String {
+    format!("upstream {upstream} {{ server 127.0.0.1:9 down; }}\n")
+}
+
+/// Where hoist's file is in the container.
+pub const CONTAINER_FILE: &str = "/etc/nginx/conf.d/hoist.conf";
+pub const CONTAINER_LOG: &str = "/var/log/nginx/access.log";
+
 impl Nginx {
-    /// Start an nginx in `dir/nginx` that proxies `/` to `upstream` (whose servers the
-    /// balancer file lists).
     pub fn start(dir: &Path, upstream: &str) -> Nginx {
         let dir = dir.join("nginx");
         std::fs::create_dir_all(dir.join("conf.d")).unwrap();
@@ -28,22 +57,20 @@ impl Nginx {
         let d = dir.display();
         let conf = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\n\
-             http {{\n  log_format up '$status \"$upstream_addr\" \"$upstream_status\"';\n  access_log {d}/access.log up;\n\
-             client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
-             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  include {d}/conf.d/*.conf;\n\
-             server {{\n    listen 127.0.0.1:{port};\n\
-             location / {{\n      proxy_pass http://{upstream};\n      proxy_next_upstream error timeout http_502 http_503;\n\
-             proxy_connect_timeout 1s;\n      proxy_read_timeout 5s;\n    }}\n  }}\n}}\n"
+             http {{\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
+             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  include {d}/conf.d/*.conf;\n{}}}\n",
+            site(
+                &format!("127.0.0.1:{port}"),
+                upstream,
+                &format!("{d}/access.log")
+            )
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        // nginx refuses a proxy_pass to an upstream that does not exist: until hoist writes
-        // its file, one server that is down.
-        std::fs::write(
-            dir.join("conf.d/hoist.conf"),
-            format!("upstream {upstream} {{ server 127.0.0.1:9 down; }}\n"),
-        )
-        .unwrap();
-        let n = Nginx { dir, port };
+        std::fs::write(dir.join("conf.d/hoist.conf"), placeholder(upstream)).unwrap();
+        let n = Nginx {
+            place: Place::Agent { dir },
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let out = std::process::Command::new("nginx")
             .args(["-c", &n.conf()])
             .output()
@@ -52,42 +79,161 @@ impl Nginx {
         n
     }
 
-    fn conf(&self) -> String {
-        self.dir.join("nginx.conf").display().to_string()
+    /// nginx in container `name` on lab host `host`, its port 80 published on a port the
+    /// engine picks. The test puts its server and the placeholder in before nginx starts
+    /// (`docker cp`); from then on only hoist writes `conf.d/hoist.conf`.
+    pub fn start_in_container(dir: &Path, host: &'static str, name: &str, upstream: &str) -> Nginx {
+        let files = dir.join("nginx-files");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(files.join("site.conf"), site("80", upstream, CONTAINER_LOG)).unwrap();
+        std::fs::write(files.join("hoist.conf"), placeholder(upstream)).unwrap();
+        lab::docker(host, &["create", "--name", name, "-p", "80", "lab/nginx:1"]);
+        for f in ["site.conf", "hoist.conf"] {
+            let from = files.join(f).display().to_string();
+            lab::docker(
+                host,
+                &["cp", &from, &format!("{name}:/etc/nginx/conf.d/{f}")],
+            );
+        }
+        lab::docker(host, &["start", name]);
+        // "0.0.0.0:32768" (and the IPv6 line)
+        let published = lab::docker(host, &["port", name, "80/tcp"]);
+        let port = published
+            .lines()
+            .find_map(|l| l.strip_prefix("0.0.0.0:"))
+            .unwrap_or_else(|| panic!("no published port for {name}: {published:?}"))
+            .to_string();
+        Nginx {
+            place: Place::Container {
+                host,
+                name: name.to_string(),
+            },
+            url: format!("http://{}:{port}", address(host)),
+        }
+    }
+
+    /// Its directory, for nginx on the agent's machine.
+    pub fn dir(&self) -> &Path {
+        match &self.place {
+            Place::Agent { dir } => dir,
+            Place::Container { name, .. } => {
+                panic!("nginx {name} runs in a container: it has no directory on this machine")
+            }
+        }
+    }
+
+    /// The main config file, at its place.
+    pub fn conf(&self) -> String {
+        match &self.place {
+            Place::Agent { dir } => dir.join("nginx.conf").display().to_string(),
+            Place::Container { .. } => "/etc/nginx/nginx.conf".to_string(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
-    /// `[balancer.NAME]` for the agent's config: hoist owns `conf.d/hoist.conf`.
-    pub fn toml(&self, name: &str) -> String {
+    /// The file hoist owns, at its place.
+    pub fn hoist_file(&self) -> PathBuf {
+        match &self.place {
+            Place::Agent { dir } => dir.join("conf.d/hoist.conf"),
+            Place::Container { .. } => PathBuf::from(CONTAINER_FILE),
+        }
+    }
+
+    /// The text of the file hoist owns, read where nginx reads it.
+    pub fn hoist_text(&self) -> String {
+        match &self.place {
+            Place::Agent { .. } => std::fs::read_to_string(self.hoist_file()).unwrap(),
+            Place::Container { host, name } => {
+                lab::docker(host, &["exec", name, "cat", CONTAINER_FILE]) + "\n"
+            }
+        }
+    }
+
+    /// `[balancer.NAME]` for the agent's config.
+    pub fn toml(&self, name: &str, reload: Option<Vec<String>>) -> String {
+        let (test, default_reload, place) = match &self.place {
+            Place::Agent { .. } => (
+                vec![
+                    "nginx".into(),
+                    "-t".into(),
+                    "-q".into(),
+                    "-c".into(),
+                    self.conf(),
+                ],
+                vec![
+                    "nginx".to_string(),
+                    "-s".into(),
+                    "reload".into(),
+                    "-c".into(),
+                    self.conf(),
+                ],
+                String::new(),
+            ),
+            Place::Container { host, name } => (
+                vec!["nginx".to_string(), "-t".into(), "-q".into()],
+                vec!["nginx".to_string(), "-s".into(), "reload".into()],
+                format!("host = {host:?}\ncontainer = {name:?}\n"),
+            ),
+        };
+        let reload = reload.unwrap_or(default_reload);
         format!(
-            "[balancer.{name}]\nkind = \"nginx\"\nconfig = {:?}\ntest = [\"nginx\", \"-t\", \"-q\", \"-c\", {:?}]\nreload = [\"nginx\", \"-s\", \"reload\", \"-c\", {:?}]\nurl = {:?}\n",
-            self.dir.join("conf.d/hoist.conf").display().to_string(),
-            self.conf(),
-            self.conf(),
+            "[balancer.{name}]\nkind = \"nginx\"\n{place}config = {:?}\ntest = {test:?}\nreload = {reload:?}\nurl = {:?}\n",
+            self.hoist_file().display().to_string(),
             self.url()
         )
     }
 
     /// Requests nginx retried on another upstream (its access log lists two or more
-    /// addresses).
+    /// addresses), since the log was last truncated.
     pub fn retries(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("access.log"))
-            .unwrap_or_default()
-            .lines()
+        let log = match &self.place {
+            Place::Agent { dir } => {
+                std::fs::read_to_string(dir.join("access.log")).unwrap_or_default()
+            }
+            Place::Container { host, name } => {
+                lab::docker(host, &["exec", name, "cat", CONTAINER_LOG])
+            }
+        };
+        log.lines()
             .filter(|l| l.contains(", ") || l.contains(" : "))
             .map(str::to_string)
             .collect()
+    }
+
+    pub fn truncate_log(&self) {
+        match &self.place {
+            Place::Agent { dir } => {
+                let _ = std::fs::write(dir.join("access.log"), "");
+                let _ = std::process::Command::new("nginx")
+                    .args(["-s", "reopen", "-c", &self.conf()])
+                    .output();
+            }
+            // nginx appends (O_APPEND): a truncated file is written from its start.
+            Place::Container { host, name } => {
+                lab::docker(
+                    host,
+                    &["exec", name, "sh", "-c", &format!(": > {CONTAINER_LOG}")],
+                );
+            }
+        }
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("nginx")
-            .args(["-s", "stop", "-c", &self.conf()])
-            .output();
+        match &self.place {
+            Place::Agent { .. } => {
+                let _ = std::process::Command::new("nginx")
+                    .args(["-s", "stop", "-c", &self.conf()])
+                    .output();
+            }
+            Place::Container { host, name } => {
+                docker_lenient(host, &["rm", "-f", name]);
+            }
+        }
     }
 }
 
