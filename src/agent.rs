@@ -78,8 +78,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when `listen` uses port 0.
     println!("hoist listening on http://{addr}");
     tracing::info!(%addr, db = %store.path().display(), "hoist agent started");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    crate::http::serve(listener, app, shutdown.clone())
         .await
         .context("the HTTP server failed")?;
 

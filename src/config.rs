@@ -341,12 +341,14 @@ impl Default for RawBuilder {
 struct RawRunner {
     #[serde(default = "default_max_parallel")]
     max_parallel: Spanned<u32>,
-    #[serde(default = "default_poll_interval", with = "duration")]
-    poll_interval: Duration,
+    /// Text until `runner()` parses it, so a bad value's error can name the key.
+    #[serde(default)]
+    poll_interval: Option<Spanned<String>>,
     #[serde(default = "default_keep_runs")]
     keep_runs: Spanned<u32>,
-    #[serde(default = "default_keep_runs_for", with = "duration")]
-    keep_runs_for: Duration,
+    /// Text until `runner()` parses it, so a bad value's error can name the key.
+    #[serde(default)]
+    keep_runs_for: Option<Spanned<String>>,
     #[serde(default = "default_keep_workspaces")]
     keep_workspaces: usize,
     #[serde(default = "default_max_parallel_steps")]
@@ -357,9 +359,9 @@ impl Default for RawRunner {
     fn default() -> Self {
         RawRunner {
             max_parallel: default_max_parallel(),
-            poll_interval: default_poll_interval(),
+            poll_interval: None,
             keep_runs: default_keep_runs(),
-            keep_runs_for: default_keep_runs_for(),
+            keep_runs_for: None,
             keep_workspaces: default_keep_workspaces(),
             max_parallel_steps: default_max_parallel_steps(),
         }
@@ -369,6 +371,9 @@ impl Default for RawRunner {
 fn default_keep_runs() -> Spanned<u32> {
     Spanned::new(0..0, 1000)
 }
+
+/// Runs' age bound may be long (an audit trail), but not so long that `now - age` overflows.
+const MAX_KEEP_RUNS_FOR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 fn default_keep_runs_for() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
@@ -575,6 +580,21 @@ impl Doc<'_> {
         })
     }
 
+    /// The duration `key` = `value` (at most `max`), or `default` when the key is absent.
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        max: Duration,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => duration::parse_at_most(v.get_ref(), max)
+                .map_err(|e| self.at(v.span(), format!("{key}: {e}"))),
+        }
+    }
+
     fn runner(&self, runner: RawRunner) -> Result<RunnerConfig, ConfigError> {
         if *runner.max_parallel.get_ref() == 0 {
             return Err(self.at(
@@ -594,12 +614,24 @@ impl Doc<'_> {
                 "runner.max_parallel_steps must be at least 1",
             ));
         }
+        let poll_interval = self.duration(
+            "runner.poll_interval",
+            runner.poll_interval.as_ref(),
+            duration::MAX,
+            default_poll_interval(),
+        )?;
+        let keep_runs_for = self.duration(
+            "runner.keep_runs_for",
+            runner.keep_runs_for.as_ref(),
+            MAX_KEEP_RUNS_FOR,
+            default_keep_runs_for(),
+        )?;
         Ok(RunnerConfig {
             max_parallel: runner.max_parallel.into_inner(),
-            poll_interval: runner.poll_interval,
+            poll_interval,
             retention: Retention {
                 keep_runs: runner.keep_runs.into_inner(),
-                keep_for: Some(runner.keep_runs_for).filter(|d| !d.is_zero()),
+                keep_for: Some(keep_runs_for).filter(|d| !d.is_zero()),
             },
             keep_workspaces: runner.keep_workspaces,
             max_parallel_steps: runner.max_parallel_steps.into_inner(),
@@ -1138,19 +1170,43 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Durations are strings with a unit (`500ms`, `10s`, `5m`).
+/// Durations are strings with a unit (`500ms`, `10s`, `5m`), bounded: a huge value (`u64::MAX`
+/// seconds) would pass and then overflow `Instant + duration` at run time, a panic.
 pub mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    /// Text that is not a duration; the message shows how to write one.
+    /// The longest duration a key takes unless it names its own bound: longer than any step,
+    /// health check or rollout should take, and far from overflowing an `Instant`.
+    pub const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// Text that is not a duration, or one over its key's bound; the message says what to write.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-    #[error(
-        "{text:?} is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\""
-    )]
-    pub struct DurationError {
-        /// The text as written.
-        pub text: String,
+    pub enum DurationError {
+        #[error(
+            "{text:?} is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\""
+        )]
+        NotADuration {
+            /// The text as written.
+            text: String,
+        },
+        #[error("{text:?} is too long: write at most {}", shown(*max))]
+        TooLong {
+            /// The text as written.
+            text: String,
+            /// The bound it passed.
+            max: Duration,
+        },
+    }
+
+    /// A bound as people write it: whole days as days (`3650days`, not years of 365.25 days).
+    fn shown(max: Duration) -> String {
+        let day = 24 * 3600;
+        if max.as_secs().is_multiple_of(day) && max.subsec_nanos() == 0 {
+            format!("{}days", max.as_secs() / day)
+        } else {
+            humantime::format_duration(max).to_string()
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1158,10 +1214,23 @@ pub mod duration {
         parse(&s).map_err(serde::de::Error::custom)
     }
 
+    /// A duration of at most [`MAX`].
     pub fn parse(s: &str) -> Result<Duration, DurationError> {
-        humantime::parse_duration(s.trim()).map_err(|_| DurationError {
+        parse_at_most(s, MAX)
+    }
+
+    /// A duration of at most `max`.
+    pub fn parse_at_most(s: &str, max: Duration) -> Result<Duration, DurationError> {
+        let d = humantime::parse_duration(s.trim()).map_err(|_| DurationError::NotADuration {
             text: s.to_string(),
-        })
+        })?;
+        if d > max {
+            return Err(DurationError::TooLong {
+                text: s.to_string(),
+                max,
+            });
+        }
+        Ok(d)
     }
 }
 
@@ -1405,7 +1474,15 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         );
         check(
             &GOOD.replace("\"500ms\"", "\"soon\""),
-            "hoist.toml:6:17: \"soon\" is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\"",
+            "hoist.toml:6:17: runner.poll_interval: \"soon\" is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\"",
+        );
+        check(
+            &GOOD.replace("\"500ms\"", "\"18446744073709551615s\""),
+            "hoist.toml:6:17: runner.poll_interval: \"18446744073709551615s\" is too long: write at most 30days",
+        );
+        check(
+            &GOOD.replace("[runner]", "[runner]\nkeep_runs_for = \"20years\""),
+            "hoist.toml:6:17: runner.keep_runs_for: \"20years\" is too long: write at most 3650days",
         );
         check(
             &GOOD.replace("\"gitea\"", "\"svn\""),

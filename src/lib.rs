@@ -6,6 +6,7 @@
 //! - [`config`]: `hoist.toml`, parsed strictly; secrets resolved at start.
 //! - [`forge`]: webhook signature schemes and payloads of each forge, normalized into one push event.
 //! - [`store`]: the embedded SQLite database: one writer thread with group commit, readers beside it.
+//! - [`http`]: the HTTP server under the API: head and body deadlines, a connection cap.
 //! - [`api`]: the HTTP surface: webhooks, the JSON API, health.
 //! - [`web`]: the operator's page at `GET /`: one static HTML file that reads the JSON API.
 //! - [`pipeline`]: `.hoist.yml`: the model, validation, triggers, placeholders.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod deploy;
 pub mod engine;
 pub mod forge;
+pub mod http;
 pub mod image;
 pub mod janitor;
 pub mod local;

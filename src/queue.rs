@@ -8,11 +8,14 @@
 //! cancellation token and its live-log channel, and the agent's shared handles a run needs
 //! (mirrors, the build engine's connection).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -148,6 +151,23 @@ impl Queue {
         Ok(d)
     }
 
+    /// Record a run whose task panicked as failed, saying so; returns its final status.
+    async fn panicked(&self, run: i64, what: String) -> Status {
+        let reason = format!(
+            "hoist failed inside this run ({what}); this is a bug in hoist, please report it with \
+             the agent's log"
+        );
+        tracing::error!(run, "run panicked: {reason}");
+        if let Err(e) = self
+            .store
+            .finish_run(run, Status::Failed, Some(reason))
+            .await
+        {
+            tracing::error!(run, "cannot record the end of the run: {e:#}");
+        }
+        Status::Failed
+    }
+
     fn running_count(&self) -> usize {
         self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -186,7 +206,12 @@ impl Queue {
                 let done = work(self.clone(), run, token);
                 let q = self.clone();
                 self.tasks.spawn(async move {
-                    let status = done.await;
+                    // A panic inside the run must not skip what follows: its slot would stay
+                    // taken and its row `running` until the agent restarts.
+                    let status = match AssertUnwindSafe(done).catch_unwind().await {
+                        Ok(status) => status,
+                        Err(panic) => q.panicked(id, panic_text(&*panic).to_string()).await,
+                    };
                     q.logs.close(id, status);
                     q.running
                         .lock()
@@ -202,5 +227,87 @@ impl Queue {
                 _ = self.shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+/// What a panic said: its message when it has one.
+pub fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::RefKind;
+    use crate::store::Trigger;
+
+    fn manual(commit: char) -> NewRun {
+        NewRun {
+            repo: "acme/web".into(),
+            git_ref: "refs/heads/main".into(),
+            kind: RefKind::Branch,
+            name: "main".into(),
+            commit: commit.to_string().repeat(40),
+            delivery: None,
+            trigger: Trigger::Manual,
+            message: None,
+            author: None,
+            cancel_superseded: false,
+        }
+    }
+
+    /// No input can make a run panic any more (durations are bounded at validation), so the
+    /// work function here panics on purpose: the dispatcher must still free the one slot, end
+    /// the run `failed` with a reason, and run the next one.
+    #[tokio::test]
+    async fn a_panicking_run_gives_back_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[runner]\nmax_parallel = 1\n",
+            dir.path()
+        );
+        let config = Config::parse("hoist.toml", &text, &crate::config::System).unwrap();
+        let shutdown = CancellationToken::new();
+        let q = Queue::new(
+            store.clone(),
+            Arc::new(config),
+            shutdown.clone(),
+            "t".into(),
+        );
+        let first = q.enqueue(manual('a')).await.unwrap().id;
+        let second = q.enqueue(manual('b')).await.unwrap().id;
+        let dispatcher = tokio::spawn(q.clone().dispatch(move |_q, run: Run, _token| async move {
+            if run.id == first {
+                panic!("boom in run {}", run.id);
+            }
+            Status::Success
+        }));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (a, _) = store.run(first).await.unwrap().unwrap();
+            let (b, _) = store.run(second).await.unwrap().unwrap();
+            // The second run only starts once the first gave its only slot back.
+            if a.status == Status::Failed && b.status != Status::Queued && q.running_count() == 0 {
+                let reason = a.reason.unwrap_or_default();
+                assert!(reason.contains("boom in run"), "{reason}");
+                assert!(reason.contains("bug in hoist"), "{reason}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "first {:?} second {:?} running {}",
+                a.status,
+                b.status,
+                q.running_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        dispatcher.await.unwrap();
     }
 }

@@ -223,16 +223,43 @@ async fn receive(
             ),
         ));
     };
-    let body = read_delivery(headers, body).await?;
+    // The body is held from its first byte until it is verified and parsed; the budget bounds
+    // how many bytes of deliveries are in memory at once, whatever the number of senders.
+    let declared = declared_length(headers);
+    let kib = declared
+        .map_or(MAX_BODY, |n| n as usize)
+        .div_ceil(1024)
+        .max(1);
+    let _budget = INTAKE_BUDGET
+        .acquire_many(kib as u32)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))?;
+    let body = read_delivery(declared, body).await?;
     let config = s.config.clone();
-    let secret_for = |repo: &str| {
-        config
-            .repo(repo)
-            .filter(|r| r.forge == forge)
-            .map(|r| r.secret.expose().as_bytes().to_vec())
+    let headers_owned = headers.clone();
+    let check = move || {
+        let secret_for = |repo: &str| {
+            config
+                .repo(repo)
+                .filter(|r| r.forge == forge)
+                .map(|r| r.secret.expose().as_bytes().to_vec())
+        };
+        forge::receive(forge, &headers_owned, &body, secret_for)
     };
-    let received = forge::receive(forge, headers, &body, secret_for)
-        .map_err(|e| forge_refusal(&s.config, e))?;
+    // A large body takes milliseconds to scan, verify and parse: off the runtime's workers,
+    // so that health checks, lease renewals and other requests are not held up meanwhile.
+    let received = if declared.is_some_and(|n| n <= INLINE_CHECK_BYTES) {
+        check()
+    } else {
+        tokio::task::spawn_blocking(check).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("checking the delivery failed: {e}"),
+            )
+        })?
+    }
+    .map_err(|e| forge_refusal(&s.config, e))?;
+    drop(_budget);
     match received {
         Received::Ignored { repo, what } => {
             s.metrics.deliveries_ignored.fetch_add(1, Ordering::Relaxed);
@@ -243,9 +270,30 @@ async fn receive(
     }
 }
 
+/// How many KiB of delivery bodies may be in memory at once: one of the largest and 8 MiB
+/// beside it, so that eight senders of 25 MB each cost about 33 MB, not 200 MB, while real
+/// deliveries (kilobytes) keep flowing beside a large one.
+const INTAKE_BUDGET_KIB: usize = (MAX_BODY + 8 * 1024 * 1024) / 1024;
+
+/// The intake's byte budget in KiB, one permit per KiB of a delivery's declared length (the
+/// largest size when it declares none): the bound on deliveries read and parsed at once.
+static INTAKE_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(INTAKE_BUDGET_KIB);
+
+/// Bodies up to this size are checked on the request's own task: a few microseconds, cheaper
+/// than a trip to the blocking pool.
+const INLINE_CHECK_BYTES: u64 = 256 * 1024;
+
+/// The body length a request declares, if it declares one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// The delivery's body, refused with 413 past `MAX_BODY` (by its declared length when it has
 /// one, before reading any of it).
-async fn read_delivery(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+async fn read_delivery(declared: Option<u64>, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -255,24 +303,28 @@ async fn read_delivery(headers: &HeaderMap, body: Body) -> Result<axum::body::By
             ),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large()
-        } else {
+    // Into one buffer of the declared size: collecting frames and then joining them would
+    // hold every large body twice.
+    let mut buf = Vec::with_capacity(declared.map_or(64 * 1024, |n| n as usize));
+    let mut body = body;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the request body: {e}"),
             )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
         }
-    })
+    }
+    Ok(axum::body::Bytes::from(buf))
 }
 
 /// A forge's refusal as the answer the sender reads.

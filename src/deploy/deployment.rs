@@ -26,12 +26,14 @@ mod hooks;
 mod switch;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bollard::Docker;
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, host};
@@ -461,19 +463,35 @@ impl Deployer {
             Some(c) => c.abort.token().child_token(),
             None => CancellationToken::new(),
         };
-        let renewer = tokio::spawn(renew_lease(
+        // Aborted when dropped, so that even an unwinding panic stops the renewals: a renewer
+        // left behind would keep the app locked for as long as the agent lives.
+        let _renewer = AbortOnDrop(tokio::spawn(renew_lease(
             self.store.clone(),
             s.lease.clone(),
             lost.clone(),
             self.shutdown.clone(),
-        ));
+        )));
         let masker = &s.masker;
         let say = |m: String| {
             let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
         };
-        let verdict = self.drive(&s, &say, &lost).await;
-        renewer.abort();
-        verdict
+        match AssertUnwindSafe(self.drive(&s, &say, &lost))
+            .catch_unwind()
+            .await
+        {
+            Ok(verdict) => verdict,
+            Err(panic) => {
+                // Give the lease back with a verdict, so the app can be deployed again at once.
+                let why = format!(
+                    "hoist failed inside the deployment ({}); hosts are left as they are; this \
+                     is a bug in hoist, please report it with the agent's log",
+                    crate::queue::panic_text(&*panic)
+                );
+                say(format!("deployment {}: {why}", s.id()));
+                self.finish(&s, DeploymentStatus::Failed, Some(why), None)
+                    .await
+            }
+        }
     }
 
     /// Forward, then the verdict: succeeded; or, on a failure, reverted (with `auto_rollback`),
@@ -960,6 +978,15 @@ impl Deployer {
 }
 
 /// Renew `lease` every third of its life until `stop`; a failed renewal cancels `lost`.
+/// A task aborted when its handle is dropped (on return or while a panic unwinds).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -1052,5 +1079,91 @@ mod tests {
         assert_eq!(p.hosts, Some(vec!["h3".to_string(), "h1".to_string()]));
         // ${hosts.*} still renders over the step's whole list.
         assert_eq!(p.spec.hosts, ["h1", "h2", "h3"]);
+    }
+
+    /// A deployment that panics (here: a host its plan names vanished from the config, so the
+    /// switch's `config.hosts[host]` panics) still ends with a verdict and gives the lease
+    /// back, so the app can be deployed again at once.
+    #[tokio::test]
+    async fn a_panicking_deployment_gives_back_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let text = format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n", dir.path());
+        let config = Config::parse("hoist.toml", &text, &crate::config::System).unwrap();
+        let yaml = "app: web\nsteps:\n  - name: image\n    build:\n      repository: r.example/acme/web\n  \
+                    - name: deploy\n    deploy:\n      image: image\n      hosts: [ghost]\n      \
+                    container: {name: web}\n      health: {tcp: 8080}\n";
+        let pipeline = crate::pipeline::parse(yaml).unwrap();
+        let Action::Deploy(spec) = pipeline.steps[1].action.clone() else {
+            panic!("not a deploy step")
+        };
+        let to = Release {
+            app: "web".into(),
+            number: 1,
+            repo: "acme/web".into(),
+            commit: "a".repeat(40),
+            run: 1,
+            step: "deploy".into(),
+            repository: "r.example/acme/web".into(),
+            manifest_digest: format!("sha256:{}", "1".repeat(64)),
+            config_digest: format!("sha256:{}", "2".repeat(64)),
+            tags: vec![],
+            deploy: Some(spec.clone()),
+            created_at: String::new(),
+        };
+        let new = || NewDeployment {
+            app: "web".into(),
+            kind: DeploymentKind::Rollout,
+            from_release: None,
+            to_release: 1,
+            run: None,
+            requested_by: "test".into(),
+            hosts: vec![("ghost".into(), 1)],
+        };
+        let lease = store
+            .begin_deployment(new(), 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        // Connecting is lazy: nothing listens there, and nothing is asked before the panic.
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:9", 5, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        let deployer = Deployer::new(store.clone(), Arc::new(config), CancellationToken::new());
+        let started = Started {
+            lease,
+            plan: Plan {
+                to,
+                spec,
+                kind: DeploymentKind::Rollout,
+                run: None,
+                requested_by: "test".into(),
+                hooks_dir: None,
+                vars: Vars::default(),
+                now: false,
+                hosts: None,
+            },
+            hosts: vec!["ghost".into()],
+            before: BTreeMap::from([("ghost".to_string(), None)]),
+            engines: BTreeMap::from([("ghost".to_string(), docker)]),
+            secrets: vec![],
+            masker: deployer.masker(),
+            stops: Default::default(),
+            carried: None,
+        };
+        let (log, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let verdict = deployer.run(started, &log).await;
+        assert_eq!(verdict.status, DeploymentStatus::Failed);
+        let reason = verdict.reason.unwrap_or_default();
+        assert!(reason.contains("bug in hoist"), "{reason}");
+        let mut said = String::new();
+        while let Ok(line) = lines.try_recv() {
+            said.push_str(&String::from_utf8_lossy(&line));
+        }
+        assert!(said.contains("bug in hoist"), "{said}");
+        assert!(
+            store.begin_deployment(new(), 30_000).await.unwrap().is_ok(),
+            "the app is still locked after the panic"
+        );
     }
 }

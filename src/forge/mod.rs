@@ -6,9 +6,11 @@
 //! forge's header stand in for another's signature.
 //!
 //! [`receive`] works in a fixed order: decode the body, read the event header, find the
-//! repository, look up its secret, verify, normalize. The repository comes before verification
-//! because secrets are per repository; nothing from the body is trusted before the signature
-//! (or GitLab's token) matched, except the name used to pick the secret.
+//! repository, look up its secret, verify, parse, normalize. The repository comes before
+//! verification because secrets are per repository; it is found by a scan that keeps nothing
+//! else (no tree: an unsigned 25 MB array costs one pass and no memory). Nothing from the body
+//! is parsed or trusted before the signature (or GitLab's token) matched, except the name used
+//! to pick the secret.
 //!
 //! The per-forge header names, signature schemes and payload quirks are documented, with
 //! sources, in `tests/fixtures/webhooks/SOURCES.md`; the tests run every fixture there.
@@ -42,7 +44,7 @@ use axum::http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use payload::{Shape, opt_str, shown};
+use payload::{Shape, shown};
 pub use signature::sign;
 
 /// Delivery ids are stored and shown; a forge's own ids are UUIDs (36 chars), so this only stops
@@ -122,6 +124,14 @@ impl Forge {
             Forge::Github | Forge::Gitea | Forge::Forgejo => &github::PAYLOAD,
             Forge::Gitlab => &gitlab::PAYLOAD,
             Forge::Bitbucket => &bitbucket::PAYLOAD,
+        }
+    }
+
+    /// Where a payload names its repository: (object, field).
+    fn repo_field(self) -> (&'static str, &'static str) {
+        match self {
+            Forge::Gitlab => ("project", "path_with_namespace"),
+            _ => ("repository", "full_name"),
         }
     }
 
@@ -237,16 +247,15 @@ pub fn receive(
     secret_for: impl Fn(&str) -> Option<Vec<u8>>,
 ) -> Result<Received, ForgeError> {
     let decoded = decode_body(forge, headers, body)?;
-    let payload = payload::parse(&decoded.json, forge.payload())?;
-    if !payload.is_object() {
-        return Err(Malformed(
-            "the body is JSON but not an object; hoist expects the forge's push payload".into(),
-        ));
-    }
     let event = event_name(forge, headers)?;
-    let repo = repo_name(forge, &payload, &event)?;
+    // Before the signature, only the repository's name is read, by a scan that builds no tree:
+    // an unsigned body costs one pass and no memory, whatever its size or shape.
+    let (object, field) = forge.repo_field();
+    let scanned = payload::scan_repository(&decoded.json, object, field)?;
+    let repo = repo_name(forge, scanned, &event)?;
     let secret = secret_for(&repo).ok_or_else(|| ForgeError::UnknownRepo(repo.clone()))?;
     signature::verify(forge, headers, decoded.signed(), &secret, &repo)?;
+    let payload = payload::parse(&decoded.json, forge.payload())?;
     let delivery_id = delivery_id(forge, headers, body)?;
     let push = |p: &Value| -> Result<Received, ForgeError> {
         let update = match forge {
@@ -375,14 +384,17 @@ fn event_name(forge: Forge, headers: &HeaderMap) -> Result<String, ForgeError> {
 
 /// The repository the payload names, which picks the secret; read before verification, so
 /// it is checked as a name and nothing else.
-fn repo_name(forge: Forge, payload: &Value, event: &str) -> Result<String, ForgeError> {
-    let path: &[&str] = match forge {
-        Forge::Gitlab => &["project", "path_with_namespace"],
-        _ => &["repository", "full_name"],
-    };
-    let repo = match opt_str(payload, "", path)? {
-        Some(repo) => repo,
-        None if forge == Forge::Github && event == "ping" => {
+fn repo_name(forge: Forge, scanned: payload::Scanned, event: &str) -> Result<String, ForgeError> {
+    let (object, field) = forge.repo_field();
+    let path = format!("{object}.{field}");
+    let repo = match scanned {
+        payload::Scanned::Name(repo) => repo,
+        payload::Scanned::WrongType(found) => {
+            return Err(Malformed(format!(
+                "field `{path}` should be a string, found {found}"
+            )));
+        }
+        payload::Scanned::Missing if forge == Forge::Github && event == "ping" => {
             return Err(Malformed(
                 "this ping carries no repository, so it comes from an organization or GitHub App \
                  webhook; hoist's secrets are per repository, so it can only verify repository \
@@ -390,22 +402,20 @@ fn repo_name(forge: Forge, payload: &Value, event: &str) -> Result<String, Forge
                     .into(),
             ));
         }
-        None => {
+        payload::Scanned::Missing => {
             return Err(Malformed(format!(
-                "field `{}` is missing: hoist needs the repository to pick the secret that \
-                 verifies the delivery (event '{event}')",
-                path.join(".")
+                "field `{path}` is missing: hoist needs the repository to pick the secret that \
+                 verifies the delivery (event '{event}')"
             )));
         }
     };
     if repo.is_empty() || repo.len() > MAX_REPO_NAME || repo.chars().any(char::is_control) {
         return Err(Malformed(format!(
-            "field `{}` is not a repository name: {}",
-            path.join("."),
-            shown(repo)
+            "field `{path}` is not a repository name: {}",
+            shown(&repo)
         )));
     }
-    Ok(repo.to_string())
+    Ok(repo)
 }
 
 /// The route's own delivery id header, or a digest of the body when there is none.

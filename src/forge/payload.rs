@@ -35,6 +35,180 @@ pub(super) fn parse(json: &[u8], shape: &'static Shape) -> Result<Value, ForgeEr
     })
 }
 
+/// The repository name a payload carries at `object.field`, read before anything is verified,
+/// with bounded work: one pass over the body that keeps nothing but that string (no tree, so a
+/// 25 MB array costs no memory; nesting is bounded by serde_json's depth limit), and that stops
+/// at once when the body is not an object. Duplicated keys: the last one counts, as in
+/// [`parse`], so the name verified is the name the verified payload carries.
+pub(super) fn scan_repository(
+    json: &[u8],
+    object: &'static str,
+    field: &'static str,
+) -> Result<Scanned, ForgeError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let scanned = serde::Deserializer::deserialize_any(&mut de, TopLevel { object, field })
+        .and_then(|v| {
+            de.end()?;
+            Ok(v)
+        });
+    scanned.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Malformed(
+            "the body is JSON but not an object; hoist expects the forge's push payload".into(),
+        ),
+        _ => Malformed(format!(
+            "the body is not valid JSON ({e}); hoist expects the forge's push payload as \
+             application/json, or form-encoded with a `payload` field"
+        )),
+    })
+}
+
+/// What [`scan_repository`] found at the repository's field.
+#[derive(Debug, PartialEq)]
+pub(super) enum Scanned {
+    /// A string, as sent; the caller checks it is a repository name.
+    Name(String),
+    /// Absent or null (or its object is not an object).
+    Missing,
+    /// Another type, named as [`type_name`] names it.
+    WrongType(&'static str),
+}
+
+/// The top-level object: finds `object`, skips everything else without keeping it.
+struct TopLevel {
+    object: &'static str,
+    field: &'static str,
+}
+
+impl<'de> serde::de::Visitor<'de> for TopLevel {
+    type Value = Scanned;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
+        let mut found = Scanned::Missing;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if key.0 == self.object {
+                found = map.next_value_seed(Holder { field: self.field })?;
+            } else {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The object holding the name (`repository`, `project`); any other type holds none.
+struct Holder {
+    field: &'static str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Holder {
+    type Value = Scanned;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scanned, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Holder {
+    type Value = Scanned;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
+        let mut found = Scanned::Missing;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if key.0 == self.field {
+                found = map.next_value::<Name>()?.0;
+            } else {
+                map.next_value::<Skip>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Scanned, A::Error> {
+        serde::de::Visitor::visit_seq(Skip, seq).map(|_| Scanned::Missing)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+
+    fn visit_unit<E>(self) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+
+    fn visit_none<E>(self) -> Result<Scanned, E> {
+        Ok(Scanned::Missing)
+    }
+}
+
+/// The name's value: a string, null, or (kept as its type's name only) anything else.
+struct Name(Scanned);
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any valid JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name, E> {
+                Ok(Name(Scanned::Name(s.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<Name, E> {
+                Ok(Name(Scanned::Missing))
+            }
+            fn visit_none<E>(self) -> Result<Name, E> {
+                Ok(Name(Scanned::Missing))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Name, E> {
+                Ok(Name(Scanned::WrongType("a boolean")))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Name, E> {
+                Ok(Name(Scanned::WrongType("a number")))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Name, E> {
+                Ok(Name(Scanned::WrongType("a number")))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Name, E> {
+                Ok(Name(Scanned::WrongType("a number")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Name, A::Error> {
+                serde::de::Visitor::visit_seq(Skip, seq)?;
+                Ok(Name(Scanned::WrongType("an array")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Name, A::Error> {
+                serde::de::Visitor::visit_map(Skip, map)?;
+                Ok(Name(Scanned::WrongType("an object")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Which parts of a payload hoist reads. Where the JSON has another type than the shape
 /// expects, the value is kept whole, so type errors name what was sent.
 pub(super) enum Shape {
@@ -725,5 +899,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The scan before the signature reads the repository name and nothing else: the last of
+    /// duplicated keys (as the verified parse does), any wrong type by name, a body that is not
+    /// an object refused at its first byte, and nesting bounded by serde_json's depth limit.
+    #[test]
+    fn the_scan_reads_only_the_name() {
+        use super::{Scanned, scan_repository};
+        let scan = |json: &str| scan_repository(json.as_bytes(), "repository", "full_name");
+        assert_eq!(
+            scan(r#"{"a":[[1,{"b":"c"}]],"repository":{"x":[1],"full_name":"acme/web"}}"#),
+            Ok(Scanned::Name("acme/web".into()))
+        );
+        assert_eq!(
+            scan(r#"{"repository":{"full_name":"a/one"},"repository":{"full_name":"b/two"}}"#),
+            Ok(Scanned::Name("b/two".into()))
+        );
+        assert_eq!(
+            scan(r#"{"repository":{"full_name":[1,2]}}"#),
+            Ok(Scanned::WrongType("an array"))
+        );
+        assert_eq!(scan(r#"{"repository":"acme/web"}"#), Ok(Scanned::Missing));
+        assert_eq!(
+            scan(r#"{"repository":{"full_name":null}}"#),
+            Ok(Scanned::Missing)
+        );
+        // A top-level array is refused before its second byte is looked at: the rest is not JSON.
+        assert_eq!(
+            scan("[1, this is not json"),
+            Err(Malformed(
+                "the body is JSON but not an object; hoist expects the forge's push payload".into()
+            ))
+        );
+        let deep = format!(r#"{{"a":{}}}"#, "[".repeat(100_000));
+        let err = scan(&deep).unwrap_err().to_string();
+        assert!(err.contains("recursion limit"), "{err}");
+        let err = scan(r#"{"repository":{"full_name":"acme/web"}} trailing"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid JSON"), "{err}");
     }
 }

@@ -1824,6 +1824,15 @@ mod tests {
             "app: web\nsteps:\n  - {name: t, shell: [a], timeout: 1h 30m}\n",
             "ok",
         );
+        // u64::MAX seconds parsed, then overflowed `Instant + timeout` at run time: a panic.
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], timeout: 18446744073709551615s}\n",
+            r#".hoist.yml:3:36: `timeout`: "18446744073709551615s" is too long: write at most 30days"#,
+        );
+        check(
+            "app: web\nsteps:\n  - {name: t, shell: [a], timeout: 30days}\n",
+            "ok",
+        );
     }
 
     #[test]
@@ -2037,6 +2046,12 @@ mod tests {
             r#"
             .hoist.yml:11:40: `interval` must be more than 0s
             .hoist.yml:11:53: `timeout` must be more than 0s"#,
+        );
+        check(
+            &health("health: {docker: true, interval: 99999999days, deadline: 9999999999999s}"),
+            r#"
+            .hoist.yml:11:40: `interval`: "99999999days" is too long: write at most 30days
+            .hoist.yml:11:64: `deadline`: "9999999999999s" is too long: write at most 30days"#,
         );
         check(
             &health("health: {docker: true, deadline: soon}"),
