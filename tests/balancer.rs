@@ -44,35 +44,13 @@ wait "$pid"
 const DOCKERFILE: &str =
     "FROM lab/busybox:1\nARG V=1\nENV V=$V\nCOPY . /app\nCMD [\"/app/start.sh\"]\n";
 
-/// Remove every container of `name` (serving and kept) from every lab host.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for h in lab::ALL_HOSTS {
-            let ids = docker_lenient(
-                h,
-                &[
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=hoist.app={}", self.0),
-                ],
-            );
-            for id in ids.split_whitespace() {
-                docker_lenient(h, &["rm", "-f", id]);
-            }
-        }
-    }
-}
-
 /// One app of one test: its repository, nginx and agent.
 struct Setup {
     app: String,
     repo: GitRepo,
     nginx: Nginx,
     dir: tempfile::TempDir,
-    _clean: Cleanup,
+    _clean: lab::Clean,
 }
 
 /// The pipeline: engine-picked port 8080, `replicas`, health every 200 ms for 1 s, the
@@ -126,7 +104,7 @@ impl Setup {
             }
         };
         Setup {
-            _clean: Cleanup(app.clone()),
+            _clean: lab::Clean(app.clone()),
             app,
             repo,
             nginx,

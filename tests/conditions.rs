@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::lab::{self, HOSTS, OnHost, docker_lenient, on_host};
+use common::lab::{self, Clean, HOSTS, OnHost, on_host};
 use common::{
     Agent, GitRepo, api, api_post, hoist_client, push_github, push_github_ref, release, run_log,
     step, token_toml,
@@ -73,34 +73,6 @@ fn files<'a>(pipeline: &'a str, version: &'a str) -> Vec<(&'a str, &'a str)> {
         ("www/healthz", "ok\n"),
         ("www/version", version),
     ]
-}
-
-/// Removes every container of its app from the lab hosts when made and when dropped (also
-/// when the test fails).
-struct Clean(&'static str);
-
-impl Clean {
-    fn new(app: &'static str) -> Clean {
-        let c = Clean(app);
-        c.now();
-        c
-    }
-
-    fn now(&self) {
-        let label = format!("label=hoist.app={}", self.0);
-        for h in HOSTS {
-            let ids = docker_lenient(h, &["ps", "-aq", "--filter", &label]);
-            for id in ids.split_whitespace() {
-                docker_lenient(h, &["rm", "-f", id]);
-            }
-        }
-    }
-}
-
-impl Drop for Clean {
-    fn drop(&mut self) {
-        self.now();
-    }
 }
 
 /// Wait (at most 300 s: builds and rollouts) until run `id` is in one of the states `done`.

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::lab::{self, HOSTS, OnHost, docker_lenient, on_host};
+use common::lab::{self, Clean, HOSTS, OnHost, docker_lenient, on_host};
 use common::nginx::{Load, Nginx};
 use common::{
     Agent, GitRepo, api, api_post, hoist_client, push_github, release, token_toml, wait_for,
@@ -103,33 +103,6 @@ fn files<'a>(pipeline: &'a str, version: &'a str, sick_on_h2: bool) -> Vec<(&'a 
         f.push(("www/sick-on-h2", "yes\n"));
     }
     f
-}
-
-/// Removes every container of its app from the lab hosts when made and when dropped.
-struct Clean(&'static str);
-
-impl Clean {
-    fn new(app: &'static str) -> Clean {
-        let c = Clean(app);
-        c.now();
-        c
-    }
-
-    fn now(&self) {
-        let label = format!("label=hoist.app={}", self.0);
-        for h in HOSTS {
-            let ids = docker_lenient(h, &["ps", "-aq", "--filter", &label]);
-            for id in ids.split_whitespace() {
-                docker_lenient(h, &["rm", "-f", id]);
-            }
-        }
-    }
-}
-
-impl Drop for Clean {
-    fn drop(&mut self) {
-        self.now();
-    }
 }
 
 /// The id of the run a push of `commit` queued.

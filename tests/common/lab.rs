@@ -159,6 +159,34 @@ pub fn docker_lenient(engine: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Removes every container of an app (serving and kept: by its `hoist.app` label) from every
+/// lab host when made and when dropped, also when the test fails.
+pub struct Clean(pub String);
+
+impl Clean {
+    pub fn new(app: impl Into<String>) -> Clean {
+        let c = Clean(app.into());
+        c.now();
+        c
+    }
+
+    pub fn now(&self) {
+        let label = format!("label=hoist.app={}", self.0);
+        for h in ALL_HOSTS {
+            let ids = docker_lenient(h, &["ps", "-aq", "--filter", &label]);
+            for id in ids.split_whitespace() {
+                docker_lenient(h, &["rm", "-f", id]);
+            }
+        }
+    }
+}
+
+impl Drop for Clean {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
 fn docker_command(url: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
     Command::new("docker")
         .args(["-H", url])
