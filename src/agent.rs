@@ -42,6 +42,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // app's lease while they converge), but without delaying the server. Shutdown cuts it
     // off: what it left unresolved is still `running` in the journal, and the next start
     // resolves it again.
+    // Listed before anything is served: a deployment this agent begins from now on is live,
+    // never one to recover (its lease must not be taken over).
+    let interrupted = store.running_deployments().await?;
     let recovery = {
         let deployer = Deployer::new(store.clone(), config.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -51,7 +54,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     tracing::warn!("recovery: {}", String::from_utf8_lossy(&line).trim_end());
                 }
             });
-            if let Err(e) = deployer.recover(&tx).await {
+            if let Err(e) = deployer.recover(&tx, interrupted).await {
                 tracing::error!("cannot resolve interrupted deployments: {e:#}");
             }
             drop(tx);

@@ -42,7 +42,7 @@ use crate::pipeline::{DeploySpec, Vars};
 use crate::runner::{LogSink, Masker};
 use crate::store::{
     Deployment, DeploymentHost, DeploymentKind, DeploymentStatus, HostState, HostUpdate, Lease,
-    NewDeployment, Release, Store,
+    LeaseLost, NewDeployment, Release, Settled, Store, TakeOver,
 };
 
 pub use abort::{AbortError, abort};
@@ -522,14 +522,14 @@ impl Deployer {
                 .map(|h| format!(" on {h}"))
                 .unwrap_or_default()
         ));
-        if self.shutdown.is_cancelled() || lost.is_cancelled() {
+        if self.shutdown.is_cancelled() {
             // Resolved by whoever holds the lease next (the restarted agent's recovery).
-            return Verdict {
-                deployment: d,
-                status: DeploymentStatus::Running,
-                reason: Some(reason),
-                failing_host: host,
-            };
+            return self.left_running(s, reason, host);
+        }
+        if lost.is_cancelled()
+            && let Some(v) = self.settle_lost(s, &reason, say).await
+        {
+            return v;
         }
         if !s.plan.spec.rollout.auto_rollback {
             say(format!(
@@ -604,7 +604,9 @@ impl Deployer {
         v
     }
 
-    /// Record the verdict and give the lease back.
+    /// Record the verdict and give the lease back. A store that cannot write (disk full, I/O
+    /// error) is waited out, so that the verdict lands as soon as it can: a deployment left
+    /// `running` would be "recovered" at some later start, over whatever came after it.
     async fn finish(
         &self,
         s: &Started,
@@ -613,26 +615,104 @@ impl Deployer {
         failing_host: Option<String>,
     ) -> Verdict {
         let reason = reason.map(|r| s.masker.mask_text(&r));
-        if let Err(e) = self
-            .store
-            .finish_deployment(
-                s.lease.clone(),
-                status,
-                reason.clone(),
-                failing_host.clone(),
-            )
-            .await
-        {
+        let mut wait = Duration::from_millis(250);
+        loop {
+            let e = match self
+                .store
+                .finish_deployment(
+                    s.lease.clone(),
+                    status,
+                    reason.clone(),
+                    failing_host.clone(),
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if e.downcast_ref::<LeaseLost>().is_some() {
+                let why = reason.clone().unwrap_or_else(|| status.to_string());
+                return self
+                    .settle_lost(s, &why, &|_| {})
+                    .await
+                    .unwrap_or_else(|| self.left_running(s, why, failing_host));
+            }
             tracing::error!(
-                "cannot record the end of deployment {}: {e:#}",
-                s.lease.deployment
+                "cannot record the end of deployment {} (retrying in {wait:?}): {e:#}",
+                s.id()
             );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return self.left_running(s, reason.unwrap_or_default(), failing_host),
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
         }
         Verdict {
             deployment: s.lease.deployment,
             status,
             reason,
             failing_host,
+        }
+    }
+
+    /// The verdict of a deployment the agent's shutdown cut off: still `running` in the
+    /// journal, resolved by the next start's recovery.
+    fn left_running(&self, s: &Started, reason: String, failing_host: Option<String>) -> Verdict {
+        Verdict {
+            deployment: s.id(),
+            status: DeploymentStatus::Running,
+            reason: Some(reason),
+            failing_host,
+        }
+    }
+
+    /// The lease renewals failed. `None` when the lease turns out to be still ours (the store
+    /// could not write for a while): the deployment goes on to its verdict. Otherwise another
+    /// deployment holds it, and this one is recorded `failed` at once, touching no host: what
+    /// the new holder does stands. A store that cannot write is waited out.
+    async fn settle_lost(
+        &self,
+        s: &Started,
+        reason: &str,
+        say: &impl Fn(String),
+    ) -> Option<Verdict> {
+        let d = s.id();
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self
+                .store
+                .settle_lost(s.lease.clone(), s.masker.mask_text(reason))
+                .await
+            {
+                Ok(Settled::StillHeld) => {
+                    say(format!(
+                        "deployment {d}: the store is writable again and the lease still ours"
+                    ));
+                    return None;
+                }
+                Ok(Settled::Abandoned { by }) => {
+                    let by = by
+                        .map(|b| format!(" to deployment {b}"))
+                        .unwrap_or_default();
+                    say(format!(
+                        "deployment {d}: lost its lease{by}; recorded failed, hosts left to the new holder"
+                    ));
+                    return Some(Verdict {
+                        deployment: d,
+                        status: DeploymentStatus::Failed,
+                        reason: Some(format!("{reason}; it lost its lease{by}")),
+                        failing_host: None,
+                    });
+                }
+                Err(e) => tracing::error!(
+                    "deployment {d}: cannot tell whether the lease is still ours (retrying in {wait:?}): {e:#}"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return Some(self.left_running(s, reason.into(), None)),
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -789,17 +869,30 @@ impl Deployer {
         }
     }
 
-    /// At start: resolve deployments a crash left running. If B had completed (every host
-    /// verified on B), verify again and call it succeeded; otherwise revert every touched host.
-    pub async fn recover(&self, log: &LogSink) -> anyhow::Result<Vec<Verdict>> {
+    /// At start: resolve the deployments a crash left running (`interrupted`, listed before
+    /// the agent served anything, so that none this agent begins since is among them). If B
+    /// had completed (every host verified on B), verify again and call it succeeded;
+    /// otherwise revert every touched host. A deployment that a later one superseded is
+    /// recorded failed and its hosts are left alone.
+    pub async fn recover(
+        &self,
+        log: &LogSink,
+        interrupted: Vec<Deployment>,
+    ) -> anyhow::Result<Vec<Verdict>> {
         let masker = self.masker();
         let say = |m: String| {
             let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
         };
         let mut out = Vec::new();
-        for d in self.store.running_deployments().await? {
-            let (started, journal) = self.reopen(&d).await?;
-            let verdict = self.resolve(&started, &journal, &say).await;
+        for d in interrupted {
+            let verdict = match self.reopen(&d).await {
+                Ok(Some((started, journal))) => self.resolve(&started, &journal, &say).await,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("cannot resolve interrupted deployment {}: {e:#}", d.id);
+                    continue;
+                }
+            };
             tracing::warn!(
                 deployment = d.id,
                 status = verdict.status.as_str(),
@@ -824,12 +917,26 @@ impl Deployer {
 
     /// Take over an interrupted deployment's lease and rebuild what it acted with from the
     /// store: B's release and recorded spec, the journal's hosts, and fresh connections
-    /// (an unreachable host is left out; its revert then fails, naming it).
-    async fn reopen(&self, d: &Deployment) -> anyhow::Result<(Started, Vec<DeploymentHost>)> {
-        let lease = self
+    /// (an unreachable host is left out; its revert then fails, naming it). `None` when a
+    /// later deployment superseded it (then recorded failed, hosts untouched).
+    async fn reopen(
+        &self,
+        d: &Deployment,
+    ) -> anyhow::Result<Option<(Started, Vec<DeploymentHost>)>> {
+        let lease = match self
             .store
             .take_over_lease(d.app.clone(), d.id, LEASE_TTL.as_millis() as i64)
-            .await?;
+            .await?
+        {
+            TakeOver::Taken(lease) => lease,
+            TakeOver::Superseded { by } => {
+                tracing::warn!(
+                    deployment = d.id,
+                    "interrupted deployment superseded by deployment {by}: recorded failed, hosts left as {by} left them"
+                );
+                return Ok(None);
+            }
+        };
         let release = self
             .store
             .release(d.app.clone(), d.to_release)
@@ -890,7 +997,7 @@ impl Deployer {
             stops: Default::default(),
             carried: None,
         };
-        Ok((started, hosts))
+        Ok(Some((started, hosts)))
     }
 
     /// The verdict on a reopened deployment: succeeded if every host was verified on B and
@@ -988,18 +1095,34 @@ impl Drop for AbortOnDrop {
 }
 
 async fn renew_lease(store: Store, lease: Lease, lost: CancellationToken, stop: CancellationToken) {
+    let mut renewed = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LEASE_TTL / 3) => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = store
+        match store
             .renew_lease(lease.clone(), LEASE_TTL.as_millis() as i64)
             .await
         {
-            tracing::error!("{e:#}");
-            lost.cancel();
-            return;
+            Ok(()) => renewed = Instant::now(),
+            Err(e) if e.downcast_ref::<LeaseLost>().is_some() => {
+                tracing::error!("{e:#}");
+                lost.cancel();
+                return;
+            }
+            // The store cannot write (disk full, I/O error): keep trying. Past two thirds of
+            // the lease's life another deployment may take it, so stop acting; the deployment
+            // then asks the store, once it writes again, whether the lease is still its own.
+            Err(e) => {
+                tracing::error!(
+                    "deployment {}: cannot renew its lease: {e:#}",
+                    lease.deployment
+                );
+                if renewed.elapsed() >= LEASE_TTL * 2 / 3 {
+                    lost.cancel();
+                }
+            }
         }
     }
 }

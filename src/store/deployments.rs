@@ -11,6 +11,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::outbox::Reporting;
 use super::{Store, now_millis, rfc3339};
 
 super::text_enum! {
@@ -100,6 +101,37 @@ pub struct Held {
     pub expires_in_ms: i64,
 }
 
+/// A journal write was refused: the deployment no longer holds its app's lease (another
+/// deployment, or a restarted agent, took it over). Callers tell it from a store that cannot
+/// write, which is worth waiting out.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "deployment {deployment} lost its lease on app {app} (another deployment or agent took over); it stops acting"
+)]
+pub struct LeaseLost {
+    pub deployment: i64,
+    pub app: String,
+}
+
+/// What start-up recovery may do with a deployment a crash left `running`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Nothing acted on the app since: recovery holds the lease and resolves the journal.
+    Taken(Lease),
+    /// Deployment `by` acted on the app since (or holds its lease now): what it verified
+    /// stands, and the stale deployment was recorded `failed` without touching a host.
+    Superseded { by: i64 },
+}
+
+/// Whether a deployment that saw its lease renewals fail still holds the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The lease is still this deployment's: it goes on to its verdict.
+    StillHeld,
+    /// Another deployment holds the lease (or acted since): this one was recorded `failed`.
+    Abandoned { by: Option<i64> },
+}
+
 /// A deployment's right to act: the app and the fencing token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -174,13 +206,49 @@ fn check_lease(c: &Connection, lease: &Lease) -> anyhow::Result<()> {
         .query_row(params![lease.app, lease.deployment], |r| r.get(0))
         .optional()?;
     if token != Some(lease.token) {
-        anyhow::bail!(
-            "deployment {} lost its lease on app {} (another deployment or agent took over); it stops acting",
-            lease.deployment,
-            lease.app
-        );
+        return Err(LeaseLost {
+            deployment: lease.deployment,
+            app: lease.app.clone(),
+        }
+        .into());
     }
     Ok(())
+}
+
+/// Record a deployment that can no longer act as `failed`, in the caller's transaction,
+/// unless it already has a verdict. Its hosts are left to whoever acted since.
+fn abandon(
+    c: &Connection,
+    rep: Option<&Reporting>,
+    deployment: i64,
+    reason: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let changed = c.execute(
+        "UPDATE deployments SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1 AND status = ?5",
+        params![deployment, DeploymentStatus::Failed, reason, now, DeploymentStatus::Running],
+    )?;
+    if changed == 1 {
+        super::outbox::deployment_finished(c, rep, deployment, now)?;
+        event(
+            c,
+            deployment,
+            None,
+            "end",
+            Some(&format!("failed: {reason}")),
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+/// The newest deployment of `app` begun after `deployment`, if any.
+fn later_deployment(c: &Connection, app: &str, deployment: i64) -> anyhow::Result<Option<i64>> {
+    Ok(c.query_row(
+        "SELECT MAX(id) FROM deployments WHERE app = ?1 AND id > ?2",
+        params![app, deployment],
+        |r| r.get(0),
+    )?)
 }
 
 fn event(
@@ -269,29 +337,86 @@ impl Store {
         .await
     }
 
-    /// Take over the lease of an interrupted deployment (at start-up recovery), with a new token.
+    /// Take over the lease of an interrupted deployment (at start-up recovery), with a new
+    /// token, unless the deployment is stale: a later deployment of the app exists, or another
+    /// deployment holds an unexpired lease (one this agent began while recovery ran). A stale
+    /// deployment is recorded `failed` in the same transaction and no host is touched, so
+    /// recovery never undoes what a later deployment verified.
     pub async fn take_over_lease(
         &self,
         app: String,
         deployment: i64,
         ttl_ms: i64,
-    ) -> anyhow::Result<Lease> {
+    ) -> anyhow::Result<TakeOver> {
         let now = now_millis();
-        self.write(move |c| {
-            let token: i64 = c
-                .query_row("SELECT token FROM leases WHERE app = ?1", [&app], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0)
-                + 1;
-            c.execute(
-                "INSERT INTO leases (app, deployment, token, expires_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (app) DO UPDATE SET deployment = excluded.deployment, token = excluded.token, expires_at = excluded.expires_at",
-                params![app, deployment, token, now + ttl_ms],
-            )?;
-            event(c, deployment, None, "recover", Some("the agent restarted; resolving the journal"), now)?;
-            Ok(Lease { app, deployment, token })
-        })
-        .await
+        let rep = self.reporting();
+        let out = self
+            .write(move |c| {
+                let held: Option<(i64, i64, i64)> = c
+                    .query_row(
+                        "SELECT deployment, token, expires_at FROM leases WHERE app = ?1",
+                        [&app],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let holder = held
+                    .filter(|&(d, _, expires)| d != deployment && expires > now)
+                    .map(|(d, _, _)| d);
+                if let Some(by) = later_deployment(c, &app, deployment)?.or(holder) {
+                    let reason = format!(
+                        "abandoned: interrupted, and deployment {by} acted on {app} since; \
+                         the hosts are left to that deployment's verdict"
+                    );
+                    abandon(c, rep.as_deref(), deployment, &reason, now)?;
+                    return Ok(TakeOver::Superseded { by });
+                }
+                let token = held.map_or(0, |(_, t, _)| t) + 1;
+                c.execute(
+                    "INSERT INTO leases (app, deployment, token, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (app) DO UPDATE SET deployment = excluded.deployment, token = excluded.token, expires_at = excluded.expires_at",
+                    params![app, deployment, token, now + ttl_ms],
+                )?;
+                event(c, deployment, None, "recover", Some("the agent restarted; resolving the journal"), now)?;
+                Ok(TakeOver::Taken(Lease { app, deployment, token }))
+            })
+            .await;
+        self.wake_outbox();
+        out
+    }
+
+    /// After its lease renewals failed: does the deployment still hold the lease? If not,
+    /// it is recorded `failed` with `reason` at once, rather than left `running` for a later
+    /// restart to "recover" over whatever the new holder verified.
+    pub async fn settle_lost(&self, lease: Lease, reason: String) -> anyhow::Result<Settled> {
+        let now = now_millis();
+        let rep = self.reporting();
+        let out = self
+            .write(move |c| {
+                let later = later_deployment(c, &lease.app, lease.deployment)?;
+                if later.is_none() && check_lease(c, &lease).is_ok() {
+                    return Ok(Settled::StillHeld);
+                }
+                let holder: Option<i64> = c
+                    .query_row(
+                        "SELECT deployment FROM leases WHERE app = ?1",
+                        [&lease.app],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let by = later.or(holder.filter(|&d| d != lease.deployment));
+                let why = match by {
+                    Some(by) => format!(
+                        "{reason}; it lost its lease, and deployment {by} acted on {} since",
+                        lease.app
+                    ),
+                    None => format!("{reason}; it lost its lease on {}", lease.app),
+                };
+                abandon(c, rep.as_deref(), lease.deployment, &why, now)?;
+                Ok(Settled::Abandoned { by })
+            })
+            .await;
+        self.wake_outbox();
+        out
     }
 
     /// Extend the lease; fails when it was lost.
@@ -571,5 +696,161 @@ mod tests {
             format!("{err:#}").contains("host state \"paused\""),
             "{err:#}"
         );
+    }
+
+    fn new_deployment(to: i64) -> NewDeployment {
+        NewDeployment {
+            app: "web".into(),
+            kind: DeploymentKind::Rollout,
+            from_release: Some(to - 1),
+            to_release: to,
+            run: None,
+            requested_by: "test".into(),
+            hosts: vec![("h1".into(), 1)],
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_never_takes_over_a_deployment_a_later_one_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Deployment 1 lost its lease (it expired) without a verdict; deployment 2 took the
+        // app and verified its release.
+        let d1 = store
+            .begin_deployment(new_deployment(2), -1)
+            .await
+            .unwrap()
+            .unwrap();
+        let d2 = store
+            .begin_deployment(new_deployment(3), 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .finish_deployment(d2.clone(), DeploymentStatus::Succeeded, None, None)
+            .await
+            .unwrap();
+        let taken = store
+            .take_over_lease("web".into(), d1.deployment, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(taken, TakeOver::Superseded { by: d2.deployment });
+        let (d, _, events) = store.deployment(d1.deployment).await.unwrap().unwrap();
+        assert_eq!(d.status, DeploymentStatus::Failed);
+        assert!(
+            d.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("deployment 2 acted on web since"),
+            "{:?}",
+            d.reason
+        );
+        assert_eq!(events.last().unwrap().step, "end");
+    }
+
+    #[tokio::test]
+    async fn recovery_never_steals_a_lease_this_agent_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Deployment 1 was interrupted by a crash, and its lease expired; deployment 2 (a
+        // rollback asked for while recovery ran) holds a live lease.
+        let d1 = store
+            .begin_deployment(new_deployment(2), -1)
+            .await
+            .unwrap()
+            .unwrap();
+        let live = store
+            .begin_deployment(new_deployment(1), 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let taken = store
+            .take_over_lease("web".into(), d1.deployment, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            taken,
+            TakeOver::Superseded {
+                by: live.deployment
+            }
+        );
+        store.renew_lease(live.clone(), 30_000).await.unwrap();
+        store
+            .finish_deployment(live, DeploymentStatus::Succeeded, None, None)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_deployment_alone_is_taken_over_with_a_new_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d1 = store
+            .begin_deployment(new_deployment(2), 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let TakeOver::Taken(lease) = store
+            .take_over_lease("web".into(), d1.deployment, 30_000)
+            .await
+            .unwrap()
+        else {
+            panic!("the only deployment of the app is recovered");
+        };
+        assert_eq!(lease.token, d1.token + 1);
+        let err = store.renew_lease(d1, 30_000).await.unwrap_err();
+        assert!(err.downcast_ref::<LeaseLost>().is_some(), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn a_deployment_that_lost_its_lease_is_settled_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d1 = store
+            .begin_deployment(new_deployment(2), 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .settle_lost(d1.clone(), "h1 unhealthy".into())
+                .await
+                .unwrap(),
+            Settled::StillHeld
+        );
+        // Its lease expired while it could not write; deployment 2 took the app.
+        store
+            .write(|c| {
+                c.execute("UPDATE leases SET expires_at = 0", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let d2 = store
+            .begin_deployment(new_deployment(3), 30_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .settle_lost(d1.clone(), "h1 unhealthy".into())
+                .await
+                .unwrap(),
+            Settled::Abandoned {
+                by: Some(d2.deployment)
+            }
+        );
+        let (d, _, _) = store.deployment(d1.deployment).await.unwrap().unwrap();
+        assert_eq!(d.status, DeploymentStatus::Failed);
+        assert!(
+            d.reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("h1 unhealthy; it lost its lease"),
+            "{:?}",
+            d.reason
+        );
+        // The holder's lease is untouched.
+        store.renew_lease(d2, 30_000).await.unwrap();
     }
 }

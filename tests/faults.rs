@@ -1,0 +1,142 @@
+//! Faults (issue 14): whatever fails and whenever, every host ends on one verified release.
+//! Each test sets up a fault's aftermath on the real lab (builder, registry, a host) and checks
+//! the hosts with the docker CLI, independently of hoist.
+//!
+//! Names (the repository `acme/faults`, apps and containers `f14-*`) are this file's own, so
+//! that other files' tests can run beside these.
+
+mod common;
+
+use std::path::Path;
+
+use common::lab::{self, Clean, on_host};
+use common::{Agent, GitRepo, api, push_github, release, token_toml, wait_for};
+use serde_json::Value;
+
+const REPO: &str = "acme/faults";
+
+/// An agent whose one repository is `repo`, with the lab's builder, registry and hosts.
+fn agent(dir: &Path, repo: &GitRepo) -> Agent {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n\
+         [runner]\npoll_interval = \"0s\"\n\
+         [[repo]]\nname = {REPO:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = [\"h3\"]\n\
+         [[registry]]\nhost = {:?}\ninsecure = true\n{}{}",
+        dir.join("data"),
+        lab::builder_url(),
+        repo.bare,
+        lab::REGISTRY,
+        token_toml(),
+        lab::hosts_toml()
+    );
+    Agent::launch(dir, &config)
+}
+
+/// `app` built from the commit and deployed to h3 on an engine-picked port.
+fn pipeline(app: &str) -> String {
+    format!(
+        "app: {app}\nsteps:\n\
+         \x20 - name: build\n    build:\n      context: .\n      \
+         repository: {registry}/hoist-e2e/{app}\n      tags: [\"${{commit_short}}\"]\n\
+         \x20 - name: ship\n    deploy:\n      image: build\n      hosts: [h3]\n      \
+         container:\n        name: {app}\n        ports: [\"8080\"]\n      \
+         health:\n        http: {{ port: 8080, path: /healthz }}\n        \
+         interval: 200ms\n        healthy_for: 200ms\n        deadline: 20s\n      \
+         rollout:\n        keep: 3\n",
+        registry = lab::REGISTRY,
+    )
+}
+
+const DOCKERFILE: &str = "FROM lab/busybox:1\nCOPY www /www\n\
+CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\nSTOPSIGNAL SIGKILL\n";
+
+/// Push a commit of release `version` and wait (at most 300 s) for its run's end.
+async fn release_of(agent: &Agent, repo: &GitRepo, yml: &str, version: &str) -> Value {
+    let files = [
+        (".hoist.yml", yml),
+        ("Dockerfile", DOCKERFILE),
+        ("www/healthz", "ok\n"),
+        ("www/version", version),
+    ];
+    let commit = repo.commit("main", version, &files);
+    let answer = push_github(agent, REPO, "main", &commit, version).await;
+    let id = answer["runs"][0].as_i64().expect("a run");
+    wait_for(agent, &format!("/runs/{id}"), "ended", 300, |r| {
+        !["queued", "running", "waiting"].contains(&r["status"].as_str().unwrap_or(""))
+    })
+    .await
+}
+
+/// Defect 1: a deployment that never got its verdict (its lease lost, or its journal write
+/// failed) stayed `running`; a later restart "recovered" it and reverted the hosts to its old
+/// release, over what later deployments had verified since. Now recovery records it failed
+/// and leaves the hosts alone.
+#[tokio::test]
+async fn a_stale_deployment_never_rolls_back_what_a_later_one_verified() {
+    const APP: &str = "f14-stale";
+    let _clean = Clean::new(APP);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let mut agent = agent(dir.path(), &repo);
+    let yml = pipeline(APP);
+    for version in ["one\n", "two\n", "three\n"] {
+        let run = release_of(&agent, &repo, &yml, version).await;
+        assert_eq!(run["status"], "success", "{version}: {run:#}");
+    }
+    let d3 = release(&agent, APP, 3).await["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deployments = api(&agent, &format!("/apps/{APP}/deployments")).await;
+    let of = |n: i64| {
+        deployments
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["to_release"] == n)
+            .unwrap_or_else(|| panic!("no deployment to release {n}: {deployments:#}"))["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (stale, latest) = (of(2), of(3));
+
+    // The aftermath of the fault: release 2's deployment is still `running` in the journal
+    // (every host journaled verified on 2), and release 3's deployment verified since.
+    agent.terminate();
+    let db = rusqlite::Connection::open(dir.path().join("data/hoist.db")).unwrap();
+    db.execute(
+        "UPDATE deployments SET status = 'running', reason = NULL, finished_at = NULL WHERE id = ?1",
+        [stale],
+    )
+    .unwrap();
+    drop(db);
+
+    let agent = agent_again(dir.path());
+    let resolved = wait_for(
+        &agent,
+        &format!("/deployments/{stale}"),
+        "resolved",
+        60,
+        |d| d["status"] != "running",
+    )
+    .await;
+    assert_eq!(resolved["status"], "failed", "{resolved:#}");
+    let reason = resolved["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("deployment {latest} acted on {APP} since")),
+        "{reason}"
+    );
+    // The host still runs release 3, the one the later deployment verified.
+    let on = on_host("h3", APP);
+    assert!(
+        on.running && on.digests.contains(&d3) && on.release == "3",
+        "h3 should still run release 3 ({d3}): {on:?}"
+    );
+    let latest = api(&agent, &format!("/deployments/{latest}")).await;
+    assert_eq!(latest["status"], "succeeded", "{latest:#}");
+}
+
+/// The agent started again on the same data directory and config.
+fn agent_again(dir: &Path) -> Agent {
+    Agent::launch(dir, "")
+}
