@@ -47,8 +47,10 @@ fn pipeline(app: &str) -> String {
     )
 }
 
+/// busybox httpd serving `/www`, under a shell that exits 1 when httpd ends: killing httpd
+/// from inside is a crash, which the engine's restart policy (`unless-stopped`) restarts.
 const DOCKERFILE: &str = "FROM lab/busybox:1\nCOPY www /www\n\
-CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\nSTOPSIGNAL SIGKILL\n";
+CMD [\"sh\", \"-c\", \"httpd -f -p 8080 -h /www & wait $!; exit 1\"]\nSTOPSIGNAL SIGKILL\n";
 
 /// Push a commit of release `version` and wait (at most 300 s) for its run's end.
 async fn release_of(agent: &Agent, repo: &GitRepo, yml: &str, version: &str) -> Value {
@@ -134,6 +136,48 @@ async fn a_stale_deployment_never_rolls_back_what_a_later_one_verified() {
     );
     let latest = api(&agent, &format!("/deployments/{latest}")).await;
     assert_eq!(latest["status"], "succeeded", "{latest:#}");
+}
+
+/// Defect 10: a container the engine restarted once (its process crashed, the restart policy
+/// brought it back) was "unhealthy" in `/apps/{app}/hosts` for ever after, though it served.
+#[tokio::test]
+async fn a_container_restarted_by_its_engine_is_healthy_again_once_it_serves() {
+    const APP: &str = "f14-restart";
+    let _clean = Clean::new(APP);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let agent = agent(dir.path(), &repo);
+    let run = release_of(&agent, &repo, &pipeline(APP), "one\n").await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let hosts = api(&agent, &format!("/apps/{APP}/hosts")).await;
+    assert_eq!(hosts[0]["health"], "healthy", "{hosts:#}");
+
+    // The app crashes: its engine restarts it.
+    lab::docker("h3", &["exec", APP, "sh", "-c", "kill $(pidof httpd)"]);
+    common::wait_until_blocking("the engine to restart the container", 30, || {
+        let state = lab::docker_lenient(
+            "h3",
+            &[
+                "inspect",
+                APP,
+                "--format",
+                "{{.RestartCount}} {{.State.Running}}",
+            ],
+        );
+        match state.split_once(' ') {
+            Some((n, "true")) if n != "0" => Ok(()),
+            _ => Err(format!("restart count and running: {state:?}")),
+        }
+    });
+    let hosts = wait_for(
+        &agent,
+        &format!("/apps/{APP}/hosts"),
+        "healthy again",
+        20,
+        |h| h[0]["health"] == "healthy",
+    )
+    .await;
+    assert_eq!(hosts[0]["container"], "running", "{hosts:#}");
 }
 
 /// The agent started again on the same data directory and config.

@@ -775,11 +775,21 @@ impl Deployer {
         let end = Instant::now() + bake;
         let spec = &s.plan.spec;
         let names = host::replica_names(&spec.container.name, spec.container.replicas);
+        // A restart during the bake is a crash; one before it (a kept container's earlier
+        // life) is not.
+        let mut restarts = BTreeMap::new();
+        for h in &s.hosts {
+            for n in &names {
+                let count = health::restart_count(&s.engines[h], n).await;
+                restarts.insert((h.as_str(), n.as_str()), count);
+            }
+        }
         while Instant::now() < end {
             for h in &s.hosts {
                 let addr = &self.config.hosts[h].address;
                 for n in &names {
-                    health::check_once(&s.engines[h], n, addr, &spec.health)
+                    let before = restarts[&(h.as_str(), n.as_str())];
+                    health::check_since(&s.engines[h], n, addr, &spec.health, before)
                         .await
                         .map_err(|why| {
                             Failure::on(h, format!("{n} unhealthy during bake: {why}"))

@@ -108,7 +108,8 @@ pub async fn wait_healthy(
         let at = Instant::now();
         checks += 1;
         let outcome = tokio::select! {
-            o = check(docker, container, address, spec) => o,
+            // The containers it waits on were just started: any restart is a crash.
+            o = check(docker, container, address, spec, Some(0)) => o,
             _ = cancel.cancelled() => return Err(Unhealthy("cancelled".to_string())),
         };
         match outcome {
@@ -162,28 +163,62 @@ pub async fn wait_healthy(
     }
 }
 
-/// One check now: the container runs and its probe passes. Used by the bake phase and
-/// `hoist hosts`.
+/// One check now: the container runs and its probe passes, however often the engine
+/// restarted it before (its restart policy brought it back: what counts is that it serves
+/// now). Used by `/apps/{app}/hosts` and the drift watch.
 pub async fn check_once(
     docker: &Docker,
     container: &str,
     address: &str,
     spec: &HealthSpec,
 ) -> Result<(), Unhealthy> {
-    check(docker, container, address, spec)
+    check(docker, container, address, spec, None)
         .await
-        .map_err(|f| match f {
-            Fail::Retry(r) | Fail::Fatal(r) => Unhealthy(r),
-        })
+        .map_err(Fail::into_unhealthy)
 }
 
+/// One check now, where a restart since the count `restarts` was read is a failure: the
+/// bake, which reads each container's count when it begins ([`restart_count`]).
+pub async fn check_since(
+    docker: &Docker,
+    container: &str,
+    address: &str,
+    spec: &HealthSpec,
+    restarts: i64,
+) -> Result<(), Unhealthy> {
+    check(docker, container, address, spec, Some(restarts))
+        .await
+        .map_err(Fail::into_unhealthy)
+}
+
+/// How often the engine has restarted `container` (0 when it cannot tell).
+pub async fn restart_count(docker: &Docker, container: &str) -> i64 {
+    docker
+        .inspect_container(container, None)
+        .await
+        .ok()
+        .and_then(|i| i.restart_count)
+        .unwrap_or(0)
+}
+
+impl Fail {
+    fn into_unhealthy(self) -> Unhealthy {
+        match self {
+            Fail::Retry(r) | Fail::Fatal(r) => Unhealthy(r),
+        }
+    }
+}
+
+/// One check: the container is alive (restarted no more than `restarts` times, when given)
+/// and its probe passes.
 async fn check(
     docker: &Docker,
     container: &str,
     address: &str,
     spec: &HealthSpec,
+    restarts: Option<i64>,
 ) -> Result<(), Fail> {
-    let inspect = alive(docker, container).await?;
+    let inspect = alive(docker, container, restarts).await?;
     match &spec.check {
         HealthCheck::Http {
             port,
@@ -208,9 +243,14 @@ async fn check(
     }
 }
 
-/// The container's inspection when its process runs and has never been restarted; otherwise
-/// a fatal reason with its exit code and the last lines of its log.
-async fn alive(docker: &Docker, container: &str) -> Result<ContainerInspectResponse, Fail> {
+/// The container's inspection when its process runs and the engine restarted it no more than
+/// `allowed` times (any number when None); otherwise a fatal reason with its exit code and the
+/// last lines of its log.
+async fn alive(
+    docker: &Docker,
+    container: &str,
+    allowed: Option<i64>,
+) -> Result<ContainerInspectResponse, Fail> {
     let inspect = match docker.inspect_container(container, None).await {
         Ok(i) => i,
         Err(DockerError::DockerResponseServerError {
@@ -230,7 +270,8 @@ async fn alive(docker: &Docker, container: &str) -> Result<ContainerInspectRespo
     let state = inspect.state.clone().unwrap_or_default();
     let restarts = inspect.restart_count.unwrap_or(0);
     let status = state.status;
-    if status == Some(ContainerStateStatusEnum::RUNNING) && restarts == 0 {
+    let restarted = allowed.is_some_and(|n| restarts > n);
+    if status == Some(ContainerStateStatusEnum::RUNNING) && !restarted {
         return Ok(inspect);
     }
     if status == Some(ContainerStateStatusEnum::PAUSED) {
