@@ -864,9 +864,12 @@ impl Deployer {
             .good_releases(s.plan.to.app.clone())
             .await
             .unwrap_or_default();
-        let mut keep: BTreeSet<i64> = good.into_iter().take(keep_n + 1).collect();
-        keep.insert(s.plan.to.number);
-        keep.extend(s.before.values().flatten());
+        let keep = retained(
+            s.plan.to.number,
+            keep_n,
+            &good,
+            s.before.values().flatten().copied(),
+        );
         for h in &s.hosts {
             let name = &s.plan.spec.container.name;
             match host::prune(&s.engines[h], name, &s.plan.to.app, &keep).await {
@@ -1094,6 +1097,21 @@ impl Deployer {
     }
 }
 
+/// What retention keeps on the hosts after a deployment to release `to`: `to`, what the hosts
+/// ran `before`, and the `keep` newest good releases older than `to`, chosen by release number
+/// as the default rollback target is ([`super::older_good`]): the target is never pruned.
+fn retained(
+    to: i64,
+    keep: usize,
+    good: &[i64],
+    before: impl IntoIterator<Item = i64>,
+) -> BTreeSet<i64> {
+    let mut kept: BTreeSet<i64> = super::older_good(good, to).into_iter().take(keep).collect();
+    kept.insert(to);
+    kept.extend(before);
+    kept
+}
+
 /// Renew `lease` every third of its life until `stop`; a failed renewal cancels `lost`.
 /// A task aborted when its handle is dropped (on return or while a panic unwinds).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -1217,6 +1235,20 @@ mod tests {
     /// A deployment that panics (here: a host its plan names vanished from the config, so the
     /// switch's `config.hosts[host]` panics) still ends with a verdict and gives the lease
     /// back, so the app can be deployed again at once.
+    #[test]
+    fn retention_never_prunes_the_default_rollback_target() {
+        // Deploy 10, roll back to 5, deploy 11 with keep: 1. Good releases, newest deployment
+        // first: 11, 5, 10, 9, …; the default rollback target from 11 is 10.
+        let good = [11, 5, 10, 9, 8];
+        let target = super::super::older_good(&good, 11)[0];
+        assert_eq!(target, 10);
+        let kept = retained(11, 1, &good, [5]);
+        assert!(kept.contains(&target), "{kept:?}");
+        assert_eq!(kept, BTreeSet::from([5, 10, 11]));
+        // keep: 0 keeps only what runs and what ran before.
+        assert_eq!(retained(11, 0, &good, [10]), BTreeSet::from([10, 11]));
+    }
+
     #[tokio::test]
     async fn a_panicking_deployment_gives_back_its_lease() {
         let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,15 @@ use crate::pipeline::Vars;
 use crate::store::{DeploymentKind, Release, Store};
 use deployment::{Deployer, Plan};
 
+/// The good releases (some deployment verified them) older than release `current`, newest
+/// first: the first is the default rollback target, and retention keeps the first `keep`.
+pub fn older_good(good: &[i64], current: i64) -> Vec<i64> {
+    let mut older: Vec<i64> = good.iter().copied().filter(|&r| r < current).collect();
+    older.sort_unstable_by(|a, b| b.cmp(a));
+    older.dedup();
+    older
+}
+
 /// The plan of a manual rollback of `app` to release `to`, by default the newest good
 /// release older than the current one. Its container settings and health checks are the
 /// ones that release was deployed with; hooks run in a checkout of its commit.
@@ -33,9 +42,7 @@ pub async fn rollback_plan(
             let cur = current.with_context(|| {
                 format!("app {app} has never been deployed; there is nothing to roll back")
             })?;
-            let mut older: Vec<i64> = good.iter().copied().filter(|&r| r < cur).collect();
-            older.sort_unstable();
-            older.pop().with_context(|| {
+            older_good(&good, cur).first().copied().with_context(|| {
                 format!(
                     "app {app} has no good release older than release {cur}; name one with --to"
                 )
