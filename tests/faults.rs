@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use common::lab::{self, Clean, on_host};
-use common::{Agent, GitRepo, api, push_github, release, token_toml, wait_for};
+use common::{Agent, GitRepo, api, api_post, push_github, release, token_toml, wait_for};
 use serde_json::Value;
 
 const REPO: &str = "acme/faults";
@@ -34,6 +34,11 @@ fn agent(dir: &Path, repo: &GitRepo) -> Agent {
 
 /// `app` built from the commit and deployed to h3 on an engine-picked port.
 fn pipeline(app: &str) -> String {
+    pipeline_with(app, "")
+}
+
+/// `pipeline`, with `extra` lines in the deploy step (its `hooks:`).
+fn pipeline_with(app: &str, extra: &str) -> String {
     format!(
         "app: {app}\nsteps:\n\
          \x20 - name: build\n    build:\n      context: .\n      \
@@ -42,7 +47,7 @@ fn pipeline(app: &str) -> String {
          container:\n        name: {app}\n        ports: [\"8080\"]\n      \
          health:\n        http: {{ port: 8080, path: /healthz }}\n        \
          interval: 200ms\n        healthy_for: 200ms\n        deadline: 20s\n      \
-         rollout:\n        keep: 3\n",
+         rollout:\n        keep: 3\n{extra}",
         registry = lab::REGISTRY,
     )
 }
@@ -178,6 +183,63 @@ async fn a_container_restarted_by_its_engine_is_healthy_again_once_it_serves() {
     )
     .await;
     assert_eq!(hosts[0]["container"], "running", "{hosts:#}");
+}
+
+/// Defect 3: a second rollback asked for while one ran got 409, but had first replaced the
+/// running one's hooks checkout: its hook, working in the checkout, found it gone.
+#[tokio::test]
+async fn a_refused_rollback_leaves_the_running_ones_checkout_alone() {
+    const APP: &str = "f14-hooks";
+    let _clean = Clean::new(APP);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let agent = agent(dir.path(), &repo);
+    // The hook works in its checkout before and after a pause.
+    let yml = pipeline_with(
+        APP,
+        "      hooks:\n        before_host: [\"sh\", \"-c\", \"cat .hoist.yml >/dev/null && sleep 3 && cat .hoist.yml >/dev/null\"]\n",
+    );
+    for version in ["one\n", "two\n"] {
+        let run = release_of(&agent, &repo, &yml, version).await;
+        assert_eq!(run["status"], "success", "{version}: {run:#}");
+    }
+
+    let first = api_post(
+        &agent,
+        &format!("/apps/{APP}/rollback"),
+        Some(serde_json::json!({"to": 1})),
+    )
+    .await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let second = api_post(
+        &agent,
+        &format!("/apps/{APP}/rollback"),
+        Some(serde_json::json!({"to": 1})),
+    )
+    .await;
+    assert_eq!(
+        second.status(),
+        409,
+        "the app's lease is held by the first rollback"
+    );
+
+    let id = first["deployment"].as_i64().unwrap();
+    let d = wait_for(&agent, &format!("/deployments/{id}"), "ended", 60, |d| {
+        d["status"] != "running"
+    })
+    .await;
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    let on = on_host("h3", APP);
+    assert!(
+        on.running && on.release == "1",
+        "h3 should run release 1: {on:?}"
+    );
+    // Each plan's checkout is gone with its deployment or its refusal.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("data/hooks"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "hooks checkouts left behind: {left:?}");
 }
 
 /// The agent started again on the same data directory and config.

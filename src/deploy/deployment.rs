@@ -270,6 +270,31 @@ impl Deployer {
     /// Check the plan, connect every host, read what each runs, and take the app's lease.
     /// Nothing on any host has changed when this returns.
     pub async fn start(&self, plan: Plan) -> Result<Started, StartError> {
+        let dir = plan.hooks_dir.clone();
+        let started = self.begin(plan).await;
+        if started.is_err() {
+            self.remove_own_checkout(dir.as_deref());
+        }
+        started
+    }
+
+    /// A checkout the deployer made for a rollback's hooks (under `data_dir/hooks`) is the
+    /// plan's own: removed once its deployment ends or is refused. A run's workspace, where a
+    /// deploy step's hooks run, is left to the run.
+    fn remove_own_checkout(&self, dir: Option<&std::path::Path>) {
+        let Some(dir) = dir else { return };
+        if !dir.starts_with(self.config.data_dir.join(super::HOOKS_DIR)) {
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove the hooks checkout {}: {e}", dir.display());
+        }
+    }
+
+    /// [`Deployer::start`], before its refusal is cleaned up after.
+    async fn begin(&self, plan: Plan) -> Result<Started, StartError> {
         let app = plan.to.app.clone();
         let hosts = self.allowed_hosts(&plan)?;
         let what = format!("container {}", plan.spec.container.name);
@@ -475,7 +500,7 @@ impl Deployer {
         let say = |m: String| {
             let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
         };
-        match AssertUnwindSafe(self.drive(&s, &say, &lost))
+        let verdict = match AssertUnwindSafe(self.drive(&s, &say, &lost))
             .catch_unwind()
             .await
         {
@@ -491,7 +516,9 @@ impl Deployer {
                 self.finish(&s, DeploymentStatus::Failed, Some(why), None)
                     .await
             }
-        }
+        };
+        self.remove_own_checkout(s.plan.hooks_dir.as_deref());
+        verdict
     }
 
     /// Forward, then the verdict: succeeded; or, on a failure, reverted (with `auto_rollback`),

@@ -15,6 +15,10 @@ use crate::pipeline::Vars;
 use crate::store::{DeploymentKind, Release, Store};
 use deployment::{Deployer, Plan};
 
+/// Under `data_dir`: the checkouts a rollback's hooks run in, one per plan, removed when its
+/// deployment ends or is refused.
+pub const HOOKS_DIR: &str = "hooks";
+
 /// The good releases (some deployment verified them) older than release `current`, newest
 /// first: the first is the default rollback target, and retention keeps the first `keep`.
 pub fn older_good(good: &[i64], current: i64) -> Vec<i64> {
@@ -93,11 +97,16 @@ async fn hooks_checkout(
         Ok(Some((run, _))) => run.git_ref,
         _ => return None,
     };
-    let dir = d
-        .config
-        .data_dir
-        .join("hooks")
-        .join(format!("{}-r{}", release.app, release.number));
+    // A directory of this plan's own: a second rollback asked for at the same time (refused
+    // with 409 once it finds the lease held) must not replace the first one's checkout.
+    static PLANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = d.config.data_dir.join(HOOKS_DIR).join(format!(
+        "{}-r{}-{}-{}",
+        release.app,
+        release.number,
+        std::process::id(),
+        PLANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     mirrors
         .checkout(repo, &git_ref, &release.commit, dir)
         .await
