@@ -74,8 +74,8 @@ pub async fn poll_repo(q: &Queue, repo: &str) -> anyhow::Result<Vec<i64>> {
                 git_ref.trim_start_matches("refs/tags/").to_string(),
             ),
         };
-        let created = q
-            .enqueue(NewRun {
+        let Some(created) = q
+            .enqueue_missed(NewRun {
                 repo: repo.to_string(),
                 git_ref: git_ref.clone(),
                 kind,
@@ -87,7 +87,10 @@ pub async fn poll_repo(q: &Queue, repo: &str) -> anyhow::Result<Vec<i64>> {
                 author: None,
                 cancel_superseded: conf.cancel_superseded,
             })
-            .await?;
+            .await?
+        else {
+            continue;
+        };
         tracing::info!(
             repo,
             git_ref,

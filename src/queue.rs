@@ -107,6 +107,17 @@ impl Queue {
         Ok(created)
     }
 
+    /// [`Queue::enqueue`] for a push the poller found: None when its webhook (or a run of the
+    /// same commit on the same ref) came first, so a push runs once.
+    pub async fn enqueue_missed(&self, run: NewRun) -> anyhow::Result<Option<Created>> {
+        let Some(created) = self.store.create_missed_run(run).await? else {
+            return Ok(None);
+        };
+        self.supersede(&created.superseded_running, created.id);
+        self.wake.notify_one();
+        Ok(Some(created))
+    }
+
     /// Look at the queue now (a waiting run was approved and queued again).
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -582,6 +582,26 @@ fn accept_one(
             superseded_running: Vec::new(),
         });
     }
+    // The poller found this push before its webhook came: that run is the push's run (one
+    // run per repo, ref and commit), and now it has the webhook's delivery, message and author.
+    let polled: Option<i64> = c
+        .prepare_cached(
+            "SELECT MIN(id) FROM runs WHERE repo = ?1 AND git_ref = ?2 AND commit_sha = ?3 AND trigger = ?4",
+        )?
+        .query_row(params![e.repo, e.git_ref, e.after, Trigger::Poll], |r| r.get(0))?;
+    if let Some(run) = polled {
+        c.prepare_cached(
+            "UPDATE runs SET delivery = COALESCE(delivery, ?2), message = COALESCE(message, ?3),
+                             author = COALESCE(author, ?4) WHERE id = ?1",
+        )?
+        .execute(params![run, id, e.message, e.author])?;
+        return Ok(Accepted {
+            id,
+            duplicate: false,
+            runs: vec![run],
+            superseded_running: Vec::new(),
+        });
+    }
     let created = runs::create_run(
         c,
         &NewRun {
@@ -876,6 +896,50 @@ pub(crate) mod tests {
         // Reopening finds everything.
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.deliveries(50, None).await.unwrap().len(), 2);
+    }
+
+    /// The run the poller would queue for commit `after` (one character repeated) on main.
+    fn polled(after: char) -> NewRun {
+        NewRun {
+            repo: "acme/web".into(),
+            git_ref: "refs/heads/main".into(),
+            kind: RefKind::Branch,
+            name: "main".into(),
+            commit: after.to_string().repeat(40),
+            delivery: None,
+            trigger: Trigger::Poll,
+            message: None,
+            author: None,
+            cancel_superseded: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_found_by_the_poller_and_by_its_webhook_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // The poller first, then the webhook: the webhook's delivery joins the poller's run.
+        let run = store.create_missed_run(polled('a')).await.unwrap().unwrap();
+        let a = store.accept(vec![event("d1", 'a')]).await.unwrap();
+        assert_eq!(a[0].runs, vec![run.id]);
+        let (r, _) = store.run(run.id).await.unwrap().unwrap();
+        assert_eq!(
+            r.status,
+            Status::Queued,
+            "not superseded by its own webhook"
+        );
+        assert_eq!(
+            (r.delivery, r.message.as_deref()),
+            (Some(a[0].id), Some("fix"))
+        );
+        // The webhook first, then the poller: no second run.
+        let b = store.accept(vec![event("d2", 'b')]).await.unwrap();
+        assert_eq!(store.create_missed_run(polled('b')).await.unwrap(), None);
+        assert_eq!(
+            store.runs(None, None, 50, None).await.unwrap().len(),
+            2,
+            "{b:?}"
+        );
     }
 
     #[tokio::test]

@@ -310,6 +310,30 @@ impl Store {
         out
     }
 
+    /// Create the run of a push the poller found, unless hoist has heard of that commit on
+    /// that ref by now (its webhook, or a run): checked in the transaction that would create
+    /// it, so a webhook accepted while the poller looked still makes only one run.
+    pub async fn create_missed_run(&self, run: NewRun) -> anyhow::Result<Option<Created>> {
+        let now = now_millis();
+        let rep = self.reporting();
+        let out = self
+            .write(move |c| {
+                let seen: bool = c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE repo = ?1 AND git_ref = ?2 AND after_sha = ?3)
+                         OR EXISTS (SELECT 1 FROM runs WHERE repo = ?1 AND git_ref = ?2 AND commit_sha = ?3)",
+                    params![run.repo, run.git_ref, run.commit],
+                    |r| r.get(0),
+                )?;
+                if seen {
+                    return Ok(None);
+                }
+                create_run(c, &run, rep.as_deref(), now).map(Some)
+            })
+            .await;
+        self.wake_outbox();
+        out
+    }
+
     /// Take the oldest queued run, mark it running and count the attempt.
     pub async fn claim_run(&self) -> anyhow::Result<Option<Run>> {
         let now = now_millis();
