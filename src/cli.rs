@@ -157,12 +157,17 @@ enum TokenCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A stalled git server must not hang a fetch thread forever. These are process-wide
-    // libgit2 settings: set them here, before any other thread exists.
+    // A stalled git server must not hang a fetch thread (and its mirror's lock) forever.
+    // These are process-wide libgit2 settings: set them here, before any other thread exists.
+    // `HOIST_GIT_TIMEOUT` (a duration) shortens the stall timeout, for tests.
+    let stall = std::env::var("HOIST_GIT_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .map_or(120_000, |d| d.as_millis().clamp(1, 120_000) as i32);
     // SAFETY: no other thread is running yet, so nothing reads these options concurrently.
     unsafe {
-        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(30_000);
-        let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(stall.min(30_000));
+        let _ = git2::opts::set_server_timeout_in_milliseconds(stall);
     }
     init_tracing(cli.log_format);
     match cli.command {

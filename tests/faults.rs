@@ -242,6 +242,60 @@ async fn a_refused_rollback_leaves_the_running_ones_checkout_alone() {
     assert!(left.is_empty(), "hooks checkouts left behind: {left:?}");
 }
 
+/// Defect 9: a git server that accepts the connection and never answers held the fetch, the
+/// mirror's lock and `POST /repos/{owner}/{name}/runs` for good. Now libgit2's stall timeout
+/// ends it with an error that names the remote.
+#[tokio::test]
+async fn a_git_server_that_never_answers_costs_one_timeout() {
+    // A tarpit on loopback: accepts, reads, never writes; bounded to 60 s of life.
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tarpit.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        tarpit.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < until && held.len() < 64 {
+            match tarpit.accept() {
+                Ok((conn, _)) => held.push(conn),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[runner]\npoll_interval = \"0s\"\n\
+         [[repo]]\nname = \"acme/tarpit\"\nurl = \"http://127.0.0.1:{port}/acme/tarpit.git\"\n\
+         forge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n{}",
+        dir.path().join("data"),
+        token_toml()
+    );
+    let agent = Agent::launch_with_env(dir.path(), &config, &[("HOIST_GIT_TIMEOUT", "2s".into())]);
+    let began = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        api_post(
+            &agent,
+            "/repos/acme/tarpit/runs",
+            Some(serde_json::json!({"ref": "refs/heads/main"})),
+        ),
+    )
+    .await
+    .expect("POST /repos/acme/tarpit/runs answered within 30 s");
+    let took = began.elapsed();
+    assert_eq!(answer.status(), 502);
+    let body = answer.text().await.unwrap();
+    eprintln!("answered in {took:?}: {body}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    // The mirror's lock was given back: a second try answers the same way, as quickly.
+    let again = api_post(
+        &agent,
+        "/repos/acme/tarpit/runs",
+        Some(serde_json::json!({"ref": "refs/heads/main"})),
+    )
+    .await;
+    assert_eq!(again.status(), 502);
+}
+
 /// The agent started again on the same data directory and config.
 fn agent_again(dir: &Path) -> Agent {
     Agent::launch(dir, "")
