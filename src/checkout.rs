@@ -108,17 +108,19 @@ impl Mirrors {
 
     /// Fetch `commit` (pushed to `git_ref`) into the mirror and read its pipeline file (None:
     /// the commit has none). A commit the mirror already holds costs no network.
+    /// Returns the commit's id too: an annotated tag's object is peeled to the commit it tags.
     pub async fn fetch_pipeline(
         &self,
         repo: &RepoConfig,
         git_ref: &str,
         commit: &str,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<(String, Option<String>)> {
         let (git_ref, commit) = (git_ref.to_string(), commit.to_string());
         self.with_mirror(repo, move |mirror| {
-            mirror.fetch(&commit, &git_ref)?;
+            let commit = mirror.fetch(&commit, &git_ref)?;
             mirror.compact(MAX_PACKS);
-            mirror.read_file(&commit, crate::pipeline::FILE_NAME)
+            let text = mirror.read_file(&commit, crate::pipeline::FILE_NAME)?;
+            Ok((commit, text))
         })
         .await
     }
@@ -210,13 +212,16 @@ impl Mirror {
     /// Afterwards the mirror's `git_ref` points at `commit` (or at the fetched ref tip after a
     /// fallback): the mirror's refs are what libgit2 offers the server as "haves", so they
     /// are what keeps the next fetch small, and they keep fetched objects reachable.
-    pub fn fetch(&self, commit: &str, git_ref: &str) -> anyhow::Result<()> {
+    ///
+    /// A tag push of an annotated tag names the tag object, not a commit (GitHub's `after`,
+    /// GitLab's `after`): it is peeled to the commit it tags. Returns the commit's id.
+    pub fn fetch(&self, commit: &str, git_ref: &str) -> anyhow::Result<String> {
         let oid = parse_commit(commit)?;
         check_ref_name(git_ref)?;
         let repo = self.repo()?;
-        if has_commit(&repo, oid) {
+        if let Some(peeled) = peeled_commit(&repo, oid) {
             tracing::debug!(commit, "commit already in the mirror; no fetch");
-            return Ok(());
+            return Ok(peeled.to_string());
         }
         let url = redact_url(&self.url);
 
@@ -226,7 +231,7 @@ impl Mirror {
             Ok(_) if has_commit(&repo, oid) => {
                 repo.reference(git_ref, oid, true, "hoist: fetch by commit id")
                     .with_context(|| format!("cannot update {git_ref} in the mirror"))?;
-                return Ok(());
+                return Ok(commit.to_string());
             }
             Ok(_) => tracing::debug!(commit, %url, "fetch by commit id brought nothing"),
             // Servers without allowReachableSHA1InWant answer "not our ref"; an unreachable
@@ -240,10 +245,10 @@ impl Mirror {
         let refspec = format!("+{git_ref}:{git_ref}");
         self.fetch_refspecs(&repo, &[refspec.as_str()])
             .map_err(|e| anyhow!("cannot fetch from {url}: {}", self.explain(&e)))?;
-        if !has_commit(&repo, oid) {
-            bail!("commit {commit} is not in {url} (was the branch force-pushed away?)");
+        match peeled_commit(&repo, oid) {
+            Some(peeled) => Ok(peeled.to_string()),
+            None => bail!("commit {commit} is not in {url} (was the branch force-pushed away?)"),
         }
-        Ok(())
     }
 
     /// The content of `path` in `commit`'s tree, None when the file is absent (a repo without
@@ -542,6 +547,16 @@ fn copy_history(from: &Repository, to: &Repository, oid: Oid) -> anyhow::Result<
 
 fn has_commit(repo: &Repository, oid: Oid) -> bool {
     repo.find_commit(oid).is_ok()
+}
+
+/// The commit `oid` names: itself, or the commit an annotated tag object `oid` tags (through
+/// tags of tags). None when the mirror has neither.
+fn peeled_commit(repo: &Repository, oid: Oid) -> Option<Oid> {
+    if has_commit(repo, oid) {
+        return Some(oid);
+    }
+    let tag = repo.find_tag(oid).ok()?;
+    tag.as_object().peel_to_commit().ok().map(|c| c.id())
 }
 
 fn find_commit(repo: &Repository, oid: Oid) -> anyhow::Result<git2::Commit<'_>> {

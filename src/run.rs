@@ -118,10 +118,29 @@ async fn execute_run(
         .repo(&run.repo)
         .with_context(|| format!("repository {} is no longer in hoist.toml", run.repo))?;
     let started = Instant::now();
-    let text = q
+    let (commit, text) = q
         .mirrors
         .fetch_pipeline(repo, &run.git_ref, &run.commit)
         .await?;
+    // An annotated tag's push names the tag object: the run is of the commit it tags, and
+    // says so in the store (releases, statuses and `${commit}` all name that commit).
+    let peeled;
+    let run = if commit != run.commit {
+        tracing::info!(
+            run = run.id,
+            tag = run.commit,
+            commit,
+            "annotated tag peeled to its commit"
+        );
+        q.store.set_run_commit(run.id, commit.clone()).await?;
+        peeled = Run {
+            commit,
+            ..run.clone()
+        };
+        &peeled
+    } else {
+        run
+    };
     let fetched = Instant::now();
     // A run queued again after an approval goes on from what its steps recorded.
     let stored = q

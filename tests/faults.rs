@@ -10,7 +10,10 @@ mod common;
 use std::path::Path;
 
 use common::lab::{self, Clean, on_host};
-use common::{Agent, GitRepo, api, api_post, push_github, release, token_toml, wait_for};
+use common::{
+    Agent, GitRepo, api, api_post, git, git_out, push_github, push_github_ref, release, token_toml,
+    wait_for,
+};
 use serde_json::Value;
 
 const REPO: &str = "acme/faults";
@@ -294,6 +297,52 @@ async fn a_git_server_that_never_answers_costs_one_timeout() {
     )
     .await;
     assert_eq!(again.status(), 502);
+}
+
+/// Defect 8: a push of an annotated tag names the tag object (GitHub's and GitLab's `after`:
+/// GitHub's changelog of 2021-10-01, "the push webhook payload provides a consistent
+/// head_commit on tag creation", and the annotated-tag reports of buildbuddy#12752 and
+/// open-build-service#13500), not a commit: the run failed. Now it is peeled to the commit.
+#[tokio::test]
+async fn an_annotated_tag_push_runs_the_commit_it_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let agent = agent(dir.path(), &repo);
+    let yml = "app: f14-tag\non: {tags: [\"v*\"]}\nsteps:\n  - name: hello\n    image: lab/busybox:1\n    \
+               commands: [\"echo commit=$HOIST_COMMIT tag=$HOIST_TAG\"]\n";
+    let commit = repo.commit("main", "tagged", &[(".hoist.yml", yml)]);
+    git(
+        &repo.work,
+        &["tag", "-a", "v1.0.0", "-m", "release v1.0.0", &commit],
+    );
+    git(
+        &repo.work,
+        &[
+            "push",
+            "-q",
+            repo.bare.to_str().unwrap(),
+            "refs/tags/v1.0.0",
+        ],
+    );
+    let tag_object = git_out(&repo.work, &["rev-parse", "refs/tags/v1.0.0"]);
+    assert_ne!(
+        tag_object, commit,
+        "an annotated tag is an object of its own"
+    );
+
+    let answer = push_github_ref(&agent, REPO, "refs/tags/v1.0.0", &tag_object, "tagged").await;
+    let id = answer["runs"][0].as_i64().expect("a run");
+    let run = wait_for(&agent, &format!("/runs/{id}"), "ended", 120, |r| {
+        !["queued", "running", "waiting"].contains(&r["status"].as_str().unwrap_or(""))
+    })
+    .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["commit"], commit.as_str(), "{run:#}");
+    let log = common::run_log(&agent, id).await;
+    assert!(
+        log.contains(&format!("commit={commit} tag=v1.0.0")),
+        "{log}"
+    );
 }
 
 /// The agent started again on the same data directory and config.

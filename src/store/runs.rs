@@ -334,6 +334,18 @@ impl Store {
         out
     }
 
+    /// The run's push named an annotated tag object: record the commit it tags instead.
+    pub async fn set_run_commit(&self, run: i64, commit: String) -> anyhow::Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE runs SET commit_sha = ?2 WHERE id = ?1",
+                params![run, commit],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Take the oldest queued run, mark it running and count the attempt.
     pub async fn claim_run(&self) -> anyhow::Result<Option<Run>> {
         let now = now_millis();
