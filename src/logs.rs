@@ -1,16 +1,22 @@
 //! Run logs while they are written: the pump that stores a step's output in chunks, and the
 //! live channels that SSE followers subscribe to.
 //!
-//! The store holds every chunk (masked before it gets here); the channels exist only while a
-//! run runs, so a follower reads the store first and then the channel (see `api::runs`).
+//! The pump is the one way into a run's stored log: it masks every secret the run may use
+//! (whatever wrote the bytes: a step, a service, the engine's build, a hook, hoist itself),
+//! and stores at most `[runner] max_log_size` of each step's output, then a marker line; the
+//! step goes on (GitLab's runner does the same with its `output_limit`). The sink into it is
+//! bounded, so a step that prints faster than the store writes waits instead of filling memory.
+//!
+//! The store holds every chunk; the channels exist only while a run runs, so a follower reads
+//! the store first and then the channel (see `api::runs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
-use crate::runner::LogSink;
+use crate::runner::Masker;
 use crate::store::{LogChunk, Status, Store};
 
 /// Most bytes gathered into one stored log chunk.
@@ -66,44 +72,208 @@ impl LiveLogs {
     }
 }
 
-/// A sink for one step's output, and the task that stores it in chunks and streams it live.
-/// The task ends when every clone of the sink is dropped, after storing what is left.
+/// Bytes of output a [`LogSink`] holds before its writers wait (a few chunks of the store's).
+pub const SINK_BYTES: usize = 1024 * 1024;
+
+/// What goes into a step's log. No `Debug`: output is not masked yet.
+pub enum LogMsg {
+    /// Output of what the step runs (its commands, the engine's build or push, a service):
+    /// counted against `max_log_size`. The permit is its share of [`SINK_BYTES`], given back
+    /// when the message is dropped (once its reader has taken the bytes).
+    Output(Vec<u8>, OwnedSemaphorePermit),
+    /// hoist's own line about the step (started, approved, a deployment's progress, ended and
+    /// why): always kept, so that a cut log still says how the step ended. Not counted against
+    /// [`SINK_BYTES`]: their number is bounded by hoist's own code, not by what a step prints.
+    Note(Vec<u8>),
+}
+
+impl LogMsg {
+    /// The bytes, whichever kind.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            LogMsg::Output(b, _) | LogMsg::Note(b) => b,
+        }
+    }
+}
+
+/// Where a step's log goes, in order. Output is bounded by bytes: a writer waits while
+/// [`SINK_BYTES`] of its output are not yet taken by the reader, so a step printing faster
+/// than the store writes is slowed down (its pipe fills, and the process blocks on its
+/// writes) instead of filling memory. Notes never wait, so code that cannot wait may log.
+#[derive(Clone)]
+pub struct LogSink {
+    /// To the pump (or a printer, or a tracing logger).
+    tx: mpsc::UnboundedSender<LogMsg>,
+    /// Output bytes that may still be in flight.
+    room: Arc<Semaphore>,
+}
+
+impl LogSink {
+    /// A sink and the receiving end, for whoever reads it.
+    pub fn channel() -> (LogSink, mpsc::UnboundedReceiver<LogMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(SINK_BYTES));
+        (LogSink { tx, room }, rx)
+    }
+
+    /// Output of what the step runs; waits for room. False once nobody reads the log any more
+    /// (the step may still go on; its output is dropped).
+    pub async fn send(&self, bytes: Vec<u8>) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        // A chunk larger than the whole budget takes all of it.
+        let share = bytes.len().min(SINK_BYTES) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(share).await else {
+            return false;
+        };
+        self.tx.send(LogMsg::Output(bytes, permit)).is_ok()
+    }
+
+    /// One of hoist's own lines (a newline is added when missing).
+    pub fn note(&self, line: impl Into<String>) {
+        let mut line = line.into();
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        let _ = self.tx.send(LogMsg::Note(line.into_bytes()));
+    }
+}
+
+/// What every stored log of a run obeys.
+#[derive(Clone)]
+pub struct LogPolicy {
+    /// Most output bytes stored per step (`[runner] max_log_size`).
+    pub max_bytes: u64,
+    /// Every secret value the run may use (the repository's allowed `[secrets]`): masked in
+    /// every byte stored, whatever wrote it.
+    pub secrets: Vec<String>,
+}
+
+/// A sink for one step's output, and the task that masks it, caps it at `policy.max_bytes`,
+/// stores it in chunks and streams it live. The task ends when every clone of the sink is
+/// dropped, after storing what is left.
 pub fn pump(
     store: Store,
     live: Arc<LiveLogs>,
     run: i64,
     step: i64,
+    policy: LogPolicy,
 ) -> (LogSink, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = LogSink::channel();
     let task = tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
+        let mut log = StepLog::new(policy);
         loop {
-            let more = if buf.is_empty() {
+            let more = if log.buf.is_empty() {
                 rx.recv().await
             } else {
                 match tokio::time::timeout(LOG_FLUSH, rx.recv()).await {
                     Ok(m) => m,
                     Err(_) => {
-                        flush(&store, &live, run, step, &mut buf).await;
+                        flush(&store, &live, run, step, &mut log.buf).await;
                         continue;
                     }
                 }
             };
             match more {
-                Some(bytes) => {
-                    buf.extend_from_slice(&bytes);
-                    if buf.len() >= LOG_CHUNK {
-                        flush(&store, &live, run, step, &mut buf).await;
+                Some(msg) => {
+                    log.take(msg);
+                    if log.buf.len() >= LOG_CHUNK {
+                        flush(&store, &live, run, step, &mut log.buf).await;
                     }
                 }
                 None => {
-                    flush(&store, &live, run, step, &mut buf).await;
+                    log.finish();
+                    flush(&store, &live, run, step, &mut log.buf).await;
                     return;
                 }
             }
         }
     });
     (tx, task)
+}
+
+/// One step's log on its way to the store: masked, counted, cut.
+struct StepLog {
+    /// Masks the run's secrets, also across messages.
+    masker: Masker,
+    /// Output bytes may still be stored (`max_bytes` minus what was).
+    room: u64,
+    /// The cap, for the marker line.
+    max_bytes: u64,
+    /// Set once the cap was reached and the marker written: output is dropped from then on.
+    cut: bool,
+    /// Not yet stored.
+    buf: Vec<u8>,
+}
+
+impl StepLog {
+    fn new(policy: LogPolicy) -> StepLog {
+        StepLog {
+            masker: Masker::new(policy.secrets),
+            room: policy.max_bytes,
+            max_bytes: policy.max_bytes,
+            cut: false,
+            buf: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, msg: LogMsg) {
+        match msg {
+            LogMsg::Output(bytes, _permit) => {
+                if !self.cut {
+                    let masked = self.masker.push(&bytes);
+                    self.keep(masked);
+                }
+            }
+            LogMsg::Note(bytes) => {
+                // What the masker held back belongs before the note.
+                let held = self.masker.finish();
+                self.keep(held);
+                let line = self.masker.mask_text(&String::from_utf8_lossy(&bytes));
+                self.buf.extend_from_slice(line.as_bytes());
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let held = self.masker.finish();
+        self.keep(held);
+    }
+
+    /// Stores masked output while there is room; at the cap, the part that fits and the marker.
+    fn keep(&mut self, masked: Vec<u8>) {
+        if self.cut || masked.is_empty() {
+            return;
+        }
+        let len = masked.len() as u64;
+        if len <= self.room {
+            self.room -= len;
+            self.buf.extend_from_slice(&masked);
+            return;
+        }
+        self.buf.extend_from_slice(&masked[..self.room as usize]);
+        self.room = 0;
+        self.cut = true;
+        self.buf.extend_from_slice(
+            format!(
+                "\n── hoist: this log reached {} ([runner] max_log_size): the step goes on, its further output is not kept\n",
+                human_size(self.max_bytes)
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+/// `8 MiB`, `64 KiB`, `1500 B`: sizes as people write them in `max_log_size`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (scale, unit) in UNITS {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
+            return format!("{} {unit}", bytes / scale);
+        }
+    }
+    format!("{bytes} B")
 }
 
 async fn flush(store: &Store, live: &LiveLogs, run: i64, step: i64, buf: &mut Vec<u8>) {
@@ -118,5 +288,74 @@ async fn flush(store: &Store, live: &LiveLogs, run: i64, step: i64, buf: &mut Ve
             }
         }
         Err(e) => tracing::error!(run, "cannot store log output: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_bytes: u64, secrets: &[&str]) -> LogPolicy {
+        LogPolicy {
+            max_bytes,
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn output_past_the_cap_is_dropped_after_a_marker_and_notes_stay() {
+        let mut log = StepLog::new(policy(1024, &[]));
+        let room = Arc::new(Semaphore::new(100));
+        for _ in 0..1000 {
+            let permit = room.clone().try_acquire_many_owned(100).unwrap();
+            log.take(LogMsg::Output(vec![b'y'; 100], permit));
+        }
+        log.take(LogMsg::Note(b"-- step flood succeeded\n".to_vec()));
+        log.finish();
+        let text = String::from_utf8(log.buf).unwrap();
+        let (output, rest) = text.split_at(1024);
+        assert!(output.bytes().all(|b| b == b'y'), "{output}");
+        assert!(
+            rest.starts_with("\n── hoist: this log reached 1 KiB ([runner] max_log_size)"),
+            "{rest}"
+        );
+        assert!(rest.ends_with("-- step flood succeeded\n"), "{rest}");
+    }
+
+    #[test]
+    fn secrets_are_masked_across_messages_and_in_notes() {
+        let mut log = StepLog::new(policy(1 << 20, &["hunter-two"]));
+        let room = Arc::new(Semaphore::new(100));
+        let permit = || room.clone().try_acquire_many_owned(9).unwrap();
+        log.take(LogMsg::Output(b"pw=hunter".to_vec(), permit()));
+        log.take(LogMsg::Output(b"-two ok\n".to_vec(), permit()));
+        log.take(LogMsg::Note(b"failed: hunter-two\n".to_vec()));
+        log.finish();
+        assert_eq!(
+            String::from_utf8(log.buf).unwrap(),
+            "pw=*** ok\nfailed: ***\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_sink_makes_its_writer_wait_and_notes_go_on() {
+        let (sink, mut rx) = LogSink::channel();
+        for _ in 0..4 {
+            assert!(sink.send(vec![b'x'; SINK_BYTES / 4]).await);
+        }
+        let blocked = tokio::time::timeout(Duration::from_millis(50), sink.send(vec![1])).await;
+        assert!(blocked.is_err(), "a full sink must not take more output");
+        sink.note("a note never waits");
+        let first = rx.recv().await.unwrap();
+        assert!(matches!(first, LogMsg::Output(..)));
+        drop(first);
+        assert!(
+            sink.send(vec![1]).await,
+            "room again once a chunk was taken"
+        );
+        // A chunk larger than the whole budget still goes, alone.
+        let (sink, mut rx) = LogSink::channel();
+        assert!(sink.send(vec![0; 3 * SINK_BYTES]).await);
+        assert_eq!(rx.recv().await.unwrap().into_bytes().len(), 3 * SINK_BYTES);
     }
 }

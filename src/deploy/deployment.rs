@@ -473,7 +473,7 @@ impl Deployer {
         )));
         let masker = &s.masker;
         let say = |m: String| {
-            let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
+            log.note(masker.mask_text(&m));
         };
         match AssertUnwindSafe(self.drive(&s, &say, &lost))
             .catch_unwind()
@@ -794,7 +794,7 @@ impl Deployer {
     pub async fn recover(&self, log: &LogSink) -> anyhow::Result<Vec<Verdict>> {
         let masker = self.masker();
         let say = |m: String| {
-            let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
+            log.note(masker.mask_text(&m));
         };
         let mut out = Vec::new();
         for d in self.store.running_deployments().await? {
@@ -1151,14 +1151,14 @@ mod tests {
             stops: Default::default(),
             carried: None,
         };
-        let (log, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let (log, mut lines) = LogSink::channel();
         let verdict = deployer.run(started, &log).await;
         assert_eq!(verdict.status, DeploymentStatus::Failed);
         let reason = verdict.reason.unwrap_or_default();
         assert!(reason.contains("bug in hoist"), "{reason}");
         let mut said = String::new();
         while let Ok(line) = lines.try_recv() {
-            said.push_str(&String::from_utf8_lossy(&line));
+            said.push_str(&String::from_utf8_lossy(&line.into_bytes()));
         }
         assert!(said.contains("bug in hoist"), "{said}");
         assert!(
