@@ -81,9 +81,10 @@ pub enum LogMsg {
     /// counted against `max_log_size`. The permit is its share of [`SINK_BYTES`], given back
     /// when the message is dropped (once its reader has taken the bytes).
     Output(Vec<u8>, OwnedSemaphorePermit),
-    /// hoist's own line about the step (started, approved, a deployment's progress, ended and
-    /// why): always kept, so that a cut log still says how the step ended. Not counted against
-    /// [`SINK_BYTES`]: their number is bounded by hoist's own code, not by what a step prints.
+    /// hoist's own line about the step (started, approved, a deployment's progress and its
+    /// hooks' output, ended and why): kept past `max_log_size`, so that a cut log still says
+    /// how the step ended, up to [`NOTE_ROOM`] of their own. Not counted against
+    /// [`SINK_BYTES`]: they come from code that cannot wait (a deployment's progress).
     Note(Vec<u8>),
 }
 
@@ -139,6 +140,11 @@ impl LogSink {
         let _ = self.tx.send(LogMsg::Note(line.into_bytes()));
     }
 }
+
+/// Bytes of hoist's own notes stored per step, beyond `max_log_size`: a step's notes are a
+/// handful of lines, but a deployment relays its hooks' output as notes, and a hook may print
+/// without end.
+const NOTE_ROOM: u64 = 1024 * 1024;
 
 /// What every stored log of a run obeys.
 #[derive(Clone)]
@@ -203,6 +209,9 @@ struct StepLog {
     max_bytes: u64,
     /// Set once the cap was reached and the marker written: output is dropped from then on.
     cut: bool,
+    /// Note bytes that may still be stored ([`NOTE_ROOM`] minus what was); past it, notes are
+    /// dropped after a marker of their own.
+    note_room: u64,
     /// Not yet stored.
     buf: Vec<u8>,
 }
@@ -214,6 +223,7 @@ impl StepLog {
             room: policy.max_bytes,
             max_bytes: policy.max_bytes,
             cut: false,
+            note_room: NOTE_ROOM,
             buf: Vec::new(),
         }
     }
@@ -231,7 +241,17 @@ impl StepLog {
                 let held = self.masker.finish();
                 self.keep(held);
                 let line = self.masker.mask_text(&String::from_utf8_lossy(&bytes));
-                self.buf.extend_from_slice(line.as_bytes());
+                let len = line.len() as u64;
+                if len <= self.note_room {
+                    self.note_room -= len;
+                    self.buf.extend_from_slice(line.as_bytes());
+                } else if self.note_room > 0 {
+                    self.note_room = 0;
+                    self.buf.extend_from_slice(
+                        "── hoist: this step's own lines (deployment progress, hook output) passed 1 MiB; further ones are not kept\n"
+                            .as_bytes(),
+                    );
+                }
             }
         }
     }
@@ -320,6 +340,23 @@ mod tests {
             "{rest}"
         );
         assert!(rest.ends_with("-- step flood succeeded\n"), "{rest}");
+    }
+
+    #[test]
+    fn notes_are_bounded_too() {
+        let mut log = StepLog::new(policy(1024, &[]));
+        for _ in 0..100_000 {
+            log.take(LogMsg::Note(
+                b"  after_host: a hook that never stops\n".to_vec(),
+            ));
+        }
+        assert!(log.buf.len() as u64 <= NOTE_ROOM + 200, "{}", log.buf.len());
+        let text = String::from_utf8(log.buf).unwrap();
+        assert!(
+            text.ends_with("passed 1 MiB; further ones are not kept\n"),
+            "{}",
+            &text[text.len() - 200..]
+        );
     }
 
     #[test]

@@ -1125,10 +1125,8 @@ async fn run_step(
                         Outcome::Success
                     }
                     Err(e) => match e.downcast::<Outdated>() {
-                        Ok(Outdated(reason)) => {
-                            ctx.log.note(format!("── {reason}"));
-                            Outcome::Skipped { reason }
-                        }
+                        // `one_step` writes the reason into the step's log.
+                        Ok(Outdated(reason)) => Outcome::Skipped { reason },
                         Err(e) => error(e),
                     },
                 },
