@@ -282,7 +282,7 @@ async fn hoist_run(
     n: &str,
     registry: &RegistryConfig,
 ) -> Run {
-    let (log, mut rx) = hoist::logs::LogSink::channel();
+    let (log, mut rx) = hoist::runner::LogSink::channel();
     let t0 = Instant::now();
     let collector = tokio::spawn(async move {
         let mut lines = Lines::new();

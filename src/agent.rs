@@ -45,7 +45,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let recovery = {
         let deployer = Deployer::new(store.clone(), config.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let (tx, mut rx) = crate::logs::LogSink::channel();
+            let (tx, mut rx) = crate::runner::LogSink::channel();
             let logger = tokio::spawn(async move {
                 while let Some(line) = rx.recv().await {
                     let line = line.into_bytes();

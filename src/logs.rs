@@ -4,8 +4,9 @@
 //! The pump is the one way into a run's stored log: it masks every secret the run may use
 //! (whatever wrote the bytes: a step, a service, the engine's build, a hook, hoist itself),
 //! and stores at most `[runner] max_log_size` of each step's output, then a marker line; the
-//! step goes on (GitLab's runner does the same with its `output_limit`). The sink into it is
-//! bounded, so a step that prints faster than the store writes waits instead of filling memory.
+//! step goes on (GitLab's runner does the same with its `output_limit`). The sink into it
+//! (`runner::LogSink`) is bounded, so a step that prints faster than the store writes waits
+//! instead of filling memory.
 //!
 //! The store holds every chunk; the channels exist only while a run runs, so a follower reads
 //! the store first and then the channel (see `api::runs`).
@@ -14,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::broadcast;
 
-use crate::runner::Masker;
+use crate::runner::{LogMsg, LogSink, Masker};
 use crate::store::{LogChunk, Status, Store};
 
 /// Most bytes gathered into one stored log chunk.
@@ -69,75 +70,6 @@ impl LiveLogs {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, broadcast::Sender<LogEvent>>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Bytes of output a [`LogSink`] holds before its writers wait (a few chunks of the store's).
-pub const SINK_BYTES: usize = 1024 * 1024;
-
-/// What goes into a step's log. No `Debug`: output is not masked yet.
-pub enum LogMsg {
-    /// Output of what the step runs (its commands, the engine's build or push, a service):
-    /// counted against `max_log_size`. The permit is its share of [`SINK_BYTES`], given back
-    /// when the message is dropped (once its reader has taken the bytes).
-    Output(Vec<u8>, OwnedSemaphorePermit),
-    /// hoist's own line about the step (started, approved, a deployment's progress and its
-    /// hooks' output, ended and why): kept past `max_log_size`, so that a cut log still says
-    /// how the step ended, up to [`NOTE_ROOM`] of their own. Not counted against
-    /// [`SINK_BYTES`]: they come from code that cannot wait (a deployment's progress).
-    Note(Vec<u8>),
-}
-
-impl LogMsg {
-    /// The bytes, whichever kind.
-    pub fn into_bytes(self) -> Vec<u8> {
-        match self {
-            LogMsg::Output(b, _) | LogMsg::Note(b) => b,
-        }
-    }
-}
-
-/// Where a step's log goes, in order. Output is bounded by bytes: a writer waits while
-/// [`SINK_BYTES`] of its output are not yet taken by the reader, so a step printing faster
-/// than the store writes is slowed down (its pipe fills, and the process blocks on its
-/// writes) instead of filling memory. Notes never wait, so code that cannot wait may log.
-#[derive(Clone)]
-pub struct LogSink {
-    /// To the pump (or a printer, or a tracing logger).
-    tx: mpsc::UnboundedSender<LogMsg>,
-    /// Output bytes that may still be in flight.
-    room: Arc<Semaphore>,
-}
-
-impl LogSink {
-    /// A sink and the receiving end, for whoever reads it.
-    pub fn channel() -> (LogSink, mpsc::UnboundedReceiver<LogMsg>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let room = Arc::new(Semaphore::new(SINK_BYTES));
-        (LogSink { tx, room }, rx)
-    }
-
-    /// Output of what the step runs; waits for room. False once nobody reads the log any more
-    /// (the step may still go on; its output is dropped).
-    pub async fn send(&self, bytes: Vec<u8>) -> bool {
-        if bytes.is_empty() {
-            return true;
-        }
-        // A chunk larger than the whole budget takes all of it.
-        let share = bytes.len().min(SINK_BYTES) as u32;
-        let Ok(permit) = self.room.clone().acquire_many_owned(share).await else {
-            return false;
-        };
-        self.tx.send(LogMsg::Output(bytes, permit)).is_ok()
-    }
-
-    /// One of hoist's own lines (a newline is added when missing).
-    pub fn note(&self, line: impl Into<String>) {
-        let mut line = line.into();
-        if !line.ends_with('\n') {
-            line.push('\n');
-        }
-        let _ = self.tx.send(LogMsg::Note(line.into_bytes()));
     }
 }
 
@@ -314,6 +246,8 @@ async fn flush(store: &Store, live: &LiveLogs, run: i64, step: i64, buf: &mut Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::SINK_BYTES;
+    use tokio::sync::Semaphore;
 
     fn policy(max_bytes: u64, secrets: &[&str]) -> LogPolicy {
         LogPolicy {

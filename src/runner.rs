@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +32,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -64,8 +65,74 @@ const PIPE_DEPTH: usize = 16;
 /// What replaces a secret value in the log.
 const MASK: &[u8] = b"***";
 
-/// Where a step's output goes, in order; bounded (see [`crate::logs::LogSink`]).
-pub use crate::logs::LogSink;
+/// Bytes of output a [`LogSink`] holds before its writers wait (a few chunks of the store's).
+pub const SINK_BYTES: usize = 1024 * 1024;
+
+/// What goes into a step's log. No `Debug`: output is not masked yet.
+pub enum LogMsg {
+    /// Output of what the step runs (its commands, the engine's build or push, a service):
+    /// counted against `max_log_size`. The permit is its share of [`SINK_BYTES`], given back
+    /// when the message is dropped (once its reader has taken the bytes).
+    Output(Vec<u8>, OwnedSemaphorePermit),
+    /// hoist's own line about the step (started, approved, a deployment's progress and its
+    /// hooks' output, ended and why): kept past `max_log_size`, so that a cut log still says
+    /// how the step ended, up to `logs::NOTE_ROOM` of their own. Not counted against
+    /// [`SINK_BYTES`]: they come from code that cannot wait (a deployment's progress).
+    Note(Vec<u8>),
+}
+
+impl LogMsg {
+    /// The bytes, whichever kind.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            LogMsg::Output(b, _) | LogMsg::Note(b) => b,
+        }
+    }
+}
+
+/// Where a step's log goes, in order. Output is bounded by bytes: a writer waits while
+/// [`SINK_BYTES`] of its output are not yet taken by the reader, so a step printing faster
+/// than the store writes is slowed down (its pipe fills, and the process blocks on its
+/// writes) instead of filling memory. Notes never wait, so code that cannot wait may log.
+#[derive(Clone)]
+pub struct LogSink {
+    /// To the pump (or a printer, or a tracing logger).
+    tx: mpsc::UnboundedSender<LogMsg>,
+    /// Output bytes that may still be in flight.
+    room: Arc<Semaphore>,
+}
+
+impl LogSink {
+    /// A sink and the receiving end, for whoever reads it.
+    pub fn channel() -> (LogSink, mpsc::UnboundedReceiver<LogMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(SINK_BYTES));
+        (LogSink { tx, room }, rx)
+    }
+
+    /// Output of what the step runs; waits for room. False once nobody reads the log any more
+    /// (the step may still go on; its output is dropped).
+    pub async fn send(&self, bytes: Vec<u8>) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        // A chunk larger than the whole budget takes all of it.
+        let share = bytes.len().min(SINK_BYTES) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(share).await else {
+            return false;
+        };
+        self.tx.send(LogMsg::Output(bytes, permit)).is_ok()
+    }
+
+    /// One of hoist's own lines (a newline is added when missing).
+    pub fn note(&self, line: impl Into<String>) {
+        let mut line = line.into();
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        let _ = self.tx.send(LogMsg::Note(line.into_bytes()));
+    }
+}
 
 /// Everything a step needs besides its commands.
 pub struct StepContext {

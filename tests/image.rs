@@ -17,7 +17,7 @@ use bollard::Docker;
 use common::lab::{self, BASE_IMAGE as BASE, BUILDER, REGISTRY};
 use hoist::config::RegistryConfig;
 use hoist::image::{self, BuildRequest};
-use hoist::logs::LogMsg;
+use hoist::runner::LogMsg;
 use hoist::runner::LogSink;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

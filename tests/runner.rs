@@ -17,7 +17,7 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::lab::{self, BASE_IMAGE as IMAGE};
 use common::wait_until;
-use hoist::logs::LogMsg;
+use hoist::runner::LogMsg;
 use hoist::runner::{
     self, AGENT_LABEL, LogSink, Outcome, RUN_LABEL, STEP_LABEL, StepContext, run_container,
     run_shell,

@@ -94,7 +94,7 @@ pub async fn rollback(
     })?;
     let id = started.id();
     s.queue.tasks.spawn(async move {
-        let (tx, mut rx) = crate::logs::LogSink::channel();
+        let (tx, mut rx) = crate::runner::LogSink::channel();
         let logger = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 let line = line.into_bytes();
