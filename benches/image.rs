@@ -282,11 +282,12 @@ async fn hoist_run(
     n: &str,
     registry: &RegistryConfig,
 ) -> Run {
-    let (log, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (log, mut rx) = hoist::runner::LogSink::channel();
     let t0 = Instant::now();
     let collector = tokio::spawn(async move {
         let mut lines = Lines::new();
         while let Some(chunk) = rx.recv().await {
+            let chunk = chunk.into_bytes();
             lines.push((t0.elapsed(), String::from_utf8_lossy(&chunk).into_owned()));
         }
         lines

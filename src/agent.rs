@@ -48,9 +48,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let recovery = {
         let deployer = Deployer::new(store.clone(), config.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            let (tx, mut rx) = crate::runner::LogSink::channel();
             let logger = tokio::spawn(async move {
                 while let Some(line) = rx.recv().await {
+                    let line = line.into_bytes();
                     tracing::warn!("recovery: {}", String::from_utf8_lossy(&line).trim_end());
                 }
             });

@@ -14,7 +14,7 @@
 //! [`Workspaces`] are blocking (libgit2 is).
 //!
 //! Invariant: a password in a configured URL never reaches a log or an error message: URLs
-//! are shown through [`redact_url`], libgit2's error texts are scrubbed of it.
+//! are shown through [`crate::redact::url`], libgit2's error texts are scrubbed of it.
 
 use std::collections::HashMap;
 use std::fs;
@@ -143,6 +143,25 @@ impl Mirrors {
         self.with_mirror(repo, |mirror| mirror.ls_remote()).await
     }
 
+    /// Whether `newer` descends from `older` (`older` is one of its ancestors, and not the same
+    /// commit), by the mirror's history; false when the mirror lacks either. No network.
+    pub async fn descends_from(
+        &self,
+        repo: &RepoConfig,
+        newer: &str,
+        older: &str,
+    ) -> anyhow::Result<bool> {
+        let (newer, older) = (parse_commit(newer)?, parse_commit(older)?);
+        self.with_mirror(repo, move |mirror| {
+            let repo = mirror.repo()?;
+            if newer == older || !has_commit(&repo, newer) || !has_commit(&repo, older) {
+                return Ok(false);
+            }
+            Ok(repo.graph_descendant_of(newer, older)?)
+        })
+        .await
+    }
+
     /// Fetch `commit` (pushed to `git_ref`) if the mirror lacks it, and check it out into `dest`,
     /// replacing whatever was there.
     pub async fn checkout(
@@ -168,12 +187,22 @@ impl Mirrors {
 }
 
 /// A bare mirror of one configured repository under data_dir, so every run fetches only what is new.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Mirror {
     /// The bare repository on disk; reopened per call because `git2::Repository` is not `Sync`.
     path: PathBuf,
-    /// The remote, exactly as configured; may hold credentials, so shown only through [`redact_url`].
+    /// The remote, exactly as configured; may hold credentials, so shown only through [`crate::redact::url`].
     url: String,
+}
+
+impl std::fmt::Debug for Mirror {
+    /// The URL redacted: it may hold a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("path", &self.path)
+            .field("url", &crate::redact::url(&self.url))
+            .finish()
+    }
 }
 
 impl Mirror {
@@ -197,7 +226,7 @@ impl Mirror {
             Repository::init_bare(path).with_context(|| {
                 format!("cannot create the mirror repository {}", path.display())
             })?;
-            tracing::info!(mirror = %path.display(), url = %redact_url(url), "created mirror");
+            tracing::info!(mirror = %path.display(), url = %crate::redact::url(url), "created mirror");
         }
         Ok(mirror)
     }
@@ -223,7 +252,7 @@ impl Mirror {
             tracing::debug!(commit, "commit already in the mirror; no fetch");
             return Ok(peeled.to_string());
         }
-        let url = redact_url(&self.url);
+        let url = crate::redact::url(&self.url);
 
         // No destination in the refspec: libgit2 would point the ref at whatever object the
         // SHA names, even before we know it is a commit. We set the ref ourselves below.
@@ -285,7 +314,7 @@ impl Mirror {
     /// server's order.
     pub fn ls_remote(&self) -> anyhow::Result<Vec<(String, String)>> {
         let repo = self.repo()?;
-        let url = redact_url(&self.url);
+        let url = crate::redact::url(&self.url);
         let mut remote = repo.remote_anonymous(&self.url)?;
         let mut proxy = ProxyOptions::new();
         proxy.auto();
@@ -436,7 +465,7 @@ impl Mirror {
         remote.fetch(refspecs, Some(&mut opts), Some("hoist: fetch"))?;
         let stats = remote.stats();
         tracing::info!(
-            url = %redact_url(&self.url),
+            url = %crate::redact::url(&self.url),
             ?refspecs,
             objects = stats.received_objects(),
             bytes = stats.received_bytes(),
@@ -466,28 +495,9 @@ impl Mirror {
         self.scrub(&format!("{}{hint}", e.message()))
     }
 
-    /// `text` with the URL's password, if any, replaced: libgit2 may echo the URL it was given.
+    /// `text` with the URL's credentials, if any, replaced: libgit2 may echo the URL it was given.
     fn scrub(&self, text: &str) -> String {
-        match url_password(&self.url) {
-            Some(secret) if !secret.is_empty() => text.replace(secret, "***"),
-            _ => text.to_string(),
-        }
-    }
-}
-
-/// The password part of `scheme://user:password@host/...`, if the URL has one.
-fn url_password(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    Some(userinfo.split_once(':')?.1)
-}
-
-/// `url` fit for logs and error messages: a password in it becomes `***`.
-pub fn redact_url(url: &str) -> String {
-    match url_password(url) {
-        Some(secret) if !secret.is_empty() => url.replacen(&format!(":{secret}@"), ":***@", 1),
-        _ => url.to_string(),
+        crate::redact::scrub(text, &self.url)
     }
 }
 
@@ -1256,14 +1266,14 @@ mod tests {
     #[test]
     fn urls_are_redacted_for_logs() {
         assert_eq!(
-            redact_url("https://bot:s3cret@git.example.com/app.git"),
+            crate::redact::url("https://bot:s3cret@git.example.com/app.git"),
             "https://bot:***@git.example.com/app.git"
         );
         assert_eq!(
-            redact_url("ssh://git@host/app.git"),
+            crate::redact::url("ssh://git@host/app.git"),
             "ssh://git@host/app.git"
         );
-        assert_eq!(redact_url("git@host:app.git"), "git@host:app.git");
+        assert_eq!(crate::redact::url("git@host:app.git"), "git@host:app.git");
         let m = Mirror {
             path: PathBuf::new(),
             url: "https://bot:s3cret@host/app.git".into(),
@@ -1272,6 +1282,15 @@ mod tests {
             m.scrub("failed for https://bot:s3cret@host"),
             "failed for https://bot:***@host"
         );
+        let m = Mirror {
+            path: PathBuf::new(),
+            url: "https://ghp_seca_token@host/app.git".into(),
+        };
+        assert_eq!(
+            m.scrub("failed for https://ghp_seca_token@host"),
+            "failed for https://***@host"
+        );
+        assert!(!format!("{m:?}").contains("ghp_seca_token"), "{m:?}");
     }
 
     #[test]

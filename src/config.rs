@@ -178,6 +178,11 @@ pub struct RunnerConfig {
     pub keep_workspaces: usize,
     /// Steps of one run at once, where `needs:` lets them run side by side (default 4).
     pub max_parallel_steps: u32,
+    /// Most bytes of output stored per step (and per service) of a run (`max_log_size`,
+    /// default 8 MiB): past it a marker line is stored, the step goes on and the rest of its
+    /// output is dropped, as GitLab's runner does with its `output_limit`. A step printing
+    /// forever fills neither memory nor disk.
+    pub max_log_size: u64,
 }
 
 /// How many finished runs, and for how long, the store keeps per repository.
@@ -190,8 +195,9 @@ pub struct Retention {
     pub keep_for: Option<Duration>,
 }
 
-/// A repository hoist accepts pushes for.
-#[derive(Debug, Clone)]
+/// A repository hoist accepts pushes for. Its `Debug` shows the URL redacted (it may carry a
+/// token) and the secrets as `***`.
+#[derive(Clone)]
 pub struct RepoConfig {
     /// `owner/name` as the forge sends it.
     pub name: String,
@@ -213,6 +219,22 @@ pub struct RepoConfig {
     /// The forge's API base, without a trailing `/` (`api`; default: the forge's public one,
     /// [`crate::forge::status::default_api`]).
     pub api: String,
+}
+
+impl fmt::Debug for RepoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepoConfig")
+            .field("name", &self.name)
+            .field("url", &crate::redact::url(&self.url))
+            .field("forge", &self.forge)
+            .field("secret", &self.secret)
+            .field("hosts", &self.hosts)
+            .field("secrets", &self.secrets)
+            .field("cancel_superseded", &self.cancel_superseded)
+            .field("status_token", &self.status_token)
+            .field("api", &self.api)
+            .finish()
+    }
 }
 
 /// Credentials and transport for one registry.
@@ -256,6 +278,10 @@ pub struct TokenConfig {
     /// The 32 bytes of SHA-256 of the token.
     pub sha256: [u8; 32],
 }
+
+/// The shortest `[secrets]` value accepted: every log masks each of them, and masking a
+/// shorter one (`on`, `1`) would hide ordinary text and show where the value occurs.
+pub const MIN_SECRET_CHARS: usize = 4;
 
 /// A resolved secret value. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -353,6 +379,9 @@ struct RawRunner {
     keep_workspaces: usize,
     #[serde(default = "default_max_parallel_steps")]
     max_parallel_steps: Spanned<u32>,
+    /// Text until `runner()` parses it, so a bad value's error can name the key.
+    #[serde(default)]
+    max_log_size: Option<Spanned<String>>,
 }
 
 impl Default for RawRunner {
@@ -364,8 +393,45 @@ impl Default for RawRunner {
             keep_runs_for: None,
             keep_workspaces: default_keep_workspaces(),
             max_parallel_steps: default_max_parallel_steps(),
+            max_log_size: None,
         }
     }
+}
+
+/// `max_log_size` when absent: GitLab's runner keeps 4 MiB of a job's log by default; a
+/// little more room here, since a run's steps each have their own.
+pub const DEFAULT_MAX_LOG_SIZE: u64 = 8 * 1024 * 1024;
+/// The smallest `max_log_size`: room for a few lines and the marker.
+const MIN_MAX_LOG_SIZE: u64 = 1024;
+/// The largest `max_log_size`: a log is read back whole by people and pages.
+const MAX_MAX_LOG_SIZE: u64 = 1024 * 1024 * 1024;
+
+/// A size with a binary unit (`512KiB`, `8MiB`, `1GiB`, or bare bytes: `4096`, `4096B`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (number, unit) = t.split_at(digits);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "GiB" => 1024 * 1024 * 1024,
+        _ => 0,
+    };
+    let value = number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| scale > 0)
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            format!("{text:?} is not a size; write a whole number with B, KiB, MiB or GiB, e.g. \"8MiB\"")
+        })?;
+    if !(MIN_MAX_LOG_SIZE..=MAX_MAX_LOG_SIZE).contains(&value) {
+        return Err(format!(
+            "{text:?} is out of range; write between 1KiB and 1GiB"
+        ));
+    }
+    Ok(value)
 }
 
 fn default_keep_runs() -> Spanned<u32> {
@@ -626,7 +692,13 @@ impl Doc<'_> {
             MAX_KEEP_RUNS_FOR,
             default_keep_runs_for(),
         )?;
+        let max_log_size = match &runner.max_log_size {
+            None => DEFAULT_MAX_LOG_SIZE,
+            Some(v) => parse_size(v.get_ref())
+                .map_err(|e| self.at(v.span(), format!("runner.max_log_size: {e}")))?,
+        };
         Ok(RunnerConfig {
+            max_log_size,
             max_parallel: runner.max_parallel.into_inner(),
             poll_interval,
             retention: Retention {
@@ -1007,6 +1079,17 @@ impl Doc<'_> {
         raw.into_iter()
             .map(|(name, value)| {
                 let secret = self.secret(&value, &format!("secret {name}"), source)?;
+                let chars = secret.expose().chars().count();
+                if chars < MIN_SECRET_CHARS {
+                    return Err(self.at(
+                        value.span(),
+                        format!(
+                            "secret {name} is {chars} character(s) long: a value shorter than {MIN_SECRET_CHARS} \
+                             cannot be masked in logs without hiding ordinary text; give {name} a longer value, \
+                             or pass it as a step's `env:` if it is not secret"
+                        ),
+                    ));
+                }
                 Ok((name, secret))
             })
             .collect()
@@ -1456,13 +1539,59 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
             !format!("{c:?}").contains("value-of"),
             "Debug must not show secrets"
         );
+        let token_url = GOOD.replace(
+            "url = \"/srv/git/web.git\"",
+            "url = \"https://glpat-seca-token@git.example.com/web.git\"",
+        );
+        let c = Config::parse("hoist.toml", &token_url, &Fake).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("glpat-seca-token"),
+            "Debug must not show the URL's token: {shown}"
+        );
+        assert!(
+            shown.contains("https://***@git.example.com/web.git"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn secrets_too_short_to_mask_are_refused_naming_the_fix() {
+        struct Short;
+        impl SecretSource for Short {
+            fn env(&self, name: &str) -> Option<String> {
+                Some(
+                    if name == "DATABASE_URL" {
+                        "abc"
+                    } else {
+                        "long-enough"
+                    }
+                    .into(),
+                )
+            }
+            fn file(&self, _: &Path) -> std::io::Result<String> {
+                Ok("from-file".into())
+            }
+        }
+        let e = Config::parse("hoist.toml", GOOD, &Short)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secret DATABASE_URL is 3 character(s) long")
+                && e.contains("give DATABASE_URL a longer value"),
+            "{e}"
+        );
+        assert!(
+            e.starts_with("hoist.toml:"),
+            "the error names the line: {e}"
+        );
     }
 
     #[test]
     fn errors_name_the_key_and_line() {
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"),
-            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`, `max_parallel_steps`",
+            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`, `max_parallel_steps`, `max_log_size`",
         );
         check(
             &GOOD.replace("\"file:/secret/hook\"", "\"hunter2\""),
@@ -1605,6 +1734,32 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
             }
         );
         assert_eq!(c.runner.keep_workspaces, 0);
+        assert_eq!(c.runner.max_log_size, DEFAULT_MAX_LOG_SIZE);
+        for (given, bytes) in [
+            ("4096", 4096),
+            ("64KiB", 65536),
+            ("8MiB", 8 << 20),
+            ("1GiB", 1 << 30),
+        ] {
+            let text = GOOD.replace("[runner]", &format!("[runner]\nmax_log_size = {given:?}"));
+            let c = Config::parse("hoist.toml", &text, &Fake).unwrap();
+            assert_eq!(c.runner.max_log_size, bytes, "{given}");
+        }
+        for (given, want) in [
+            ("8 mb", "is not a size"),
+            ("0", "out of range"),
+            ("2GiB", "out of range"),
+            ("-1", "is not a size"),
+        ] {
+            let text = GOOD.replace("[runner]", &format!("[runner]\nmax_log_size = {given:?}"));
+            let e = Config::parse("hoist.toml", &text, &Fake)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("runner.max_log_size") && e.contains(want),
+                "{given}: {e}"
+            );
+        }
         check(
             &GOOD.replace("[runner]", "[runner]\nkeep_runs = 0"),
             "hoist.toml:6:13: runner.keep_runs must be at least 1 (the runs kept per repository; use keep_runs_for to bound their age)",

@@ -14,6 +14,7 @@
 //! - [`run`]: executes one run: fetch, match triggers, plan, checkout, steps, the release train.
 //! - [`schedule`]: the step graph (file order, or `needs`) and the one scheduler that walks it.
 //! - [`logs`]: a step's log pump into the store, and live-log channels for followers.
+//! - [`redact`]: credentials taken out of URLs (password, token as user name, query values) wherever one is shown.
 //! - [`checkout`]: git: per-repo mirrors and their locks, exact-commit fetch, workspaces, remote heads.
 //! - [`runner`]: executes one step, in a container on the builder or as a shell process.
 //! - [`services`]: a run's `services:` on the builder, on the run's own network, and their removal.
@@ -44,6 +45,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod poll;
 pub mod queue;
+pub mod redact;
 pub mod run;
 pub mod runner;
 pub mod schedule;

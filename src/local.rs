@@ -316,10 +316,11 @@ async fn local_step(
 /// each after the prefix (output of several things at once stays readable); and the task
 /// printing, which ends once every clone of the sink is dropped.
 fn printer(prefix: Option<String>) -> (runner::LogSink, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = runner::LogSink::channel();
     let printer = tokio::spawn(async move {
         let mut pending = Vec::new();
         while let Some(b) = rx.recv().await {
+            let b = b.into_bytes();
             match &prefix {
                 None => {
                     let mut out = std::io::stdout().lock();

@@ -261,12 +261,7 @@ async fn start_services(
                 }
             }
         }
-        let (log, pump) = crate::logs::pump(
-            q.store.clone(),
-            q.logs.clone(),
-            run.id,
-            service_log_index(k),
-        );
+        let (log, pump) = step_log(q, run, service_log_index(k));
         first_log.get_or_insert_with(|| log.clone());
         pumps.push(pump);
         starts.push(services::Start {
@@ -276,16 +271,7 @@ async fn start_services(
         });
     }
     // Every secret the repository may use: a service can print any value a step hands it.
-    let secrets = q
-        .config
-        .repo(&run.repo)
-        .map(|r| {
-            r.secrets
-                .iter()
-                .filter_map(|n| q.config.secrets.get(n).map(|v| v.expose().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let secrets = run_secrets(q, run);
     let setup = services::Setup {
         network: services::network_name(&q.agent_id, &run.id.to_string()),
         labels: HashMap::from([
@@ -303,7 +289,7 @@ async fn start_services(
         Err(services::StartError::Cancelled) => Verdict::new(Status::Cancelled, "cancelled"),
         Err(services::StartError::Failed(why)) => {
             if let Some(log) = &first_log {
-                let _ = log.send(format!("── services failed: {why}\n").into_bytes());
+                log.note(format!("── services failed: {why}"));
             }
             Verdict::new(Status::Failed, why)
         }
@@ -313,6 +299,30 @@ async fn start_services(
         let _ = pump.await;
     }
     Ok(Err(verdict))
+}
+
+/// The log of one step (or service, by [`service_log_index`]) of `run`: masked with every
+/// secret the run may use, capped at `[runner] max_log_size`.
+fn step_log(q: &Queue, run: &Run, index: i64) -> (runner::LogSink, tokio::task::JoinHandle<()>) {
+    let policy = crate::logs::LogPolicy {
+        max_bytes: q.config.runner.max_log_size,
+        secrets: run_secrets(q, run),
+    };
+    crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index, policy)
+}
+
+/// The values of every `[secrets]` entry the run's repository may use: what its logs mask,
+/// whichever step asked for which.
+fn run_secrets(q: &Queue, run: &Run) -> Vec<String> {
+    q.config
+        .repo(&run.repo)
+        .map(|r| {
+            r.secrets
+                .iter()
+                .filter_map(|n| q.config.secrets.get(n).map(|v| v.expose().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A duration in milliseconds, for log fields.
@@ -492,17 +502,14 @@ async fn build_step(
             deploy,
         })
         .await?;
-    let _ = ctx.log.send(
-        format!(
-            "release {} of {}: commit {} → image {} → {}\n",
-            release.number,
-            release.app,
-            release.commit,
-            release.config_digest,
-            release.image()
-        )
-        .into_bytes(),
-    );
+    ctx.log.note(format!(
+        "release {} of {}: commit {} → image {} → {}",
+        release.number,
+        release.app,
+        release.commit,
+        release.config_digest,
+        release.image()
+    ));
     Ok(release)
 }
 
@@ -525,7 +532,7 @@ fn image_labels(q: &Queue, run: &Run, app: &str) -> BTreeMap<String, String> {
     let source = q
         .config
         .repo(&run.repo)
-        .map(|r| crate::checkout::redact_url(&r.url))
+        .map(|r| crate::redact::url(&r.url))
         .unwrap_or_default();
     BTreeMap::from([
         (
@@ -556,13 +563,10 @@ async fn push_and_verify(
         let registry = image::registry_for(&q.config.registries, reference);
         let engine_digest = image::push(docker, reference, registry, &ctx.log).await?;
         let v = image::verify(reference, registry, &engine_digest, image_id).await?;
-        let _ = ctx.log.send(
-            format!(
-                "verified {reference}: manifest {} (sha256 of the registry's bytes), config {}\n",
-                v.manifest_digest, v.config_digest
-            )
-            .into_bytes(),
-        );
+        ctx.log.note(format!(
+            "verified {reference}: manifest {} (sha256 of the registry's bytes), config {}",
+            v.manifest_digest, v.config_digest
+        ));
         if let Some(first) = &verified
             && first.manifest_digest != v.manifest_digest
         {
@@ -600,7 +604,14 @@ async fn deploy_step(
         now: false,
         hosts: None,
     };
-    let verdict = deploy(&deployer, plan, &ctx.log, &ctx.cancel).await?;
+    let verdict = deploy(
+        &deployer,
+        plan,
+        &ctx.log,
+        &ctx.cancel,
+        Some((q.as_ref(), run)),
+    )
+    .await?;
     let from = q
         .store
         .deployment(verdict.deployment)
@@ -614,23 +625,96 @@ async fn deploy_step(
     })
 }
 
+/// Why a run's deploy step left the app alone: its release was built from a commit that a
+/// release already deployed (or being deployed) from the same branch descends from. The
+/// step's reason; it starts with `outdated`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Outdated(String);
+
+/// SPEC: a deploy step never replaces a release built from a newer commit of the same branch
+/// (a forge redelivering an older push, or pushes whose runs finished out of order). Newer
+/// means a descendant in git's history, not a later timestamp; a force-push that dropped the
+/// deployed commit makes nothing newer. Compared against what the app's hosts run and what
+/// a deployment in flight moves them to. Rollbacks never come here: they are explicit.
+async fn outdated(q: &Queue, run: &Run, to: &Release) -> anyhow::Result<Option<Outdated>> {
+    if run.kind != crate::forge::RefKind::Branch {
+        return Ok(None);
+    }
+    let Some(repo) = q.config.repo(&run.repo) else {
+        return Ok(None);
+    };
+    let mut candidates: Vec<i64> = q
+        .store
+        .app_hosts(to.app.clone())
+        .await?
+        .iter()
+        .filter_map(|h| h.release)
+        .collect();
+    candidates.extend(
+        q.store
+            .running_deployments()
+            .await?
+            .iter()
+            .filter(|d| d.app == to.app)
+            .map(|d| d.to_release),
+    );
+    candidates.sort_unstable();
+    candidates.dedup();
+    for number in candidates.into_iter().rev() {
+        if number == to.number {
+            continue;
+        }
+        let Some(other) = q.store.release(to.app.clone(), number).await? else {
+            continue;
+        };
+        if other.repo != run.repo || other.commit == run.commit {
+            continue;
+        }
+        let same_branch = q
+            .store
+            .run(other.run)
+            .await?
+            .is_some_and(|(r, _)| r.git_ref == run.git_ref);
+        if same_branch
+            && q.mirrors
+                .descends_from(repo, &other.commit, &run.commit)
+                .await?
+        {
+            return Ok(Some(Outdated(format!(
+                "outdated: release {number} of {} was built from commit {}, newer on {} than this run's {}; \
+                 it stays (roll back explicitly to deploy an older release)",
+                to.app, other.commit, run.name, run.commit
+            ))));
+        }
+    }
+    Ok(None)
+}
+
 /// Start `plan` once no other deployment holds its app (waiting at most [`DEPLOY_WAIT`]) and
-/// carry it to its verdict; an error unless it succeeded.
+/// carry it to its verdict; an error unless it succeeded. With `rollout_of` (a run's deploy
+/// step), before each try the [`outdated`] rule may end it with an [`Outdated`] error.
 async fn deploy(
     deployer: &Deployer,
     plan: Plan,
     log: &runner::LogSink,
     cancel: &CancellationToken,
+    rollout_of: Option<(&Queue, &Run)>,
 ) -> anyhow::Result<crate::deploy::deployment::Verdict> {
     let deadline = std::time::Instant::now() + DEPLOY_WAIT;
     let started = loop {
+        // Checked again after each wait: the deployment waited for may be the newer one.
+        if let Some((q, run)) = rollout_of
+            && let Some(why) = outdated(q, run, &plan.to).await?
+        {
+            return Err(why.into());
+        }
         match deployer.start(plan.clone()).await {
             Ok(s) => break s,
             Err(StartError::Busy { app, deployment }) if std::time::Instant::now() < deadline => {
-                let _ = log.send(
-                    format!("waiting: app {app} is being deployed by deployment {deployment}\n")
-                        .into_bytes(),
-                );
+                log.note(format!(
+                    "waiting: app {app} is being deployed by deployment {deployment}"
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = cancel.cancelled() => bail!("cancelled while waiting for another deployment"),
@@ -678,9 +762,7 @@ async fn release_train(
     failed_app: &str,
     log: &runner::LogSink,
 ) -> String {
-    let say = |m: String| {
-        let _ = log.send(format!("── release train: {m}\n").into_bytes());
-    };
+    let say = |m: String| log.note(format!("── release train: {m}"));
     say(format!(
         "deploy of app {failed_app} failed; rolling back every app this run switched, newest first"
     ));
@@ -712,7 +794,8 @@ async fn release_train(
                 crate::deploy::rollback_plan(&deployer, &q.mirrors, &s.app, Some(from), &who)
                     .await?;
             plan.run = Some(run.id);
-            deploy(&deployer, plan, log, &CancellationToken::new()).await
+            // A rollback: explicit, exempt from the outdated rule.
+            deploy(&deployer, plan, log, &CancellationToken::new(), None).await
         };
         match back.await {
             Ok(v) => {
@@ -815,7 +898,8 @@ async fn run_steps(
             Ok(ended) => ended,
             Err(e) => (Status::Failed, format!("{e:#}")),
         };
-        if st == Status::Success {
+        // A skipped deploy step (outdated) did its job: it left the newer release in place.
+        if st == Status::Success || st == Status::Skipped {
             return Ended::of(true);
         }
         lock(&state.failed).push((i, st, format!("step {} {reason}", step.name)));
@@ -844,15 +928,12 @@ async fn run_steps(
         if let Err(e) = q.store.gate_step(run.id, i as i64).await {
             tracing::error!(run = run.id, "cannot record a waiting step: {e:#}");
         }
-        let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, i as i64);
-        let _ = sink.send(
-            format!(
-                "── step {name} waits for approval (manual): `hoist approve {} {name}` or \
-                 POST /api/v1/runs/{}/steps/{name}/approve\n",
-                run.id, run.id
-            )
-            .into_bytes(),
-        );
+        let (sink, pump) = step_log(q, run, i as i64);
+        sink.note(format!(
+            "── step {name} waits for approval (manual): `hoist approve {} {name}` or \
+             POST /api/v1/runs/{}/steps/{name}/approve",
+            run.id, run.id
+        ));
         drop(sink);
         let _ = pump.await;
     };
@@ -916,7 +997,7 @@ async fn run_steps(
     if let (true, Some((index, app))) = (pipeline.atomic, failed_deploy) {
         let switched = lock(&state.switched).clone();
         // The train's progress goes into the failing deploy step's own log.
-        let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index as i64);
+        let (sink, pump) = step_log(q, run, index as i64);
         let train = release_train(q, run, &switched, &app, &sink).await;
         drop(sink);
         let _ = pump.await;
@@ -973,8 +1054,8 @@ async fn one_step(
     let step = &pipeline.steps[index];
     let index = index as i64;
     q.store.start_step(run.id, index).await?;
-    let (sink, pump) = crate::logs::pump(q.store.clone(), q.logs.clone(), run.id, index);
-    let _ = sink.send(format!("── step {} ({})\n", step.name, kind_of(&step.action)).into_bytes());
+    let (sink, pump) = step_log(q, run, index);
+    sink.note(format!("── step {} ({})", step.name, kind_of(&step.action)));
     if step.when.manual {
         let approval = q
             .store
@@ -983,7 +1064,7 @@ async fn one_step(
             .and_then(|(_, steps)| steps.into_iter().find(|s| s.index == index))
             .and_then(|s| Some((s.approved_by?, s.approved_at.unwrap_or_default())));
         if let Some((by, at)) = approval {
-            let _ = sink.send(format!("── approved by {by} at {at}\n").into_bytes());
+            sink.note(format!("── approved by {by} at {at}"));
         }
     }
     let outcome =
@@ -999,7 +1080,7 @@ async fn one_step(
             Ok(ctx) => run_step(q, run, pipeline, step, &ctx, state).await,
         };
     if !outcome.is_success() {
-        let _ = sink.send(format!("── step {} {}\n", step.name, outcome.reason()).into_bytes());
+        sink.note(format!("── step {} {}", step.name, outcome.reason()));
     }
     drop(sink);
     let _ = pump.await;
@@ -1009,6 +1090,7 @@ async fn one_step(
         Outcome::Failed { exit_code, .. } => (Status::Failed, Some(*exit_code)),
         Outcome::TimedOut { .. } => (Status::TimedOut, None),
         Outcome::Cancelled => (Status::Cancelled, None),
+        Outcome::Skipped { .. } => (Status::Skipped, None),
         Outcome::Error { .. } => (Status::Failed, None),
     };
     let reason = (!outcome.is_success()).then(|| outcome.reason());
@@ -1061,7 +1143,11 @@ async fn run_step(
                         lock(&state.switched).push(switched);
                         Outcome::Success
                     }
-                    Err(e) => error(e),
+                    Err(e) => match e.downcast::<Outdated>() {
+                        // `one_step` writes the reason into the step's log.
+                        Ok(Outdated(reason)) => Outcome::Skipped { reason },
+                        Err(e) => error(e),
+                    },
                 },
             }
         }

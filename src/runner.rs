@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +32,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +56,83 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Secret values shorter than this are not masked: masking every `a` or `on` would make logs
 /// unreadable and protects nothing.
-const MIN_SECRET_LEN: usize = 3;
+const MIN_SECRET_LEN: usize = crate::config::MIN_SECRET_CHARS;
+
+/// Reads of a shell step's pipes (8 KiB each) waiting for the log: past them the step's
+/// writes block until the log catches up.
+const PIPE_DEPTH: usize = 16;
 
 /// What replaces a secret value in the log.
 const MASK: &[u8] = b"***";
 
-/// Where a step's output goes: already masked bytes, in order.
-pub type LogSink = mpsc::UnboundedSender<Vec<u8>>;
+/// Bytes of output a [`LogSink`] holds before its writers wait (a few chunks of the store's).
+pub const SINK_BYTES: usize = 1024 * 1024;
+
+/// What goes into a step's log. No `Debug`: output is not masked yet.
+pub enum LogMsg {
+    /// Output of what the step runs (its commands, the engine's build or push, a service):
+    /// counted against `max_log_size`. The permit is its share of [`SINK_BYTES`], given back
+    /// when the message is dropped (once its reader has taken the bytes).
+    Output(Vec<u8>, OwnedSemaphorePermit),
+    /// hoist's own line about the step (started, approved, a deployment's progress and its
+    /// hooks' output, ended and why): kept past `max_log_size`, so that a cut log still says
+    /// how the step ended, up to `logs::NOTE_ROOM` of their own. Not counted against
+    /// [`SINK_BYTES`]: they come from code that cannot wait (a deployment's progress).
+    Note(Vec<u8>),
+}
+
+impl LogMsg {
+    /// The bytes, whichever kind.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            LogMsg::Output(b, _) | LogMsg::Note(b) => b,
+        }
+    }
+}
+
+/// Where a step's log goes, in order. Output is bounded by bytes: a writer waits while
+/// [`SINK_BYTES`] of its output are not yet taken by the reader, so a step printing faster
+/// than the store writes is slowed down (its pipe fills, and the process blocks on its
+/// writes) instead of filling memory. Notes never wait, so code that cannot wait may log.
+#[derive(Clone)]
+pub struct LogSink {
+    /// To the pump (or a printer, or a tracing logger).
+    tx: mpsc::UnboundedSender<LogMsg>,
+    /// Output bytes that may still be in flight.
+    room: Arc<Semaphore>,
+}
+
+impl LogSink {
+    /// A sink and the receiving end, for whoever reads it.
+    pub fn channel() -> (LogSink, mpsc::UnboundedReceiver<LogMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(SINK_BYTES));
+        (LogSink { tx, room }, rx)
+    }
+
+    /// Output of what the step runs; waits for room. False once nobody reads the log any more
+    /// (the step may still go on; its output is dropped).
+    pub async fn send(&self, bytes: Vec<u8>) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        // A chunk larger than the whole budget takes all of it.
+        let share = bytes.len().min(SINK_BYTES) as u32;
+        let Ok(permit) = self.room.clone().acquire_many_owned(share).await else {
+            return false;
+        };
+        self.tx.send(LogMsg::Output(bytes, permit)).is_ok()
+    }
+
+    /// One of hoist's own lines (a newline is added when missing).
+    pub fn note(&self, line: impl Into<String>) {
+        let mut line = line.into();
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        let _ = self.tx.send(LogMsg::Note(line.into_bytes()));
+    }
+}
 
 /// Everything a step needs besides its commands.
 pub struct StepContext {
@@ -99,6 +170,9 @@ pub enum Outcome {
     Cancelled,
     /// The step could not be run at all (missing image, engine error, bad workspace).
     Error { reason: String },
+    /// The step decided not to act, and why (a deploy step whose release is outdated by a
+    /// newer commit's already deployed).
+    Skipped { reason: String },
 }
 
 impl Outcome {
@@ -111,7 +185,7 @@ impl Outcome {
                 format!("timed out after {}", humantime::format_duration(*after))
             }
             Outcome::Cancelled => "cancelled".to_string(),
-            Outcome::Error { reason } => reason.clone(),
+            Outcome::Error { reason } | Outcome::Skipped { reason } => reason.clone(),
         }
     }
 
@@ -138,7 +212,7 @@ pub async fn run_container(
 ) -> Outcome {
     let mut out = Output::new(ctx);
     let outcome = container_step(docker, image, commands, ctx, &mut out).await;
-    out.finish(&outcome);
+    out.finish(&outcome).await;
     outcome
 }
 
@@ -148,7 +222,7 @@ pub async fn run_container(
 pub async fn run_shell(commands: &[String], ctx: &StepContext) -> Outcome {
     let mut out = Output::new(ctx);
     let outcome = shell_step(commands, ctx, &mut out).await;
-    out.finish(&outcome);
+    out.finish(&outcome).await;
     outcome
 }
 
@@ -258,29 +332,30 @@ impl<'a> Output<'a> {
         }
     }
 
-    fn write(&mut self, chunk: &[u8]) {
+    /// Waits while the log's sink is full: the step's output is read no faster than stored.
+    async fn write(&mut self, chunk: &[u8]) {
         let masked = self.masker.push(chunk);
-        self.send(masked);
+        self.send(masked).await;
     }
 
     /// Flushes what the masker held back and, unless the step succeeded, ends the log with
     /// why, so that a person reading only the log knows what happened.
-    fn finish(&mut self, outcome: &Outcome) {
+    async fn finish(&mut self, outcome: &Outcome) {
         let rest = self.masker.finish();
-        self.send(rest);
+        self.send(rest).await;
         if !outcome.is_success() {
-            let line = format!("hoist: {}\n", outcome.reason());
-            // Reasons can quote engine errors; masked like output, to be safe.
-            let masked = self.masker.fresh().mask_all(line.as_bytes());
-            self.send(masked);
+            // Reasons can quote engine errors; masked like output, to be safe. A note: kept
+            // also when the output was cut at `max_log_size`.
+            let line = self
+                .masker
+                .mask_text(&format!("hoist: {}", outcome.reason()));
+            self.log.note(line);
         }
     }
 
-    fn send(&self, bytes: Vec<u8>) {
-        if !bytes.is_empty() {
-            // A closed sink means nobody reads the log any more; the step still runs to its end.
-            let _ = self.log.send(bytes);
-        }
+    async fn send(&self, bytes: Vec<u8>) {
+        // A closed sink means nobody reads the log any more; the step still runs to its end.
+        self.log.send(bytes).await;
     }
 }
 
@@ -498,7 +573,7 @@ async fn drive_container(
     let end = loop {
         tokio::select! {
             chunk = output.next(), if output_open => match chunk {
-                Some(Ok(chunk)) => out.write(&chunk.into_bytes()),
+                Some(Ok(chunk)) => out.write(&chunk.into_bytes()).await,
                 Some(Err(e)) => {
                     tracing::warn!(container = id, error = %e, "step output stream broke");
                     output_open = false;
@@ -523,7 +598,7 @@ async fn drive_container(
         let drained = async {
             while let Some(chunk) = output.next().await {
                 match chunk {
-                    Ok(chunk) => out.write(&chunk.into_bytes()),
+                    Ok(chunk) => out.write(&chunk.into_bytes()).await,
                     Err(_) => break,
                 }
             }
@@ -632,8 +707,9 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
     let deadline = deadline(ctx);
     let mut group = ProcessGroup(child.id());
 
-    // stdout and stderr meet in one channel, in the order they are read.
-    let (tx, mut output) = mpsc::unbounded_channel::<Vec<u8>>();
+    // stdout and stderr meet in one channel, in the order they are read; bounded, so that a
+    // step printing faster than its log is stored blocks on its pipe.
+    let (tx, mut output) = mpsc::channel::<Vec<u8>>(PIPE_DEPTH);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(pump(stdout, tx.clone()));
     }
@@ -650,7 +726,7 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
     let end = loop {
         tokio::select! {
             chunk = output.recv(), if output_open => match chunk {
-                Some(chunk) => out.write(&chunk),
+                Some(chunk) => out.write(&chunk).await,
                 None => output_open = false,
             },
             status = &mut exited => break End::Exited(status),
@@ -669,7 +745,7 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
     if output_open {
         let drained = async {
             while let Some(chunk) = output.recv().await {
-                out.write(&chunk);
+                out.write(&chunk).await;
             }
         };
         if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
@@ -698,13 +774,13 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
 }
 
 /// Copies a pipe into the channel until it closes.
-async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, tx: mpsc::UnboundedSender<Vec<u8>>) {
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
     let mut buf = vec![0u8; 8192];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if tx.send(buf[..n].to_vec()).is_err() {
+                if tx.send(buf[..n].to_vec()).await.is_err() {
                     return;
                 }
             }
@@ -745,7 +821,6 @@ impl Drop for ProcessGroup {
 /// bytes becomes one `***`, so overlapping or adjacent secrets reveal nothing either. Between
 /// chunks at most (longest secret − 1) bytes are held back: only a tail that could still grow
 /// into a secret.
-#[derive(Debug)]
 pub struct Masker {
     /// The values to mask, at least [`MIN_SECRET_LEN`] bytes each, without duplicates.
     secrets: Vec<Vec<u8>>,
@@ -757,6 +832,13 @@ pub struct Masker {
     /// Whether the last emitted byte was masked, so that a masked run going on in the next
     /// chunk does not print a second `***`.
     ended_masked: bool,
+}
+
+impl std::fmt::Debug for Masker {
+    /// How many values, never which.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masker({} values)", self.secrets.len())
+    }
 }
 
 impl Masker {
@@ -934,7 +1016,7 @@ mod tests {
 
     #[test]
     fn any_two_cuts_give_the_same_output_as_one_chunk() {
-        let secrets = ["abcd", "cdef", "abcdefgh", "zzz"];
+        let secrets = ["abcd", "cdef", "abcdefgh", "zzzz"];
         let text = b"xxabcdefyyabcdefghzzzzabcdzz cdefabc";
         let whole = masked(&secrets, &[text]);
         for i in 0..=text.len() {
@@ -956,8 +1038,8 @@ mod tests {
 
     #[test]
     fn a_secret_that_starts_another_is_masked_whole() {
-        assert_eq!(masked(&["abc", "abcdef"], &[b"-abc", b"def-"]), "-***-");
-        assert_eq!(masked(&["abc", "abcdef"], &[b"-abc", b"-"]), "-***-");
+        assert_eq!(masked(&["abcd", "abcdefg"], &[b"-abcd", b"efg-"]), "-***-");
+        assert_eq!(masked(&["abcd", "abcdefg"], &[b"-abcd", b"-"]), "-***-");
     }
 
     #[test]
@@ -984,7 +1066,7 @@ mod tests {
     #[test]
     fn short_and_empty_values_are_not_masked() {
         assert_eq!(
-            masked(&["", "a", "on"], &[b"a cat on a mat"]),
+            masked(&["", "a", "on", "cat"], &[b"a cat on a mat"]),
             "a cat on a mat"
         );
     }

@@ -206,9 +206,9 @@ async fn start_one(
     let docker = running.docker.clone();
     let spec = &service.spec;
     let name = &spec.name;
-    let _ = service
+    service
         .log
-        .send(format!("── service {name} ({})\n", spec.image).into_bytes());
+        .note(format!("── service {name} ({})", spec.image));
     runner::pull_if_missing(
         &docker,
         &spec.image,
@@ -329,28 +329,29 @@ async fn stream_output(
     tail: Arc<Mutex<Vec<u8>>>,
     stopping: Arc<AtomicBool>,
 ) {
+    // Waits while the log's sink is full: the engine's stream is then read no faster than
+    // the log is stored.
     let send = |bytes: Vec<u8>| {
-        if bytes.is_empty() {
-            return;
-        }
-        {
+        if !bytes.is_empty() {
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
             t.extend_from_slice(&bytes);
             let over = t.len().saturating_sub(TAIL_BYTES);
             t.drain(..over);
         }
-        let _ = log.send(bytes);
+        log.send(bytes)
     };
     while let Some(chunk) = output.next().await {
         match chunk {
-            Ok(chunk) => send(masker.push(&chunk.into_bytes())),
+            Ok(chunk) => {
+                send(masker.push(&chunk.into_bytes())).await;
+            }
             Err(e) => {
                 tracing::debug!(service = name, error = %e, "service output stream broke");
                 break;
             }
         }
     }
-    send(masker.finish());
+    send(masker.finish()).await;
     if stopping.load(Ordering::SeqCst) {
         return;
     }
@@ -360,10 +361,10 @@ async fn stream_output(
         .ok()
         .and_then(|c| c.state?.exit_code);
     let line = match code {
-        Some(code) => format!("── service {name} exited with code {code}\n"),
-        None => format!("── service {name} ended\n"),
+        Some(code) => format!("── service {name} exited with code {code}"),
+        None => format!("── service {name} ended"),
     };
-    let _ = log.send(line.into_bytes());
+    log.note(line);
 }
 
 /// Waits until `service` accepts connections on `ready.tcp`: fails at once when it exits,

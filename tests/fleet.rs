@@ -370,7 +370,11 @@ async fn a_cluster_gets_fixed_ids_and_the_peer_list() {
         }],
         &vars,
     );
-    let agent = Agent::launch_with_env(dir.path(), &conf, &[("FLEET_DB_PASSWORD", "x".into())]);
+    let agent = Agent::launch_with_env(
+        dir.path(),
+        &conf,
+        &[("FLEET_DB_PASSWORD", "unused-pw".into())],
+    );
     let peers = HOSTS
         .iter()
         .map(|h| format!("{}:7000", address(h)))
@@ -492,7 +496,11 @@ async fn another_apps_container_is_never_touched() {
         ],
         &|_| String::new(),
     );
-    let agent = Agent::launch_with_env(dir.path(), &conf, &[("FLEET_DB_PASSWORD", "x".into())]);
+    let agent = Agent::launch_with_env(
+        dir.path(),
+        &conf,
+        &[("FLEET_DB_PASSWORD", "unused-pw".into())],
+    );
     for c in [a1, repo_a.commit("main", "a2", &[])] {
         let r = run_end(&agent, push(&agent, "acme/fown-a", &c).await).await;
         assert_eq!(r["status"], "success", "{r:#}");
@@ -584,7 +592,11 @@ async fn fail_after_gives_the_verdict_in_seconds() {
         }],
         &|_| String::new(),
     );
-    let agent = Agent::launch_with_env(dir.path(), &conf, &[("FLEET_DB_PASSWORD", "x".into())]);
+    let agent = Agent::launch_with_env(
+        dir.path(),
+        &conf,
+        &[("FLEET_DB_PASSWORD", "unused-pw".into())],
+    );
     let r = run_end(&agent, push(&agent, "acme/ffail", &c1).await).await;
     assert_eq!(r["status"], "failed", "{r:#}");
     let (fast, d) = time_to_verdict(&agent, &app).await;

@@ -17,6 +17,7 @@ use bollard::Docker;
 use common::lab::{self, BASE_IMAGE as BASE, BUILDER, REGISTRY};
 use hoist::config::RegistryConfig;
 use hoist::image::{self, BuildRequest};
+use hoist::runner::LogMsg;
 use hoist::runner::LogSink;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -75,14 +76,14 @@ impl Drop for Cleanup {
 }
 
 /// A log sink and everything it received so far.
-fn log() -> (LogSink, mpsc::UnboundedReceiver<Vec<u8>>) {
-    mpsc::unbounded_channel()
+fn log() -> (LogSink, mpsc::UnboundedReceiver<LogMsg>) {
+    LogSink::channel()
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> String {
+fn drain(rx: &mut mpsc::UnboundedReceiver<LogMsg>) -> String {
     let mut text = Vec::new();
     while let Ok(chunk) = rx.try_recv() {
-        text.extend(chunk);
+        text.extend(chunk.into_bytes());
     }
     String::from_utf8_lossy(&text).into_owned()
 }
@@ -436,7 +437,7 @@ async fn a_cancelled_build_stops_promptly() {
         let mut seen = String::new();
         while !seen.contains("42-running") {
             match rx.recv().await {
-                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk.into_bytes())),
                 None => panic!("log closed before the step started: {seen}"),
             }
         }

@@ -17,6 +17,7 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use common::lab::{self, BASE_IMAGE as IMAGE};
 use common::wait_until;
+use hoist::runner::LogMsg;
 use hoist::runner::{
     self, AGENT_LABEL, LogSink, Outcome, RUN_LABEL, STEP_LABEL, StepContext, run_container,
     run_shell,
@@ -49,13 +50,13 @@ struct Step {
     run: i64,
     workspace: tempfile::TempDir,
     ctx: StepContext,
-    log: mpsc::UnboundedReceiver<Vec<u8>>,
+    log: mpsc::UnboundedReceiver<LogMsg>,
 }
 
 fn step(name: &str) -> Step {
     let run = unique_run();
     let workspace = tempfile::tempdir().unwrap();
-    let (tx, log): (LogSink, _) = mpsc::unbounded_channel();
+    let (tx, log) = LogSink::channel();
     let ctx = StepContext {
         workspace: workspace.path().to_path_buf(),
         env: vec![
@@ -90,7 +91,7 @@ impl Step {
     fn log_text(&mut self) -> String {
         let mut bytes = Vec::new();
         while let Ok(chunk) = self.log.try_recv() {
-            bytes.extend(chunk);
+            bytes.extend(chunk.into_bytes());
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
@@ -119,7 +120,7 @@ async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) ->
 
 /// Reads the log until `needle` appears, then cancels the step; returns the log read.
 async fn cancel_when_logged(
-    log: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    log: &mut mpsc::UnboundedReceiver<LogMsg>,
     needle: &str,
     cancel: &CancellationToken,
 ) -> String {
@@ -127,7 +128,7 @@ async fn cancel_when_logged(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !String::from_utf8_lossy(&seen).contains(needle) {
         match tokio::time::timeout_at(deadline, log.recv()).await {
-            Ok(Some(chunk)) => seen.extend(chunk),
+            Ok(Some(chunk)) => seen.extend(chunk.into_bytes()),
             Ok(None) => panic!("the log closed before {needle:?} appeared"),
             Err(_) => panic!(
                 "{needle:?} did not appear in the log within 20s; log: {}",

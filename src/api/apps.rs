@@ -94,9 +94,10 @@ pub async fn rollback(
     })?;
     let id = started.id();
     s.queue.tasks.spawn(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let (tx, mut rx) = crate::runner::LogSink::channel();
         let logger = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
+                let line = line.into_bytes();
                 tracing::info!(
                     deployment = id,
                     "{}",

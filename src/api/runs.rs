@@ -304,15 +304,34 @@ pub async fn replay_delivery(
         .into_response())
 }
 
+/// Chunks read from the store at once, by the JSON answer and by SSE followers alike.
+const LOG_PAGE: u32 = 64;
+
+/// `?after=SEQ` (the chunks after that one; default 0, from the start) and `?limit=N`.
+#[derive(Deserialize)]
+pub struct LogQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
 /// `GET /api/v1/runs/{id}/logs`: the stored chunks as JSON, or with `Accept: text/event-stream`
 /// an SSE stream (`event: log`, `id: SEQ`, data the chunk as JSON) that follows the run live and
-/// ends with `event: end` carrying the run's status. `Last-Event-ID` resumes after a chunk.
+/// ends with `event: end` carrying the run's status. Both start after chunk `?after=SEQ` (or,
+/// for SSE, `Last-Event-ID`). JSON with `?limit=N` (at most 1000) is one page; without it, every
+/// chunk after `after`, streamed a page of the store at a time.
 pub async fn run_logs(
     _: Authorized,
     State(s): State<AppState>,
     Path(id): Path<i64>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{e}; after is the seq of the last chunk you have (0: from the start), limit a count (at most 1000)"),
+        )
+    })?;
     if s.store.run(id).await.map_err(ApiError::internal)?.is_none() {
         return Err(no_run(id));
     }
@@ -320,22 +339,73 @@ pub async fn run_logs(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
+    let after = q.after.unwrap_or(0);
     if !wants_sse {
-        let chunks = s.store.logs(id, 0).await.map_err(ApiError::internal)?;
-        return Ok(Json(json!(chunks)).into_response());
+        if let Some(limit) = q.limit {
+            let page = Page {
+                limit: Some(limit),
+                before: None,
+            };
+            let chunks = s
+                .store
+                .logs(id, after, page.limit())
+                .await
+                .map_err(ApiError::internal)?;
+            return Ok(Json(json!(chunks)).into_response());
+        }
+        return Ok(whole_log(s, id, after));
     }
-    let after: i64 = headers
+    let last_event: i64 = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::spawn(follow(s, id, after, tx));
+    tokio::spawn(follow(s, id, after.max(last_event), tx));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let stream = futures_util::StreamExt::map(stream, Ok::<Event, Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Every chunk of run `id` after `after` as one JSON array, read from the store and sent a
+/// page at a time: memory holds one page, whatever the log's length.
+fn whole_log(s: AppState, id: i64, mut after: i64) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut first = true;
+        let _ = tx.send(Ok("[".into())).await;
+        loop {
+            let page = match s.store.logs(id, after, LOG_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(run = id, "cannot read the run's log: {e:#}");
+                    // A broken body: the client sees an incomplete answer, not a short log.
+                    let _ = tx
+                        .send(Err(std::io::Error::other("cannot read the log")))
+                        .await;
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            let mut text = String::new();
+            for c in &page {
+                if !first {
+                    text.push(',');
+                }
+                first = false;
+                text.push_str(&serde_json::to_string(c).unwrap_or_default());
+            }
+            if tx.send(Ok(text.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok("]".into())).await;
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn log_event(c: &LogChunk) -> Event {
@@ -350,15 +420,21 @@ async fn follow(s: AppState, run: i64, mut last: i64, tx: tokio::sync::mpsc::Sen
     // Subscribe before reading the store, so nothing falls between the two.
     let mut live = s.queue.logs.subscribe(run);
     loop {
-        let stored = match s.store.logs(run, last).await {
-            Ok(c) => c,
-            Err(_) => return,
-        };
-        for c in &stored {
-            if tx.send(log_event(c)).await.is_err() {
-                return;
+        // The store first, a page at a time, until it has nothing after `last`.
+        loop {
+            let stored = match s.store.logs(run, last, LOG_PAGE).await {
+                Ok(c) => c,
+                Err(_) => return,
+            };
+            for c in &stored {
+                if tx.send(log_event(c)).await.is_err() {
+                    return;
+                }
+                last = c.seq;
             }
-            last = c.seq;
+            if stored.len() < LOG_PAGE as usize {
+                break;
+            }
         }
         let Some(rx) = live.as_mut() else {
             // Not running here: it ended (or has not started); send the end once it has ended.

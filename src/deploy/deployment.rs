@@ -498,7 +498,7 @@ impl Deployer {
         )));
         let masker = &s.masker;
         let say = |m: String| {
-            let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
+            log.note(masker.mask_text(&m));
         };
         let verdict = match AssertUnwindSafe(self.drive(&s, &say, &lost))
             .catch_unwind()
@@ -921,7 +921,7 @@ impl Deployer {
     ) -> anyhow::Result<Vec<Verdict>> {
         let masker = self.masker();
         let say = |m: String| {
-            let _ = log.send(format!("{}\n", masker.mask_text(&m)).into_bytes());
+            log.note(masker.mask_text(&m));
         };
         let mut out = Vec::new();
         for d in interrupted {
@@ -1343,14 +1343,14 @@ mod tests {
             stops: Default::default(),
             carried: None,
         };
-        let (log, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let (log, mut lines) = LogSink::channel();
         let verdict = deployer.run(started, &log).await;
         assert_eq!(verdict.status, DeploymentStatus::Failed);
         let reason = verdict.reason.unwrap_or_default();
         assert!(reason.contains("bug in hoist"), "{reason}");
         let mut said = String::new();
         while let Ok(line) = lines.try_recv() {
-            said.push_str(&String::from_utf8_lossy(&line));
+            said.push_str(&String::from_utf8_lossy(&line.into_bytes()));
         }
         assert!(said.contains("bug in hoist"), "{said}");
         assert!(

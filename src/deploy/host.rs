@@ -43,8 +43,9 @@ pub const COMMIT_LABEL: &str = "hoist.commit";
 /// Label naming the manifest digest (`sha256:…`) on every container hoist creates.
 pub const DIGEST_LABEL: &str = "hoist.digest";
 
-/// What to run on a host: one release of one app.
-#[derive(Debug, Clone, Copy)]
+/// What to run on a host: one release of one app. Its `Debug` names the secrets, never their
+/// values.
+#[derive(Clone, Copy)]
 pub struct Target<'a> {
     /// The app, for the `hoist.app` label.
     pub app: &'a str,
@@ -60,6 +61,21 @@ pub struct Target<'a> {
     pub container: &'a ContainerSpec,
     /// The values of `container.secrets`, resolved now: set as env vars, never as labels.
     pub secrets: &'a [(String, String)],
+}
+
+impl std::fmt::Debug for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Target")
+            .field("app", &self.app)
+            .field("release", &self.release)
+            .field("commit", &self.commit)
+            .field("image", &self.image)
+            .field("digest", &self.digest)
+            .field("container", &self.container)
+            .field("secrets", &names)
+            .finish()
+    }
 }
 
 /// What runs as a container name now.

@@ -63,8 +63,8 @@ pub struct CommitStatus {
     pub target_url: String,
 }
 
-/// An HTTP request, ready to send.
-#[derive(Debug, Clone, PartialEq)]
+/// An HTTP request, ready to send. Its `Debug` shows header names only: one carries the token.
+#[derive(Clone, PartialEq)]
 pub struct Request {
     /// Always `POST` for a status; kept so the request reads whole.
     pub method: &'static str,
@@ -74,6 +74,18 @@ pub struct Request {
     pub headers: Vec<(&'static str, String)>,
     /// The JSON the forge's page documents.
     pub body: Value,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, _)| (*n, "***")).collect();
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 /// GitHub shows at most 140 characters of a description; the others take more, but a status

@@ -51,7 +51,8 @@ pub async fn build(
             packed.files,
             human_size(packed.tar.len() as u64)
         ),
-    );
+    )
+    .await;
     if cancel.is_cancelled() {
         bail!(CANCELLED);
     }
@@ -63,7 +64,7 @@ pub async fn build(
         None => id_of_first_tag(docker, &req.tags).await?,
     };
     add_tags(docker, &image_id, tags.iter().skip(1)).await?;
-    say(log, format!("Built image {image_id}"));
+    say(log, format!("Built image {image_id}")).await;
     Ok(image_id)
 }
 
@@ -118,7 +119,7 @@ async fn stream_build(
             // Dropping the stream closes the connection; the engine cancels the build and
             // kills the container of the running step.
             _ = cancel.cancelled() => {
-                say(log, "Build cancelled".to_string());
+                say(log, "Build cancelled".to_string()).await;
                 bail!(CANCELLED);
             }
             item = stream.next() => item,
@@ -127,12 +128,12 @@ async fn stream_build(
             None => return Ok(image_id),
             Some(Ok(info)) => info,
             Some(Err(DockerError::DockerStreamError { error })) => {
-                say(log, error.clone());
+                say(log, error.clone()).await;
                 bail!("the image build failed: {error}");
             }
             Some(Err(e)) => bail!("the image build failed: {}", engine_message(&e)),
         };
-        if let Some(id) = relay(log, info) {
+        if let Some(id) = relay(log, info).await {
             image_id = Some(id);
         }
     }
@@ -140,9 +141,9 @@ async fn stream_build(
 
 /// Writes one record of the engine's build output to `log`; returns the image ID if the
 /// record carries it.
-fn relay(log: &LogSink, info: BuildInfo) -> Option<String> {
+async fn relay(log: &LogSink, info: BuildInfo) -> Option<String> {
     if let Some(text) = info.stream {
-        send(log, text);
+        send(log, text).await;
     }
     if let Some(status) = info.status {
         // Pull progress of FROM images: one line per state, not one per progress tick.
@@ -155,7 +156,7 @@ fn relay(log: &LogSink, info: BuildInfo) -> Option<String> {
                 Some(id) => format!("{id}: {status}"),
                 None => status,
             };
-            say(log, line);
+            say(log, line).await;
         }
     }
     info.aux.and_then(|aux| aux.id)

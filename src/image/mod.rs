@@ -300,18 +300,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Sends text to the log as it came (build output carries its own newlines).
-fn send(log: &LogSink, text: String) {
+/// Sends text to the log as it came (build output carries its own newlines); waits while
+/// the log's sink is full, which holds the engine's stream back.
+async fn send(log: &LogSink, text: String) {
     // A closed log means nobody is listening any more (the run ended); the work goes on.
-    let _ = log.send(text.into_bytes());
+    log.send(text.into_bytes()).await;
 }
 
 /// Sends one line to the log, newline-terminated.
-fn say(log: &LogSink, mut line: String) {
+async fn say(log: &LogSink, mut line: String) {
     if !line.ends_with('\n') {
         line.push('\n');
     }
-    send(log, line);
+    send(log, line).await;
 }
 
 #[cfg(test)]

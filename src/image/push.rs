@@ -33,7 +33,7 @@ pub async fn push(
     let credentials = engine_credentials(registry);
     let attempt = || push_once(docker, &repo, &tag, credentials.clone(), log);
     let digest = with_retries(&host, registry, Some(log), attempt).await?;
-    say(log, format!("Pushed {reference}: {digest}"));
+    say(log, format!("Pushed {reference}: {digest}")).await;
     Ok(digest)
 }
 
@@ -49,7 +49,10 @@ async fn push_once(
     let mut stream = docker.push_image(repo, Some(options), credentials);
     let mut digest = None;
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| push_failure(e, repo, log))?;
+        let info = match item {
+            Ok(info) => info,
+            Err(e) => return Err(push_failure(e, repo, log).await),
+        };
         let Some(status) = info.status else { continue };
         if let Some(d) = digest_in_status(&status, tag) {
             digest = Some(d);
@@ -61,7 +64,7 @@ async fn push_once(
             .as_ref()
             .is_none_or(|p| p.current.is_none())
         {
-            say(log, status);
+            say(log, status).await;
         }
     }
     match digest {
@@ -71,10 +74,10 @@ async fn push_once(
 }
 
 /// Sorts an error from the engine's push stream; the engine's own words go to `log` too.
-fn push_failure(e: DockerError, repo: &str, log: &LogSink) -> Failure {
+async fn push_failure(e: DockerError, repo: &str, log: &LogSink) -> Failure {
     match e {
         DockerError::DockerStreamError { error } => {
-            say(log, error.clone());
+            say(log, error.clone()).await;
             if error.contains("server gave HTTP response to HTTPS client") {
                 // Retrying cannot help: the engine's own configuration decides the scheme.
                 let host = repo.split('/').next().unwrap_or(repo);

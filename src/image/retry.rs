@@ -66,7 +66,7 @@ where
                 );
                 tracing::warn!("{notice}");
                 if let Some(log) = log {
-                    say(log, notice);
+                    say(log, notice).await;
                 }
                 tokio::time::sleep(delay).await;
                 delay *= 2;

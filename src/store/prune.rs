@@ -240,8 +240,11 @@ mod tests {
         );
         let (run3, steps) = store.run(3).await.unwrap().expect("a release's run stays");
         assert_eq!((run3.status, steps.len()), (Status::Success, 1));
-        assert!(store.logs(3, 0).await.unwrap().is_empty(), "its log goes");
-        assert_eq!(store.logs(21, 0).await.unwrap().len(), 1);
+        assert!(
+            store.logs(3, 0, 1000).await.unwrap().is_empty(),
+            "its log goes"
+        );
+        assert_eq!(store.logs(21, 0, 1000).await.unwrap().len(), 1);
         assert_eq!(count(&store, "SELECT COUNT(*) FROM deliveries").await, 12);
         assert_eq!(
             count(&store, "SELECT COUNT(*) FROM runs WHERE status = 'queued'").await,

@@ -667,13 +667,19 @@ impl Store {
         .await
     }
 
-    /// A run's log chunks after `after_seq`, in order.
-    pub async fn logs(&self, run: i64, after_seq: i64) -> anyhow::Result<Vec<LogChunk>> {
+    /// A run's log chunks after `after_seq`, in order, at most `limit` of them: callers page
+    /// with the last `seq` they got, so that no one reads a whole log into memory at once.
+    pub async fn logs(
+        &self,
+        run: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<LogChunk>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, step, data FROM logs WHERE run = ?1 AND seq > ?2 ORDER BY seq",
+                "SELECT seq, step, data FROM logs WHERE run = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![run, after_seq], |r| {
+            let rows = stmt.query_map(params![run, after_seq, limit], |r| {
                 Ok(LogChunk {
                     seq: r.get(0)?,
                     step: r.get(1)?,
