@@ -260,5 +260,15 @@ mod tests {
             text.contains("# TYPE hoist_intake_seconds histogram"),
             "{text}"
         );
+        m.outbox_rows
+            .get_or_create(&StateLabels {
+                state: "pending".into(),
+            })
+            .set(0);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("hoist_outbox_rows{state=\"pending\"} 0\n"),
+            "{text}"
+        );
     }
 }
