@@ -136,27 +136,35 @@ async fn browser(dir: &Path) -> (Driver, Client) {
     (driver, client)
 }
 
-/// Make the page's viewport exactly `w`×`h` (the window's frame, if any, added on top).
+/// Make the page's viewport exactly `w`×`h`: the window is resized, and grown by its frame
+/// (if any) once the page has seen the resize, which it does asynchronously.
 async fn viewport(c: &Client, w: u32, h: u32) {
-    c.set_window_size(w, h).await.unwrap();
-    let inner = c
-        .execute("return [window.innerWidth, window.innerHeight];", vec![])
-        .await
-        .unwrap();
-    let (iw, ih) = (
-        inner[0].as_u64().unwrap() as u32,
-        inner[1].as_u64().unwrap() as u32,
-    );
-    if (iw, ih) != (w, h) {
-        c.set_window_size(w + w.saturating_sub(iw), h + h.saturating_sub(ih))
+    let inner = || async {
+        let v = c
+            .execute("return [window.innerWidth, window.innerHeight];", vec![])
             .await
             .unwrap();
+        (v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32)
+    };
+    let (mut ow, mut oh) = (w, h);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        c.set_window_size(ow, oh).await.unwrap();
+        let mut seen = inner().await;
+        for _ in 0..20 {
+            if seen == (w, h) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            seen = inner().await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the viewport stays {seen:?} with the window at {ow}x{oh}, not {w}x{h}"
+        );
+        ow = (ow + w).saturating_sub(seen.0).max(w);
+        oh = (oh + h).saturating_sub(seen.1).max(h);
     }
-    let inner = c
-        .execute("return [window.innerWidth, window.innerHeight];", vec![])
-        .await
-        .unwrap();
-    assert_eq!(inner, json!([w, h]), "viewport size");
 }
 
 /// In the page: every visible piece of text (each text node's line boxes, so a parent's box
@@ -367,14 +375,27 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         run_now["status"], "running",
         "the page saw it live: {run_now:#}"
     );
-    // The lines are coloured (ANSI green rendered as a class), and the step shows a duration.
-    let green = c
-        .execute("return [...document.querySelectorAll('pre.log .fg2')].map(e => e.textContent).join('|');", vec![])
+    // The lines are coloured (ANSI green rendered as a class, the escapes gone), in the slow
+    // step's own log, each stamped with the time it arrived; the step shows how long so far.
+    let seen = c
+        .execute(
+            "const pre = document.querySelector('[data-step=slow] pre.log');
+             return { green: [...pre.querySelectorAll('.fg2')].map(e => e.textContent).join('|'),
+                      stamps: pre.querySelectorAll('.ts').length, text: pre.textContent,
+                      duration: document.querySelector('[data-step=slow] .duration').textContent };",
+            vec![],
+        )
         .await
         .unwrap();
     assert!(
-        green.as_str().unwrap_or("").contains("page line"),
-        "{green}"
+        seen["green"].as_str().unwrap_or("").contains("page line 1"),
+        "{seen}"
+    );
+    assert!(seen["stamps"].as_u64().unwrap_or(0) >= 1, "{seen}");
+    assert!(!seen["text"].as_str().unwrap().contains('\u{1b}'), "{seen}");
+    assert!(
+        seen["duration"].as_str().unwrap().ends_with("so far"),
+        "{seen}"
     );
     wait_until(
         "the run page to show the run's end without a reload",
@@ -382,7 +403,12 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         || async {
             let status = shown_status(&c).await;
             let page = text(&c).await;
+            let complete = c
+                .execute("return document.body.dataset.log === 'complete';", vec![])
+                .await
+                .unwrap();
             if status == "success"
+                && complete == Value::Bool(true)
                 && page.contains("page: all lines written")
                 && page.contains("Image ID")
             {
