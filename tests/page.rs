@@ -517,6 +517,43 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         assert!(s.running && s.digests.contains(digest), "{h}: {s:?}");
     }
 
+    // A run cancelled from its page while it runs.
+    let c3 = repo.commit("main", "three", &files(&yml, "three\n"));
+    let answer = push_github(&agent, REPO, "main", &c3, "three").await;
+    let run3 = answer["runs"][0].as_i64().expect("a run");
+    c.goto(&format!("{base}/#/runs/{run3}")).await.unwrap();
+    wait_until("run 3's page to show it running", 120, || async {
+        let status = shown_status(&c).await;
+        let page = text(&c).await;
+        if status == "running" && page.contains("page line 1") {
+            Ok(())
+        } else {
+            Err(format!("status {status:?}: {page:.600}"))
+        }
+    })
+    .await;
+    c.find(Locator::Css("#cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until("the cancelled run's page to say so", 60, || async {
+        let status = shown_status(&c).await;
+        if status == "cancelled" {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    let r3 = wait_run(&agent, run3).await;
+    assert_eq!(r3["status"], "cancelled", "{r3:#}");
+    assert!(
+        !text(&c).await.contains("Cancel run"),
+        "an ended run offers no cancel"
+    );
+
     // Layout: every page, both sizes.
     check_layout(&c, &base, "#/", "#runs-table tbody tr a").await;
     check_layout(&c, &base, &format!("#/runs/{run1}"), "#chain .card").await;
@@ -571,8 +608,9 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
     })
     .await;
 
-    // /metrics moved with what happened: two runs succeeded, their steps too, two rollouts and
-    // one rollback succeeded, two deliveries were stored, nothing waits.
+    // /metrics moved with what happened: two runs succeeded (their six steps too) and one was
+    // cancelled, two rollouts and one rollback succeeded, three deliveries were stored, nothing
+    // waits.
     let after = metrics(&agent).await;
     assert_eq!(
         sample(
@@ -614,7 +652,15 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         ),
         1.0
     );
-    assert_eq!(sample(&after, "hoist_deliveries_accepted_total", &[]), 2.0);
+    assert_eq!(
+        sample(
+            &after,
+            "hoist_runs_finished_total",
+            &[("outcome", "cancelled")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&after, "hoist_deliveries_accepted_total", &[]), 3.0);
     assert_eq!(sample(&after, "hoist_queue_depth", &[]), 0.0);
     assert!(sample(&after, "hoist_intake_seconds_count", &[]) >= 2.0);
     let _ = c.close().await;
