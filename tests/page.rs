@@ -8,6 +8,8 @@
 //! every host verified (read back with the docker CLI too). On every page, at 1280×800 and at
 //! 390×844, no two visible pieces of text overlap and nothing but a log scrolls sideways.
 //!
+//! `HOIST_PAGE_SCREENSHOTS=DIR` keeps a screenshot of each page at each size there.
+//!
 //! Names (repository `acme/page`, app and container `pageapp`, its port from `free_port`) are
 //! this file's own. A browser or driver that cannot start fails the test with the reason.
 
@@ -233,6 +235,28 @@ async fn check_layout(c: &Client, base: &str, hash: &str, ready: &str) {
             }
         })
         .await;
+        if let Ok(keep) = std::env::var("HOIST_PAGE_SCREENSHOTS") {
+            let name = hash.trim_start_matches("#/").replace('/', "-");
+            let png = c.screenshot().await.unwrap();
+            std::fs::write(Path::new(&keep).join(format!("{name}-{w}x{h}.png")), png).unwrap();
+        }
+        // Outside logs (whose text is the run's own), no value the page failed to render.
+        let page = c
+            .execute(
+                "const b = document.body.cloneNode(true); b.querySelectorAll('pre, script, style, noscript').forEach(p => p.remove()); return b.textContent;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for junk in ["[object", "undefined", "NaN", "null"] {
+            assert!(
+                !page.contains(junk),
+                "{hash} at {w}x{h} shows {junk:?}: {page}"
+            );
+        }
         let out = c.execute(LAYOUT_JS, vec![]).await.unwrap();
         assert!(
             out["texts"].as_u64().unwrap() > 10,
@@ -377,26 +401,30 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
     );
     // The lines are coloured (ANSI green rendered as a class, the escapes gone), in the slow
     // step's own log, each stamped with the time it arrived; the step shows how long so far.
-    let seen = c
-        .execute(
-            "const pre = document.querySelector('[data-step=slow] pre.log');
-             return { green: [...pre.querySelectorAll('.fg2')].map(e => e.textContent).join('|'),
-                      stamps: pre.querySelectorAll('.ts').length, text: pre.textContent,
-                      duration: document.querySelector('[data-step=slow] .duration').textContent };",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let seen = wait_until("the slow step's coloured, stamped lines and its duration so far", 30, || async {
+        let seen = c
+            .execute(
+                "const pre = document.querySelector('[data-step=slow] pre.log');
+                 return { green: [...pre.querySelectorAll('.fg2')].map(e => e.textContent).join('|'),
+                          stamps: pre.querySelectorAll('.ts').length, text: pre.textContent,
+                          duration: document.querySelector('[data-step=slow] .duration').textContent };",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if seen["duration"].as_str().unwrap_or("").ends_with("so far") {
+            Ok(seen)
+        } else {
+            Err(seen.to_string())
+        }
+    })
+    .await;
     assert!(
         seen["green"].as_str().unwrap_or("").contains("page line 1"),
         "{seen}"
     );
     assert!(seen["stamps"].as_u64().unwrap_or(0) >= 1, "{seen}");
     assert!(!seen["text"].as_str().unwrap().contains('\u{1b}'), "{seen}");
-    assert!(
-        seen["duration"].as_str().unwrap().ends_with("so far"),
-        "{seen}"
-    );
     wait_until(
         "the run page to show the run's end without a reload",
         400,
