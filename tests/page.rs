@@ -5,7 +5,8 @@
 //! One test walks it all with one agent and one browser: the token is typed in; a run's page
 //! follows a running run live to its end; a deployment's page shows every host; a rollback
 //! started from the app page (pick, confirm) opens the new deployment's page, which ends with
-//! every host verified (read back with the docker CLI too). On every page, at 1280×800 and at
+//! every host verified (read back with the docker CLI too); a run is cancelled from its page
+//! and a rollout aborted from its deployment's page, every host back on the release before. On every page, at 1280×800 and at
 //! 390×844, no two visible pieces of text overlap and nothing but a log scrolls sideways.
 //!
 //! `HOIST_PAGE_SCREENSHOTS=DIR` keeps a screenshot of each page at each size there.
@@ -53,7 +54,9 @@ trap 'kill \"$pid\"; exit 0' TERM INT\nwait \"$pid\"\n";
 const SLOW: &str = "i=1\nwhile [ $i -le 8 ]; do\n  printf '\\033[32mpage line %s\\033[0m\\n' $i\n  \
                     i=$((i + 1))\n  sleep 1\ndone\necho 'page: all lines written'\n";
 
-fn pipeline(port: u16) -> String {
+/// The pipeline of every commit here, its hosts published on `port`; each host must stay
+/// healthy for `healthy_for` before the next one switches.
+fn pipeline(port: u16, healthy_for: &str) -> String {
     format!(
         "app: {APP}\nsteps:\n\
          \x20 - name: slow\n    image: lab/busybox:1\n    commands: [\"sh slow.sh\"]\n\
@@ -62,7 +65,7 @@ fn pipeline(port: u16) -> String {
          \x20 - name: ship\n    deploy:\n      image: build\n      \
          hosts: [h1, h2, h3]\n      container:\n        name: {APP}\n        \
          ports: [\"{port}:8080\"]\n      health:\n        http: {{ port: 8080, path: /healthz }}\n        \
-         interval: 200ms\n        timeout: 1s\n        healthy_for: 400ms\n        deadline: 20s\n      \
+         interval: 200ms\n        timeout: 1s\n        healthy_for: {healthy_for}\n        deadline: 20s\n      \
          rollout:\n        max_parallel: 1\n        bake: 0s\n        keep: 3\n",
         registry = lab::REGISTRY
     )
@@ -375,7 +378,8 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         .unwrap();
 
     // Release 1: its run's page, opened while it runs, follows it live to its end.
-    let yml = pipeline(lab::free_port());
+    let port = lab::free_port();
+    let yml = pipeline(port, "400ms");
     let c1 = repo.commit("main", "one", &files(&yml, "one\n"));
     let answer = push_github(&agent, REPO, "main", &c1, "one").await;
     let run1 = answer["runs"][0].as_i64().expect("a run");
@@ -412,7 +416,9 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
             )
             .await
             .map_err(|e| e.to_string())?;
-        if seen["duration"].as_str().unwrap_or("").ends_with("so far") {
+        if seen["duration"].as_str().unwrap_or("").ends_with("so far")
+            && seen["stamps"].as_u64().unwrap_or(0) >= 1
+        {
             Ok(seen)
         } else {
             Err(seen.to_string())
@@ -582,6 +588,57 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         "an ended run offers no cancel"
     );
 
+    // A rollout aborted from its deployment's page while it runs: every host it touched is
+    // put back on release 1 (each host must stay healthy 6 s, so there is time to press).
+    let slow_yml = pipeline(port, "6s");
+    let c4 = repo.commit("main", "four", &files(&slow_yml, "four\n"));
+    let answer = push_github(&agent, REPO, "main", &c4, "four").await;
+    let run4 = answer["runs"][0].as_i64().expect("a run");
+    let dep4 = wait_until("run 4's rollout to start", 180, || async {
+        let deps = api(&agent, &format!("/apps/{APP}/deployments")).await;
+        match deps.as_array().and_then(|l| l.first()) {
+            Some(d) if d["run"] == json!(run4) && d["status"] == "running" => {
+                Ok(d["id"].as_i64().unwrap())
+            }
+            _ => Err(format!("{deps:#}")),
+        }
+    })
+    .await;
+    c.goto(&format!("{base}/#/deployments/{dep4}"))
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#abort"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until("the aborted deployment's page to say so", 120, || async {
+        let status = shown_status(&c).await;
+        if status == "aborted" {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+    let d4 = api(&agent, &format!("/deployments/{dep4}")).await;
+    assert_eq!(d4["status"], "aborted", "{d4:#}");
+    for h in HOSTS {
+        let s = on_host(h, APP);
+        assert!(
+            s.running && s.digests.contains(digest),
+            "{h} should be back on release 1: {s:?}"
+        );
+    }
+    assert!(
+        !text(&c).await.contains("Abort deployment"),
+        "an ended deployment offers no abort"
+    );
+    wait_run(&agent, run4).await;
+
     // Layout: every page, both sizes.
     check_layout(&c, &base, "#/", "#runs-table tbody tr a").await;
     check_layout(&c, &base, &format!("#/runs/{run1}"), "#chain .card").await;
@@ -636,9 +693,9 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
     })
     .await;
 
-    // /metrics moved with what happened: two runs succeeded (their six steps too) and one was
-    // cancelled, two rollouts and one rollback succeeded, three deliveries were stored, nothing
-    // waits.
+    // /metrics moved with what happened: two runs succeeded, their six steps and the aborted
+    // run's slow and build steps too, one run was cancelled, two rollouts and one rollback
+    // succeeded and one rollout was aborted, four deliveries were stored, nothing waits.
     let after = metrics(&agent).await;
     assert_eq!(
         sample(
@@ -662,7 +719,7 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
             "hoist_steps_finished_total",
             &[("outcome", "success")]
         ),
-        6.0
+        8.0
     );
     assert_eq!(
         sample(
@@ -688,7 +745,15 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         ),
         1.0
     );
-    assert_eq!(sample(&after, "hoist_deliveries_accepted_total", &[]), 3.0);
+    assert_eq!(
+        sample(
+            &after,
+            "hoist_deployments_finished_total",
+            &[("kind", "rollout"), ("verdict", "aborted")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&after, "hoist_deliveries_accepted_total", &[]), 4.0);
     assert_eq!(sample(&after, "hoist_queue_depth", &[]), 0.0);
     assert!(sample(&after, "hoist_intake_seconds_count", &[]) >= 2.0);
     let _ = c.close().await;
