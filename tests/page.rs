@@ -566,7 +566,9 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         }
     })
     .await;
-    c.find(Locator::Css("#cancel"))
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(".controls:not([hidden]) #cancel"))
         .await
         .unwrap()
         .click()
@@ -609,7 +611,7 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         .unwrap();
     c.wait()
         .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#abort"))
+        .for_element(Locator::Css(".controls:not([hidden]) #abort"))
         .await
         .unwrap()
         .click()
