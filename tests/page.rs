@@ -16,6 +16,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -82,11 +83,16 @@ fn files<'a>(pipeline: &'a str, version: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
-/// chromedriver on a port of its own, killed when dropped.
+/// chromedriver on a port of its own, in a process group of its own that the Chromium it
+/// starts joins: dropped (also when the test fails), the whole group is killed, so that no
+/// browser outlives the test.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -104,6 +110,7 @@ async fn browser(dir: &Path) -> (Driver, Client) {
     let port = lab::free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
