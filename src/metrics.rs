@@ -4,10 +4,11 @@
 //!
 //! Two kinds of numbers live here. Events (deliveries, finished runs, steps and deployments,
 //! intake latency) are counted where they happen: the intake in `api`, the ends of runs, steps
-//! and deployments in the store's writes that record them, so every way a run or deployment
-//! ends is counted by the same code. Levels (queue depth and age, outbox rows) are read from
-//! the store at each scrape, because the database is the truth for them and they survive a
-//! restart.
+//! and deployments in the store's writes that record them (`finish_run`, `finish_step`,
+//! `finish_deployment`, `cancel_run`), whichever worker or request ends them. A queued run
+//! superseded by a newer push, or one found interrupted at a restart, is not counted. Levels
+//! (queue depth and age, outbox rows) are read from the store at each scrape, because the
+//! database is the truth for them and they survive a restart.
 
 use std::sync::atomic::AtomicU64;
 

@@ -329,8 +329,8 @@ pub struct Store {
     reporting: Arc<OnceLock<Arc<Reporting>>>,
     /// Woken after a write that may have added outbox rows, so the sender need not poll.
     outbox_wake: Arc<Notify>,
-    /// Counted where runs, steps and deployments end: these writes are the one place every
-    /// way of ending passes through.
+    /// Counted where runs, steps and deployments end (`finish_run`, `finish_step`,
+    /// `finish_deployment`, `cancel_run`), whoever ends them.
     metrics: Arc<crate::metrics::Metrics>,
 }
 

@@ -465,10 +465,16 @@ impl Store {
         let now = now_millis();
         let rep = self.reporting();
         let out = self.write(move |c| {
-            let st: Option<Status> = c
-                .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            let row: Option<(Status, i64)> = c
+                .query_row(
+                    "SELECT status, COALESCE(started_at, created_at) FROM runs WHERE id = ?1",
+                    [run],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            Ok(match st {
+            let st = row.map(|(st, _)| st);
+            let took = row.map_or(0, |(_, started)| now - started);
+            let cancel = match st {
                 None => Cancel::NotFound,
                 Some(Status::Queued) => {
                     c.execute(
@@ -489,11 +495,18 @@ impl Store {
                 }
                 Some(Status::Running) => Cancel::Running,
                 Some(other) => Cancel::Ended(other),
-            })
+            };
+            Ok((cancel, took))
         })
         .await;
         self.wake_outbox();
-        out
+        // A running run is counted when its worker ends it (`finish_run`).
+        out.map(|(cancel, took)| {
+            if matches!(cancel, Cancel::Dequeued) {
+                self.metrics.run_finished(Status::Cancelled.as_str(), took);
+            }
+            cancel
+        })
     }
 
     /// A `when.manual` step is ready and waits for approval (the run may still run others).
