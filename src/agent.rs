@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Metrics};
+use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::deploy::deployment::Deployer;
 use crate::queue::Queue;
@@ -74,7 +74,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState {
         config,
         store: store.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: store.metrics(),
         queue: queue.clone(),
     };
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());

@@ -41,6 +41,7 @@ pub mod image;
 pub mod janitor;
 pub mod local;
 pub mod logs;
+pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod poll;

@@ -1,6 +1,9 @@
 //! The operator's page at `GET /`: one static HTML file (`web/index.html`) with its CSS and
 //! JavaScript inline, no external assets and no build step.
 //!
+//! Its hash names the page shown: `#/` (recent runs, every app at a glance), `#/runs/ID`,
+//! `#/deployments/ID`, `#/apps/APP`; the browser's history moves between them.
+//!
 //! The page carries no data and needs no token to load. In the browser it asks for an API
 //! token once, keeps it in the tab's `sessionStorage` (never in a URL), and reads everything
 //! from the JSON API with `Authorization: Bearer`: runs with their steps and logs, apps with

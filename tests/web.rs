@@ -152,9 +152,10 @@ async fn page_is_self_contained_and_renders_in_chromium() {
         "external assets"
     );
     // The token is typed into a password field of a form that posts nowhere; the page never
-    // reads a token from its URL.
+    // reads a token from its URL (the hash names only the page: #/runs/ID, #/apps/APP …).
     assert!(html.contains("type=\"password\""));
-    assert!(!html.contains("location.hash") && !html.contains("URLSearchParams"));
+    assert!(!html.contains("URLSearchParams") && !html.contains("location.search"));
+    assert!(html.contains("sessionStorage.getItem(KEY)"));
 
     // Serving the page opens nothing else: the API still wants a token.
     let api = api_request_as(&agent, Method::GET, "/runs", None)

@@ -4,7 +4,6 @@
 //! Every error is JSON `{"error": "…"}` with a message a person can act on.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
@@ -20,6 +19,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::forge::{self, Forge, ForgeError, Received};
+pub use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::{Intake, Store};
 
@@ -36,7 +36,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The database: queue, journal, history.
     pub store: Store,
-    /// Counters for `/metrics`.
+    /// What `/metrics` exports; the same the store counts into (`Store::metrics`).
     pub metrics: Arc<Metrics>,
     /// The run queue: wake it, cancel runs, follow logs.
     pub queue: Arc<Queue>,
@@ -46,15 +46,6 @@ impl FromRef<AppState> for Store {
     fn from_ref(s: &AppState) -> Store {
         s.store.clone()
     }
-}
-
-/// Counters exported at `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub deliveries_accepted: AtomicU64,
-    pub deliveries_duplicate: AtomicU64,
-    pub deliveries_ignored: AtomicU64,
-    pub deliveries_rejected: AtomicU64,
 }
 
 /// The one HTTP error type, in dropshot's shape: a status, the message the client reads, and
@@ -148,49 +139,33 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+/// `GET /metrics`: the event counters as they stand, with the levels (queue, outbox) read from
+/// the store now.
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
     let m = &s.metrics;
-    let mut out = String::new();
-    for (name, help, v) in [
-        ("accepted", "new deliveries stored", &m.deliveries_accepted),
-        (
-            "duplicate",
-            "deliveries already stored (answered again)",
-            &m.deliveries_duplicate,
-        ),
-        (
-            "ignored",
-            "verified deliveries that start nothing",
-            &m.deliveries_ignored,
-        ),
-        (
-            "rejected",
-            "deliveries refused (signature, body, size, repo)",
-            &m.deliveries_rejected,
-        ),
-    ] {
-        let n = format!("hoist_deliveries_{name}_total");
-        out.push_str(&format!(
-            "# HELP {n} {help}\n# TYPE {n} counter\n{n} {}\n",
-            v.load(Ordering::Relaxed)
-        ));
+    match s.store.queue_stats().await {
+        Ok((depth, oldest)) => {
+            m.queue_depth.set(depth);
+            let age = oldest.map_or(0, |t| crate::store::now_millis() - t).max(0);
+            m.queue_oldest_seconds.set(age as f64 / 1000.0);
+        }
+        Err(e) => tracing::warn!("metrics: cannot read the queue: {e:#}"),
     }
     // The outbox's rows by state: owed ones that keep growing mean a forge or a chat is down.
     match s.store.outbox_counts().await {
         Ok(counts) => {
-            let n = "hoist_outbox_rows";
-            out.push_str(&format!(
-                "# HELP {n} commit statuses and notifications in the outbox, by state (pending: owed)
-# TYPE {n} gauge
-"
-            ));
             for (state, count) in counts {
-                out.push_str(&format!("{n}{{state=\"{state}\"}} {count}\n"));
+                m.outbox_rows
+                    .get_or_create(&crate::metrics::StateLabels {
+                        state: state.to_string(),
+                    })
+                    .set(count);
             }
         }
         Err(e) => tracing::warn!("metrics: cannot count the outbox: {e:#}"),
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let text = m.encode().map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// `POST /hooks/{forge}`: verify, store durably, answer. Nothing else.
@@ -200,12 +175,14 @@ async fn receive_hook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let began = std::time::Instant::now();
     let result = receive(&s, &route, &headers, body).await;
     if result.is_err() {
-        s.metrics
-            .deliveries_rejected
-            .fetch_add(1, Ordering::Relaxed);
+        s.metrics.deliveries_rejected.inc();
     }
+    s.metrics
+        .intake_seconds
+        .observe(began.elapsed().as_secs_f64());
     result
 }
 
@@ -262,7 +239,7 @@ async fn receive(
     drop(_budget);
     match received {
         Received::Ignored { repo, what } => {
-            s.metrics.deliveries_ignored.fetch_add(1, Ordering::Relaxed);
+            s.metrics.deliveries_ignored.inc();
             tracing::info!(%forge, repo = repo.as_deref().unwrap_or("-"), what, "delivery ignored");
             Ok((StatusCode::OK, Json(json!({ "ignored": what, "runs": [] }))).into_response())
         }
@@ -384,7 +361,7 @@ async fn accept_pushes(
         } else {
             &s.metrics.deliveries_accepted
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         tracing::info!(%forge, delivery = a.id, duplicate = a.duplicate, repo, git_ref, commit, "delivery accepted");
     }
     let ids: Vec<i64> = accepted.iter().map(|a| a.id).collect();

@@ -515,6 +515,17 @@ impl Store {
         let rep = self.reporting();
         let out = self.write(move |c| {
             check_lease(c, &lease)?;
+            // Only the first verdict is counted, timed from the deployment's creation.
+            let before: Option<(DeploymentStatus, String, i64)> = c
+                .query_row(
+                    "SELECT status, kind, created_at FROM deployments WHERE id = ?1",
+                    [lease.deployment],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let took = before
+                .filter(|(old, _, _)| *old == DeploymentStatus::Running)
+                .map(|(_, kind, created)| (kind, now - created));
             c.execute(
                 "UPDATE deployments SET status = ?2, reason = ?3, failing_host = ?4, finished_at = ?5 WHERE id = ?1",
                 params![lease.deployment, status, reason, failing_host, now],
@@ -522,11 +533,15 @@ impl Store {
             super::outbox::deployment_finished(c, rep.as_deref(), lease.deployment, now)?;
             event(c, lease.deployment, None, "end", Some(&format!("{status}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())), now)?;
             c.execute("DELETE FROM leases WHERE app = ?1 AND token = ?2", params![lease.app, lease.token])?;
-            Ok(())
+            Ok(took)
         })
         .await;
         self.wake_outbox();
-        out
+        if let Ok(Some((kind, millis))) = &out {
+            self.metrics
+                .deployment_finished(kind, status.as_str(), *millis);
+        }
+        out.map(|_| ())
     }
 
     pub async fn deployment(

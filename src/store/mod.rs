@@ -329,6 +329,9 @@ pub struct Store {
     reporting: Arc<OnceLock<Arc<Reporting>>>,
     /// Woken after a write that may have added outbox rows, so the sender need not poll.
     outbox_wake: Arc<Notify>,
+    /// Counted where runs, steps and deployments end (`finish_run`, `finish_step`,
+    /// `finish_deployment`, `cancel_run`), whoever ends them.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A delivery as stored.
@@ -401,7 +404,13 @@ impl Store {
             path,
             reporting: Arc::new(OnceLock::new()),
             outbox_wake: Arc::new(Notify::new()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         })
+    }
+
+    /// The agent's metrics, fed by this store's writes and read by `/metrics`.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Say what the outbox owes from now on; the first call wins (the agent calls it once,

@@ -408,16 +408,31 @@ impl Store {
         reason: Option<String>,
     ) -> anyhow::Result<()> {
         let now = now_millis();
-        self.write(move |c| {
-            c.execute(
-                "UPDATE steps SET status = ?3, exit_code = ?4, reason = ?5,
+        let took = self
+            .write(move |c| {
+                // Only a step's first end is counted: its start (or now) tells how long it took.
+                let before: Option<(Status, Option<i64>)> = c
+                    .query_row(
+                        "SELECT status, started_at FROM steps WHERE run = ?1 AND idx = ?2",
+                        params![run, index],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                c.execute(
+                    "UPDATE steps SET status = ?3, exit_code = ?4, reason = ?5,
                         started_at = COALESCE(started_at, ?6), finished_at = ?6
                  WHERE run = ?1 AND idx = ?2",
-                params![run, index, st, exit_code, reason, now],
-            )?;
-            Ok(())
-        })
-        .await
+                    params![run, index, st, exit_code, reason, now],
+                )?;
+                Ok(before
+                    .filter(|(old, _)| !old.is_terminal())
+                    .map(|(_, started)| now - started.unwrap_or(now)))
+            })
+            .await?;
+        if let Some(millis) = took {
+            self.metrics.step_finished(st.as_str(), millis);
+        }
+        Ok(())
     }
 
     /// End a run (and any of its steps still queued or running) with `st`.
@@ -431,6 +446,18 @@ impl Store {
         let rep = self.reporting();
         let out = self
             .write(move |c| {
+                // Only a run's first end is counted, timed from its start (or its creation
+                // when it never started).
+                let before: Option<(Status, i64)> = c
+                    .query_row(
+                        "SELECT status, COALESCE(started_at, created_at) FROM runs WHERE id = ?1",
+                        [run],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let took = before
+                    .filter(|(old, _)| !old.is_terminal())
+                    .map(|(_, started)| now - started);
                 c.execute(
                     "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
                     params![run, st, reason, now],
@@ -447,11 +474,26 @@ impl Store {
                  WHERE run = ?1 AND status IN ('queued', 'running', 'waiting')",
                 params![run, leftover, now],
             )?;
-                Ok(())
+                Ok(took)
             })
             .await;
         self.wake_outbox();
-        out
+        if let Ok(Some(millis)) = out {
+            self.metrics.run_finished(st.as_str(), millis);
+        }
+        out.map(|_| ())
+    }
+
+    /// How many runs are queued, and when the oldest of them was created (ms since the epoch).
+    pub async fn queue_stats(&self) -> anyhow::Result<(i64, Option<i64>)> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), MIN(created_at) FROM runs WHERE status = 'queued'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await
     }
 
     /// Cancel a run: a queued one at once, a running one by its worker.
@@ -459,10 +501,16 @@ impl Store {
         let now = now_millis();
         let rep = self.reporting();
         let out = self.write(move |c| {
-            let st: Option<Status> = c
-                .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            let row: Option<(Status, i64)> = c
+                .query_row(
+                    "SELECT status, COALESCE(started_at, created_at) FROM runs WHERE id = ?1",
+                    [run],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            Ok(match st {
+            let st = row.map(|(st, _)| st);
+            let took = row.map_or(0, |(_, started)| now - started);
+            let cancel = match st {
                 None => Cancel::NotFound,
                 Some(Status::Queued) => {
                     c.execute(
@@ -483,11 +531,18 @@ impl Store {
                 }
                 Some(Status::Running) => Cancel::Running,
                 Some(other) => Cancel::Ended(other),
-            })
+            };
+            Ok((cancel, took))
         })
         .await;
         self.wake_outbox();
-        out
+        // A running run is counted when its worker ends it (`finish_run`).
+        out.map(|(cancel, took)| {
+            if matches!(cancel, Cancel::Dequeued) {
+                self.metrics.run_finished(Status::Cancelled.as_str(), took);
+            }
+            cancel
+        })
     }
 
     /// A `when.manual` step is ready and waits for approval (the run may still run others).
