@@ -62,6 +62,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = logger.await;
         })
     };
+    // A store that can no longer write ends the agent: serving on would accept deliveries
+    // it cannot keep. The supervisor (systemd's Restart=) starts it again.
+    let store_watch = {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let why = store.failed().await;
+            tracing::error!("{why}; the agent stops so that its supervisor restarts it");
+            shutdown.cancel();
+        })
+    };
     let dispatcher = tokio::spawn(queue.clone().dispatch(crate::run::execute));
     let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
     let janitor = tokio::spawn(crate::janitor::keep_tidy(queue.clone()));
@@ -91,6 +101,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = dispatcher.await;
     recovery.abort();
+    store_watch.abort();
     let _ = poller.await;
     let _ = janitor.await;
     let _ = sender.await;
@@ -103,7 +114,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             "some runs did not stop within {WORKER_GRACE:?}; they are re-queued at the next start"
         );
     }
+    let failure = store.failure();
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
+    if let Some(why) = failure {
+        // A non-zero exit, so that `Restart=on-failure` starts the agent again.
+        anyhow::bail!("{why}");
+    }
     tracing::info!("hoist agent stopped");
     Ok(())
 }

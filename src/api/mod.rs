@@ -135,8 +135,17 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// `GET /healthz`: 200 while the agent can do its work; 503 once its store can no longer
+/// write (the agent is then exiting, for its supervisor to restart it).
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.store.failure() {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failing", "reason": why })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /metrics`: the event counters as they stand, with the levels (queue, outbox) read from

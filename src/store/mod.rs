@@ -332,6 +332,31 @@ pub struct Store {
     /// Counted where runs, steps and deployments end (`finish_run`, `finish_step`,
     /// `finish_deployment`, `cancel_run`), whoever ends them.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Set when the writer thread died (a panic in a job): nothing can be written any more,
+    /// so `/healthz` fails and the agent exits for its supervisor to restart it.
+    failed: Arc<Failed>,
+}
+
+/// Why the writer died, and a wake-up for whoever must act on it.
+#[derive(Default)]
+struct Failed {
+    why: OnceLock<String>,
+    wake: Notify,
+}
+
+impl Failed {
+    /// Record the writer's death by `panic` (the first one counts) and wake the waiters.
+    fn set(&self, panic: &(dyn Any + Send)) -> String {
+        let why = format!(
+            "the store's writer failed ({}); nothing can be written until hoist restarts",
+            crate::queue::panic_text(panic)
+        );
+        if self.why.set(why.clone()).is_ok() {
+            tracing::error!("{why}");
+        }
+        self.wake.notify_waiters();
+        why
+    }
 }
 
 /// A delivery as stored.
@@ -393,10 +418,19 @@ impl Store {
         migrate(&writer).with_context(|| format!("cannot migrate {}", path.display()))?;
         let reader = connect(&path)?;
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(writer, rx))
-            .context("cannot start the store writer thread")?;
+        let failed = Arc::new(Failed::default());
+        let thread = {
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| write_loop(writer, rx, &failed));
+                    if let Err(panic) = std::panic::catch_unwind(run) {
+                        failed.set(&*panic);
+                    }
+                })
+                .context("cannot start the store writer thread")?
+        };
         Ok(Store {
             writer: tx,
             reader: Arc::new(Mutex::new(reader)),
@@ -405,7 +439,24 @@ impl Store {
             reporting: Arc::new(OnceLock::new()),
             outbox_wake: Arc::new(Notify::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            failed,
         })
+    }
+
+    /// Why the store can no longer write (its writer died), or None while it can.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.why.get().cloned()
+    }
+
+    /// Returns once the store can no longer write, with why.
+    pub async fn failed(&self) -> String {
+        loop {
+            let woken = self.failed.wake.notified();
+            if let Some(why) = self.failure() {
+                return why;
+            }
+            woken.await;
+        }
     }
 
     /// The agent's metrics, fed by this store's writes and read by `/metrics`.
@@ -442,12 +493,14 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        let gone = || match self.failure() {
+            Some(why) => anyhow!("{why}"),
+            None => anyhow!("the store is shutting down"),
+        };
         self.writer
             .send(Message::Job(work, tx))
-            .map_err(|_| anyhow!("the store is shutting down"))?;
-        let out = rx
-            .await
-            .map_err(|_| anyhow!("the store is shutting down"))??;
+            .map_err(|_| gone())?;
+        let out = rx.await.map_err(|_| gone())??;
         out.downcast::<T>()
             .map(|b| *b)
             .map_err(|_| anyhow!("store job returned an unexpected type"))
@@ -734,7 +787,7 @@ fn migrate(c: &Connection) -> anyhow::Result<()> {
 }
 
 /// The writer thread: batch whatever is waiting into one transaction, commit, then answer.
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Message>) {
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Message>, failed: &Failed) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = rx.recv() else { return };
@@ -753,11 +806,11 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Message>) {
                 Err(_) => break,
             }
         }
-        run_batch(&conn, batch);
+        run_batch(&conn, batch, failed);
     }
 }
 
-fn run_batch(conn: &Connection, batch: Vec<(Work, oneshot::Sender<JobResult>)>) {
+fn run_batch(conn: &Connection, batch: Vec<(Work, oneshot::Sender<JobResult>)>, failed: &Failed) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = format!("cannot begin a transaction: {e}");
         for (_, tx) in batch {
@@ -765,24 +818,59 @@ fn run_batch(conn: &Connection, batch: Vec<(Work, oneshot::Sender<JobResult>)>) 
         }
         return;
     }
-    let mut results = Vec::with_capacity(batch.len());
-    for (work, tx) in batch {
+    let mut results: Vec<(JobResult, oneshot::Sender<JobResult>)> = Vec::with_capacity(batch.len());
+    let mut batch = batch.into_iter();
+    // Fail every job of the batch (answered, this one and those not run yet) with `why`.
+    let fail_all = |results: Vec<(JobResult, oneshot::Sender<JobResult>)>,
+                    tx: oneshot::Sender<JobResult>,
+                    rest: std::vec::IntoIter<(Work, oneshot::Sender<JobResult>)>,
+                    why: &str| {
+        let done = results.into_iter().map(|(_, tx)| tx);
+        for tx in done.chain([tx]).chain(rest.map(|(_, tx)| tx)) {
+            let _ = tx.send(Err(anyhow!(why.to_string())));
+        }
+    };
+    while let Some((work, tx)) = batch.next() {
         // A savepoint per job: a failing job is undone alone and the batch goes on.
         let sql = |s: &str| {
             conn.prepare_cached(s)
                 .and_then(|mut st| st.execute([]))
                 .map(drop)
         };
-        let result = sql("SAVEPOINT job")
-            .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                let r = work(conn);
-                if r.is_err() {
-                    sql("ROLLBACK TO job")?;
-                }
-                sql("RELEASE job")?;
-                r
-            });
+        if let Err(e) = sql("SAVEPOINT job") {
+            results.push((Err(e.into()), tx));
+            continue;
+        }
+        // A panicking job is a bug in hoist: the writer cannot know what it left half done,
+        // so it rolls back, fails the batch and stops; the agent then exits.
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn))) {
+            Ok(r) => r,
+            Err(panic) => {
+                let why = failed.set(&*panic);
+                let _ = conn.execute_batch("ROLLBACK");
+                fail_all(results, tx, batch, &why);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        // SQLite rolled the whole transaction back by itself (disk full, I/O error): every
+        // job of the batch lost its work, and the rest must not run outside a transaction,
+        // where each statement would commit alone. All of them fail; none is half applied.
+        if conn.is_autocommit() {
+            let why = match &result {
+                Err(e) => format!("the database rolled the transaction back: {e:#}"),
+                Ok(_) => "the database rolled the transaction back".to_string(),
+            };
+            tracing::error!("{why}");
+            fail_all(results, tx, batch, &why);
+            return;
+        }
+        let result = match result {
+            Err(e) => sql("ROLLBACK TO job")
+                .and_then(|()| sql("RELEASE job"))
+                .map_err(anyhow::Error::from)
+                .and(Err(e)),
+            ok => sql("RELEASE job").map_err(anyhow::Error::from).and(ok),
+        };
         results.push((result, tx));
     }
     match conn.execute_batch("COMMIT") {
@@ -948,6 +1036,81 @@ pub(crate) mod tests {
             store.runs(None, None, 50, None).await.unwrap().len(),
             2,
             "{b:?}"
+        );
+    }
+
+    /// One batch of three jobs, the second of which ends the transaction the way SQLite does
+    /// by itself on a full disk or an I/O error. Answers in job order.
+    fn batch_with_a_rollback(store: &Store) -> Vec<oneshot::Receiver<JobResult>> {
+        let insert = |n: i64| -> Work {
+            Box::new(move |c: &Connection| {
+                c.execute("INSERT INTO heads (repo, git_ref, commit_sha, seen_at) VALUES ('r', ?1, 'c', 0)", [n.to_string()])?;
+                Ok(Box::new(()) as Box<dyn Any + Send>)
+            })
+        };
+        let rollback: Work = Box::new(|c: &Connection| {
+            c.execute_batch("ROLLBACK")?;
+            Err(anyhow!("database or disk is full"))
+        });
+        // Queued together so that the writer takes them as one batch.
+        let (conn, rx) = mpsc::channel();
+        let mut answers = Vec::new();
+        for w in [insert(1), rollback, insert(3)] {
+            let (tx, answer) = oneshot::channel();
+            conn.send((w, tx)).unwrap();
+            answers.push(answer);
+        }
+        drop(conn);
+        let jobs: Vec<_> = rx.into_iter().collect();
+        let writer = connect(store.path()).unwrap();
+        run_batch(&writer, jobs, &Failed::default());
+        answers
+    }
+
+    #[tokio::test]
+    async fn a_transaction_the_database_rolled_back_fails_every_job_and_applies_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for answer in batch_with_a_rollback(&store) {
+            let err = answer.await.unwrap().err().expect("every job fails");
+            assert!(
+                format!("{err:#}").contains("rolled the transaction back"),
+                "{err:#}"
+            );
+        }
+        let rows: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM heads", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "no job's write may survive");
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_writer_is_reported_and_fails_every_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.failure(), None);
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.failed().await }
+        });
+        let err = store
+            .write(|_| -> anyhow::Result<()> { panic!("a bug in a store job") })
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a bug in a store job"),
+            "{err:#}"
+        );
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(why.contains("the store's writer failed"), "{why}");
+        let later = store.write(|_| Ok(())).await.unwrap_err();
+        assert!(
+            format!("{later:#}").contains("a bug in a store job"),
+            "{later:#}"
         );
     }
 
