@@ -190,6 +190,15 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!("metrics: cannot count the outbox: {e:#}"),
     }
+    // Hosts the drift watch found not running what hoist left there (every app's).
+    match s.store.drifts(None).await {
+        Ok(d) => out.push_str(&format!(
+            "# HELP hoist_hosts_drifted hosts not running what hoist left there, as the drift watch last found\n\
+             # TYPE hoist_hosts_drifted gauge\nhoist_hosts_drifted {}\n",
+            d.len()
+        )),
+        Err(e) => tracing::warn!("metrics: cannot count the drifted hosts: {e:#}"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
