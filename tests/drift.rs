@@ -402,15 +402,14 @@ async fn a_stopped_container_a_replaced_image_and_a_gone_engine_are_each_reporte
     };
     assert_eq!(reasons("h1"), ["stopped", "cleared"]);
     assert_eq!(reasons("h4p").len(), 1, "{:?}", reasons("h4p"));
-    // The name may have been missing for a tick between `rm` and `rename`: a change too.
+    // A tick may have seen the old container dead but not yet removed under `rm -f` (the
+    // engine removes its files after the kill), or the name missing before the rename: each
+    // a change too; then the replacement, once.
     let h2 = reasons("h2");
-    assert_eq!(
-        h2.last().unwrap(),
-        &format!("another digest {d1}"),
-        "{h2:?}"
-    );
+    let (last, earlier) = h2.split_last().unwrap();
+    assert_eq!(last, &format!("another digest {d1}"), "{h2:?}");
     assert!(
-        h2.len() <= 2 && (h2.len() == 1 || h2[0] == "missing"),
+        earlier.len() <= 2 && earlier.iter().all(|r| r == "stopped" || r == "missing"),
         "{h2:?}"
     );
     assert_eq!(drifted_gauge(&agent).await, 2);
