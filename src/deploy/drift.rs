@@ -4,7 +4,7 @@
 //!
 //! A host drifts when one of its serving containers (`NAME`, or `NAME-1` … `NAME-N`) is
 //! missing, stopped, restarting, running another digest than the release, or unhealthy by
-//! the release's own health check; an engine that cannot be reached is drift too, with the
+//! the release's own health check (three failed checks in a row, `health.interval` apart); an engine that cannot be reached is drift too, with the
 //! connection's error as the reason, and never stops the watch. The finding goes to the store
 //! (`Store::set_drift`), which writes a `host.drifted` notification only when it changed.
 //!
@@ -176,10 +176,7 @@ async fn look_at(
         };
         let why = match why {
             Some(w) => Some(w),
-            None => health::check_once(docker, name, address, &spec.health)
-                .await
-                .err()
-                .map(|u| format!("unhealthy: {u}")),
+            None => unhealthy(docker, name, address, spec).await,
         };
         if let Some(w) = why {
             return Ok(Some(if names.len() > 1 {
@@ -190,6 +187,31 @@ async fn look_at(
         }
     }
     Ok(None)
+}
+
+/// Health checks a container must fail in a row, `health.interval` apart, to be found
+/// unhealthy: one slow answer, or a container someone just started, is not drift.
+const UNHEALTHY_AFTER: u32 = 3;
+
+/// Why container `name` is unhealthy by the release's own check, once it failed
+/// [`UNHEALTHY_AFTER`] checks in a row; None as soon as one passes.
+async fn unhealthy(
+    docker: &Docker,
+    name: &str,
+    address: &str,
+    spec: &DeploySpec,
+) -> Option<String> {
+    let mut last = None;
+    for i in 0..UNHEALTHY_AFTER {
+        if i > 0 {
+            tokio::time::sleep(spec.health.interval).await;
+        }
+        match health::check_once(docker, name, address, &spec.health).await {
+            Ok(()) => return None,
+            Err(u) => last = Some(format!("unhealthy: {u}")),
+        }
+    }
+    last
 }
 
 /// Start a `repair` deployment of `app`'s current release on host `h` alone, as a job the
