@@ -137,16 +137,24 @@ async fn look(conf: Option<&HostConfig>, h: &AppHost, release: Option<&Release>)
         return None;
     };
     let spec = release.deploy.as_ref()?;
-    let docker = match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {
-        Ok(d) => d,
-        Err(e) => return Some(format!("{UNREACHABLE}: {e:#}")),
-    };
     let expected = h.digest.as_deref().unwrap_or(&release.manifest_digest);
-    match look_at(&docker, &conf.address, spec, release, expected).await {
-        Ok(found) => found,
-        Err(e) => Some(format!("{UNREACHABLE}: {e:#}")),
+    let looked = async {
+        let docker = crate::engine::connect(&conf.docker, conf.tls.as_ref()).await?;
+        look_at(&docker, &conf.address, spec, release, expected).await
+    };
+    match tokio::time::timeout(LOOK_DEADLINE, looked).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => Some(format!("{UNREACHABLE}: {e:#}")),
+        Err(_) => Some(format!(
+            "{UNREACHABLE}: no answer within {}s",
+            LOOK_DEADLINE.as_secs()
+        )),
     }
 }
+
+/// How long one look at one host may take: an engine behind a cut network must not hold up
+/// the watch of every other app until TCP gives up.
+const LOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Each serving container of the release on one engine, in replica order; the first that is
 /// not as hoist left it gives the reason (prefixed with its name when there are several).
