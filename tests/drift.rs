@@ -471,6 +471,10 @@ async fn with_repair_a_stopped_container_and_a_replaced_image_are_repaired_and_v
         }
     })
     .await;
+    println!(
+        "drift repair: h1 and h2 read back on release 2 {:?} after the first fault",
+        stopped.elapsed()
+    );
     let h3 = on_host("h3", APP);
     assert_eq!(
         h3.id, before["h3"],
