@@ -75,6 +75,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(queue.clone().dispatch(crate::run::execute));
     let poller = tokio::spawn(crate::poll::poll_forever(queue.clone()));
     let janitor = tokio::spawn(crate::janitor::keep_tidy(queue.clone()));
+    let watch = tokio::spawn(crate::deploy::drift::watch_forever(queue.clone()));
     let sender = tokio::spawn(crate::outbox::deliver_forever(
         store.clone(),
         config.clone(),
@@ -104,6 +105,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     store_watch.abort();
     let _ = poller.await;
     let _ = janitor.await;
+    let _ = watch.await;
     let _ = sender.await;
     queue.tasks.close();
     if tokio::time::timeout(WORKER_GRACE, queue.tasks.wait())

@@ -658,7 +658,8 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
                 .await?
                 .json()
                 .await?;
-            let mut table = Table::new(&["HOST", "RELEASE", "CONTAINER", "DIGEST", "HEALTH"]);
+            let mut table =
+                Table::new(&["HOST", "RELEASE", "CONTAINER", "DIGEST", "HEALTH", "DRIFT"]);
             table.right(&[1]);
             for r in rows {
                 let expected = r["digest_expected"].as_str().unwrap_or("");
@@ -674,6 +675,7 @@ pub async fn hosts(c: Client, app: Option<String>) -> anyhow::Result<ExitCode> {
                     r["container"].as_str().unwrap_or("-").to_string(),
                     digest.to_string(),
                     text(&r, "health"),
+                    r["drift"].as_str().unwrap_or("-").to_string(),
                 ]);
             }
             table.print();

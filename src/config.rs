@@ -183,6 +183,8 @@ pub struct RunnerConfig {
     /// output is dropped, as GitLab's runner does with its `output_limit`. A step printing
     /// forever fills neither memory nor disk.
     pub max_log_size: u64,
+    /// How often the drift watch reads back every app's hosts (default 30s; 0s disables).
+    pub watch_interval: Duration,
 }
 
 /// How many finished runs, and for how long, the store keeps per repository.
@@ -382,6 +384,7 @@ struct RawRunner {
     /// Text until `runner()` parses it, so a bad value's error can name the key.
     #[serde(default)]
     max_log_size: Option<Spanned<String>>,
+    watch_interval: Option<Spanned<String>>,
 }
 
 impl Default for RawRunner {
@@ -394,6 +397,7 @@ impl Default for RawRunner {
             keep_workspaces: default_keep_workspaces(),
             max_parallel_steps: default_max_parallel_steps(),
             max_log_size: None,
+            watch_interval: None,
         }
     }
 }
@@ -499,6 +503,10 @@ fn default_max_parallel() -> Spanned<u32> {
 fn default_max_parallel_steps() -> Spanned<u32> {
     Spanned::new(0..0, 4)
 }
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_poll_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -686,6 +694,12 @@ impl Doc<'_> {
             duration::MAX,
             default_poll_interval(),
         )?;
+        let watch_interval = self.duration(
+            "runner.watch_interval",
+            runner.watch_interval.as_ref(),
+            duration::MAX,
+            default_watch_interval(),
+        )?;
         let keep_runs_for = self.duration(
             "runner.keep_runs_for",
             runner.keep_runs_for.as_ref(),
@@ -707,6 +721,7 @@ impl Doc<'_> {
             },
             keep_workspaces: runner.keep_workspaces,
             max_parallel_steps: runner.max_parallel_steps.into_inner(),
+            watch_interval,
         })
     }
 
@@ -1591,7 +1606,7 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
     fn errors_name_the_key_and_line() {
         check(
             &GOOD.replace("[runner]", "[runner]\nmax_paralel = 3"),
-            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`, `max_parallel_steps`, `max_log_size`",
+            "hoist.toml:6:1: unknown field `max_paralel`, expected one of `max_parallel`, `poll_interval`, `keep_runs`, `keep_runs_for`, `keep_workspaces`, `max_parallel_steps`, `max_log_size`, `watch_interval`",
         );
         check(
             &GOOD.replace("\"file:/secret/hook\"", "\"hunter2\""),
@@ -1691,7 +1706,23 @@ sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.runner.poll_interval, Duration::from_secs(60));
         assert_eq!(c.runner.max_parallel_steps, 4);
+        assert_eq!(c.runner.watch_interval, Duration::from_secs(30));
         assert_eq!(c.builder.docker, "unix:///var/run/docker.sock");
+    }
+
+    #[test]
+    fn watch_interval_is_a_duration_and_0s_turns_the_watch_off() {
+        let c = Config::parse(
+            "hoist.toml",
+            &GOOD.replace("[runner]", "[runner]\nwatch_interval = \"0s\""),
+            &Fake,
+        )
+        .unwrap();
+        assert!(c.runner.watch_interval.is_zero());
+        check(
+            &GOOD.replace("[runner]", "[runner]\nwatch_interval = \"often\""),
+            "hoist.toml:6:18: runner.watch_interval: \"often\" is not a duration; write a number with a unit, like \"500ms\", \"10s\" or \"5m\"",
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! and deployments in the store's writes that record them (`finish_run`, `finish_step`,
 //! `finish_deployment`, `cancel_run`), whichever worker or request ends them. A queued run
 //! superseded by a newer push, or one found interrupted at a restart, is not counted. Levels
-//! (queue depth and age, outbox rows) are read from the store at each scrape, because the
+//! (queue depth and age, outbox rows, drifted hosts) are read from the store at each scrape, because the
 //! database is the truth for them and they survive a restart.
 
 use std::sync::atomic::AtomicU64;
@@ -77,6 +77,9 @@ pub struct Metrics {
     pub queue_oldest_seconds: Gauge<f64, AtomicU64>,
     /// Outbox rows by state, read at each scrape; `pending` is the backlog owed to forges and chats.
     pub outbox_rows: Family<StateLabels, Gauge>,
+    /// Hosts the drift watch last found not running what hoist left there (every app's),
+    /// read at each scrape.
+    pub hosts_drifted: Gauge,
 }
 
 /// Buckets for whole runs, steps and deployments: 0.5 s to about 2.3 hours.
@@ -103,6 +106,7 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             queue_oldest_seconds: Gauge::default(),
             outbox_rows: Family::default(),
+            hosts_drifted: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -175,6 +179,11 @@ impl Default for Metrics {
             "hoist_outbox_rows",
             "commit statuses and notifications in the outbox, by state (pending: owed)",
             m.outbox_rows.clone(),
+        );
+        r.register(
+            "hoist_hosts_drifted",
+            "hosts not running what hoist left there, as the drift watch last found",
+            m.hosts_drifted.clone(),
         );
         Metrics { registry, ..m }
     }

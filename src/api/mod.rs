@@ -173,6 +173,13 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
         }
         Err(e) => tracing::warn!("metrics: cannot count the outbox: {e:#}"),
     }
+    // Hosts the drift watch found not running what hoist left there (every app's).
+    match s.store.drifts(None).await {
+        Ok(d) => {
+            m.hosts_drifted.set(d.len() as i64);
+        }
+        Err(e) => tracing::warn!("metrics: cannot count the drifted hosts: {e:#}"),
+    }
     let text = m.encode().map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

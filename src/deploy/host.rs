@@ -430,6 +430,16 @@ pub async fn current(docker: &Docker, name: &str) -> anyhow::Result<Option<Curre
     }))
 }
 
+/// Docker's word for the state of container `name` ("running", "exited", "restarting",
+/// "paused", "created", "dead"); Ok(None) when no container has that name.
+pub async fn status(docker: &Docker, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(inspect_named(docker, name).await?.map(|c| {
+        c.state
+            .and_then(|s| s.status)
+            .map_or_else(|| "unknown".to_string(), |s| s.to_string())
+    }))
+}
+
 /// Refuse to act on a container of another app: `labels` are the container's, `name` its
 /// name. Ok when it belongs to `app`.
 fn owned_by(app: &str, name: &str, labels: Option<&HashMap<String, String>>) -> anyhow::Result<()> {

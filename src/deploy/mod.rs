@@ -3,6 +3,7 @@
 
 pub mod balancer;
 pub mod deployment;
+pub mod drift;
 pub mod health;
 pub mod host;
 
@@ -130,6 +131,9 @@ pub struct AppHostNow {
     pub health: String,
     /// Each serving container (`NAME`, or `NAME-1` … `NAME-N`) as the engine reports it now.
     pub replicas: Vec<ReplicaNow>,
+    /// Why the drift watch last found the host not running what hoist left there ("stopped",
+    /// "another digest sha256:…", "engine unreachable: …"); None: as hoist left it.
+    pub drift: Option<String>,
 }
 
 /// One serving container of an app on a host.
@@ -151,6 +155,12 @@ pub async fn app_hosts_now(
 ) -> anyhow::Result<Vec<AppHostNow>> {
     let masker =
         crate::runner::Masker::new(config.secrets.values().map(|v| v.expose().to_string()));
+    let mut drifts: std::collections::BTreeMap<String, String> = store
+        .drifts(Some(app.to_string()))
+        .await?
+        .into_iter()
+        .map(|d| (d.host, d.reason))
+        .collect();
     let mut out = Vec::new();
     for h in store.app_hosts(app.to_string()).await? {
         let release = match h.release {
@@ -166,6 +176,7 @@ pub async fn app_hosts_now(
             container: None,
             health: "unknown".into(),
             replicas: Vec::new(),
+            drift: drifts.remove(&h.host),
         };
         if let (Some(conf), Some(spec), Some(rel)) = (config.hosts.get(&h.host), spec, release) {
             match crate::engine::connect(&conf.docker, conf.tls.as_ref()).await {

@@ -445,6 +445,11 @@ pub struct RolloutSpec {
     pub bake: Duration,
     /// Previous releases kept (stopped) on each host for instant rollback (default 5).
     pub keep: u32,
+    /// A host the drift watch finds drifted is brought back to the current release by a
+    /// `repair` deployment limited to it (default false: reported only). Absent from specs
+    /// stored before it existed, which read as false.
+    #[serde(default)]
+    pub repair: bool,
 }
 
 /// Argv lists run directly (never through a shell) on the agent, in the checkout.
@@ -570,6 +575,7 @@ steps:
         auto_rollback: true
         bake: 30s                        # after the last batch, every host keeps being checked
         keep: 5                          # previous releases kept on each host for instant rollback
+        repair: false                    # true: a drifted host is brought back to the current release, journaled
       hooks:
         before_host: [ "scripts/drain", "${host}" ]    # argv, run on the agent in the checkout
         after_host:  [ "scripts/undrain", "${host}" ]
@@ -666,6 +672,7 @@ steps:
                             auto_rollback: true,
                             bake: secs(30),
                             keep: 5,
+                            repair: false,
                         },
                         hooks: HooksSpec {
                             before_host: Some(strs(&["scripts/drain", "${host}"])),
@@ -743,7 +750,8 @@ steps:
                 max_parallel: 1,
                 auto_rollback: true,
                 bake: Duration::ZERO,
-                keep: 5
+                keep: 5,
+                repair: false,
             }
         );
         assert_eq!(d.hooks, HooksSpec::default());

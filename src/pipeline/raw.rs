@@ -243,6 +243,7 @@ pub(super) struct RawRollout {
     pub(super) auto_rollback: Option<bool>,
     pub(super) bake: Option<S<String>>,
     pub(super) keep: Option<S<i64>>,
+    pub(super) repair: Option<bool>,
 }
 
 /// `deploy.hooks:`; a missing one is no hooks.
@@ -405,7 +406,7 @@ mod tests {
         );
         check(
             &with_deploy("      rollout: {max_paralel: 2}\n"),
-            ".hoist.yml:12:17: unknown field `max_paralel`, expected one of max_parallel, auto_rollback, bake, keep",
+            ".hoist.yml:12:17: unknown field `max_paralel`, expected one of max_parallel, auto_rollback, bake, keep, repair",
         );
         check(
             "app: web\napp: api\nsteps: []\n",

@@ -1004,6 +1004,7 @@ fn convert_rollout(problems: &mut Problems, r: RawRollout) -> RolloutSpec {
         auto_rollback: r.auto_rollback.unwrap_or(true),
         bake: duration_or(problems, &r.bake, "bake", Duration::ZERO),
         keep,
+        repair: r.repair.unwrap_or(false),
     }
 }
 

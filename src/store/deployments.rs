@@ -21,6 +21,9 @@ super::text_enum! {
         Rollout = "rollout",
         /// Back to an earlier release, asked for by a person.
         Rollback = "rollback",
+        /// Back to the current release on a drifted host, started by the drift watch
+        /// (`rollout.repair`).
+        Repair = "repair",
     }
 }
 
@@ -417,6 +420,19 @@ impl Store {
             .await;
         self.wake_outbox();
         out
+    }
+
+    /// The deployment holding the app's lease now (unexpired), if any.
+    pub async fn lease_holder(&self, app: String) -> anyhow::Result<Option<i64>> {
+        let now = now_millis();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT deployment FROM leases WHERE app = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![app, now], |r| r.get(0))
+            .optional()?)
+        })
+        .await
     }
 
     /// Extend the lease; fails when it was lost.

@@ -106,11 +106,13 @@ pub struct UnknownText {
 pub(crate) use text_enum;
 
 mod deployments;
+mod drift;
 mod outbox;
 mod prune;
 mod releases;
 mod runs;
 pub use deployments::*;
+pub use drift::{Drift, DriftChange};
 pub use outbox::{
     Attempt, Claimed, MAX_ANSWER, OutboxItem, OutboxKind, OutboxState, Reporting, notify_target,
 };
@@ -302,6 +304,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_owed ON outbox(next_try) WHERE state = 'pending';
     CREATE INDEX outbox_by_stream ON outbox(stream, id) WHERE state = 'pending';
     CREATE INDEX outbox_by_run ON outbox(run);",
+    // 9: drift: the hosts the drift watch found not running what hoist left there, and why
+    // (`drift.rs`). A row exists only while the host drifts; the API, `/metrics` and a
+    // restarted agent read it.
+    "CREATE TABLE host_drift (
+        app           TEXT    NOT NULL,
+        host          TEXT    NOT NULL,
+        release       INTEGER,
+        reason        TEXT    NOT NULL,
+        since         INTEGER NOT NULL,
+        PRIMARY KEY (app, host)
+    );",
 ];
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;

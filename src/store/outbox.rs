@@ -499,6 +499,72 @@ pub(super) fn deployment_finished(
     notify(c, rep, event, &body, None, Some(id), now)
 }
 
+/// The drift watch found host `host` of `app` changed (in this transaction): drifting now
+/// for `reason`, or (`reason` None) back on what hoist left there after drifting for
+/// `before`. One `host.drifted` row per subscribed `[[notify]]`; a cleared drift is sent as
+/// the same event with `reason` null and `cleared` true, so that the room that heard of the
+/// drift hears of its end.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn host_drifted(
+    c: &Connection,
+    rep: Option<&Reporting>,
+    app: &str,
+    host: &str,
+    release: Option<i64>,
+    reason: Option<&str>,
+    before: Option<&str>,
+    now: i64,
+) -> anyhow::Result<()> {
+    let Some(rep) = rep else { return Ok(()) };
+    if !rep.notify.iter().any(|e| e.contains(&Event::HostDrifted)) {
+        return Ok(());
+    }
+    let (digest, commit) = match release {
+        Some(n) => c
+            .prepare_cached(
+                "SELECT manifest_digest, commit_sha FROM releases WHERE app = ?1 AND number = ?2",
+            )?
+            .query_row(params![app, n], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                ))
+            })
+            .optional()?
+            .unwrap_or_default(),
+        None => (None, None),
+    };
+    let reason = reason.map(|r| (rep.mask)(r));
+    let link = format!("{}/#/apps/{app}", rep.public_url);
+    let on = release.map_or_else(
+        || "what hoist left there".to_string(),
+        |n| format!("release {n}"),
+    );
+    let text = match (&reason, before) {
+        (Some(why), _) => {
+            format!("⚠️ {app} on {host} drifted from {on}: {why}. {link}")
+        }
+        (None, Some(was)) => {
+            format!("✅ {app} on {host} runs {on} again (it had drifted: {was}). {link}")
+        }
+        (None, None) => format!("✅ {app} on {host} runs {on} again. {link}"),
+    };
+    let body = json!({
+        "text": text,
+        "event": Event::HostDrifted.as_str(),
+        "app": app,
+        "host": host,
+        "hosts": [host],
+        "release": release,
+        "digest": digest,
+        "commit": commit,
+        "reason": reason,
+        "cleared": reason.is_none(),
+        "link": link,
+    });
+    notify(c, rep, Event::HostDrifted, &body, None, None, now)
+}
+
 impl Store {
     /// Take up to `limit` due rows (each the oldest owed of its stream), count the attempt and
     /// hold them for a lease.

@@ -225,6 +225,7 @@ mod tests {
         assert!(subset(&stored_value, &served), "{served}");
         assert_eq!(served["container"]["secrets"], serde_json::json!([]));
         assert_eq!(served["health"]["fail_after"], 0);
+        assert_eq!(served["rollout"]["repair"], false);
         // And what is served now reads back as itself.
         let again: crate::pipeline::DeploySpec = serde_json::from_value(served.clone()).unwrap();
         assert_eq!(serde_json::to_value(&again).unwrap(), served);
