@@ -93,22 +93,9 @@ pub async fn rollback(
         other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
     })?;
     let id = started.id();
-    s.queue.tasks.spawn(async move {
-        let (tx, mut rx) = crate::runner::LogSink::channel();
-        let logger = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let line = line.into_bytes();
-                tracing::info!(
-                    deployment = id,
-                    "{}",
-                    String::from_utf8_lossy(&line).trim_end()
-                );
-            }
-        });
-        deployer.run(started, &tx).await;
-        drop(tx);
-        let _ = logger.await;
-    });
+    s.queue
+        .tasks
+        .spawn(crate::deploy::run_logged(deployer, started));
     Ok((StatusCode::ACCEPTED, Json(json!({ "deployment": id }))))
 }
 

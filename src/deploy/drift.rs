@@ -241,20 +241,6 @@ async fn repair_host(q: &Arc<Queue>, app: &str, h: &AppHost, reason: &str) -> an
         deployment = id,
         "repairing a drifted host"
     );
-    q.tasks.spawn(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let logger = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                tracing::info!(
-                    deployment = id,
-                    "{}",
-                    String::from_utf8_lossy(&line).trim_end()
-                );
-            }
-        });
-        deployer.run(started, &tx).await;
-        drop(tx);
-        let _ = logger.await;
-    });
+    q.tasks.spawn(super::run_logged(deployer, started));
     Ok(())
 }

@@ -16,6 +16,26 @@ use crate::pipeline::Vars;
 use crate::store::{DeploymentKind, Release, Store};
 use deployment::{Deployer, Plan};
 
+/// Carry a started deployment (a rollback asked for over the API, a repair) to its verdict,
+/// its progress going to the agent's log; for a task of its own.
+pub async fn run_logged(deployer: Deployer, started: deployment::Started) {
+    let id = started.id();
+    let (tx, mut rx) = crate::runner::LogSink::channel();
+    let logger = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let line = line.into_bytes();
+            tracing::info!(
+                deployment = id,
+                "{}",
+                String::from_utf8_lossy(&line).trim_end()
+            );
+        }
+    });
+    deployer.run(started, &tx).await;
+    drop(tx);
+    let _ = logger.await;
+}
+
 /// Under `data_dir`: the checkouts a rollback's hooks run in, one per plan, removed when its
 /// deployment ends or is refused.
 pub const HOOKS_DIR: &str = "hooks";

@@ -1085,7 +1085,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for answer in batch_with_a_rollback(&store) {
-            let err = answer.await.unwrap().err().expect("every job fails");
+            let err = answer.await.unwrap().expect_err("every job fails");
             assert!(
                 format!("{err:#}").contains("rolled the transaction back"),
                 "{err:#}"
