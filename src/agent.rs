@@ -172,6 +172,25 @@ fn is_agent_id(id: &str) -> bool {
 /// networks; best effort: the builder may be down; the runs are recorded anyway). Nothing of
 /// this agent runs yet, and another agent's (another `hoist.agent` label) is never touched.
 async fn recover(store: &Store, config: &Config, agent: &str) -> anyhow::Result<()> {
+    // What interrupted runs and rollbacks left on disk: nothing uses it before we serve.
+    let workspaces = crate::checkout::Workspaces::new(
+        &config.data_dir.join("workspaces"),
+        config.runner.keep_workspaces,
+    )?;
+    match workspaces.remove_interrupted() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(workspaces = n, "removed the interrupted runs' workspaces"),
+        Err(e) => tracing::warn!("cannot remove the interrupted runs' workspaces: {e:#}"),
+    }
+    let hooks = config.data_dir.join(crate::deploy::HOOKS_DIR);
+    if let Err(e) = std::fs::remove_dir_all(&hooks)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(
+            "cannot remove the rollbacks' hooks checkouts {}: {e}",
+            hooks.display()
+        );
+    }
     let found = store.recover_runs().await?;
     if found.requeued.is_empty() && found.interrupted.is_empty() {
         return Ok(());

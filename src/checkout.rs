@@ -749,6 +749,28 @@ impl Workspaces {
         Ok(())
     }
 
+    /// At start, before any run: remove the workspaces of runs an agent stop interrupted
+    /// (no `.failed` marker, so no finished run's). A run queued again gets a fresh one; one
+    /// cancelled meanwhile would otherwise keep its workspace for ever. Returns how many.
+    pub fn remove_interrupted(&self) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            let Some(run) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("run-"))
+                .and_then(|id| id.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if !self.marker(run).exists() {
+                remove_if_present(&self.dir(run))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn dir(&self, run: i64) -> PathBuf {
         self.root.join(format!("run-{run}"))
     }
@@ -1291,6 +1313,20 @@ mod tests {
             "failed for https://***@host"
         );
         assert!(!format!("{m:?}").contains("ghp_seca_token"), "{m:?}");
+    }
+
+    #[test]
+    fn interrupted_workspaces_are_removed_at_start_and_failed_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspaces::new(&tmp.path().join("work"), 2).unwrap();
+        let failed = ws.create(1).unwrap();
+        ws.finish(1, true).unwrap();
+        // Runs 2 and 3 were running when the agent stopped.
+        let interrupted = [ws.create(2).unwrap(), ws.create(3).unwrap()];
+        fs::write(interrupted[0].join("file"), "x").unwrap();
+        assert_eq!(ws.remove_interrupted().unwrap(), 2);
+        assert!(failed.exists());
+        assert!(interrupted.iter().all(|d| !d.exists()));
     }
 
     #[test]
