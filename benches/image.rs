@@ -293,6 +293,7 @@ async fn hoist_run(
         lines
     });
     let request = BuildRequest {
+        checkout: context.to_path_buf(),
         context: context.to_path_buf(),
         dockerfile: "Dockerfile".into(),
         args: BTreeMap::from([("N".to_string(), n.to_string())]),

@@ -292,7 +292,7 @@ fn launch(
         format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n[builder]\ndocker = {builder_url:?}\n\n\
              [runner]\nmax_parallel = 1\npoll_interval = \"0s\"\n{retention}\n\
-             [[repo]]\nname = \"acme/soak\"\nurl = {url:?}\nforge = \"github\"\nsecret = \"env:SOAK_HOOK_SECRET\"\ncancel_superseded = false\n\n\
+             [[repo]]\nname = \"acme/soak\"\nurl = {url:?}\nforge = \"github\"\nsecret = \"env:SOAK_HOOK_SECRET\"\ncancel_superseded = false\ntrusted = true\n\n\
              [[token]]\nname = \"soak\"\nsha256 = \"{token_hash}\"\n"
         ),
     )

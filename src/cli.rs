@@ -304,6 +304,15 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 apps.join(", "),
                 p.steps.len()
             );
+            let on_agent = p.runs_on_agent();
+            if !on_agent.is_empty() {
+                // Trust is the agent's to grant, per repository: the file alone cannot say.
+                println!(
+                    "note: {} run on the agent's own machine; the agent runs them only for a \
+                     repository whose [[repo]] entry says `trusted = true`",
+                    on_agent.join(", ")
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -216,6 +216,10 @@ pub struct RepoConfig {
     pub secrets: Vec<String>,
     /// A newer push to a branch cancels its older queued or running run.
     pub cancel_superseded: bool,
+    /// `trusted`: the repository may use shell steps and deploy hooks, which run on the
+    /// agent's own machine (default false: anyone who can push a branch could otherwise run
+    /// code beside the agent's database and secrets).
+    pub trusted: bool,
     /// The token hoist reports commit statuses with (resolved); None: no statuses.
     pub status_token: Option<Secret>,
     /// The forge's API base, without a trailing `/` (`api`; default: the forge's public one,
@@ -466,6 +470,8 @@ struct RawRepo {
     secrets: Spanned<Vec<String>>,
     #[serde(default = "default_true")]
     cancel_superseded: bool,
+    #[serde(default)]
+    trusted: bool,
     status_token: Option<Spanned<String>>,
     api: Option<Spanned<String>>,
 }
@@ -979,6 +985,7 @@ impl Doc<'_> {
             hosts: r.hosts.into_inner(),
             secrets: r.secrets.into_inner(),
             cancel_superseded: r.cancel_superseded,
+            trusted: r.trusted,
             status_token,
             api,
         })

@@ -386,6 +386,10 @@ async fn plan(
     if let Err(e) = allowed_secrets(&q.config, &run.repo, &pipeline) {
         return Ok(Err(Verdict::new(Status::Failed, format!("{e:#}"))));
     }
+    let trusted = q.config.repo(&run.repo).is_some_and(|r| r.trusted);
+    if let Err(why) = trust(&run.repo, trusted, &pipeline) {
+        return Ok(Err(Verdict::new(Status::Failed, why)));
+    }
     if resume {
         return Ok(Ok(pipeline));
     }
@@ -421,6 +425,23 @@ fn allowed_secrets(
         }
     }
     Ok(())
+}
+
+/// Shell steps and deploy hooks run on the agent's own machine, beside its database, its
+/// mirrors and its secrets: only a repository whose `[[repo]]` entry says `trusted = true` may
+/// use them. Checked before any step runs; the error names what asked and the key to set.
+pub fn trust(repo: &str, trusted: bool, pipeline: &Pipeline) -> Result<(), String> {
+    let on_agent = pipeline.runs_on_agent();
+    if trusted || on_agent.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "repository {repo} is not trusted, and its pipeline would run commands on the agent's \
+         own machine: {}. Set `trusted = true` in its [[repo]] entry in hoist.toml only if \
+         everyone who can push a branch to it may run commands there; otherwise use container \
+         steps (`image:` with `commands:`), which run on the builder",
+        on_agent.join(", ")
+    ))
 }
 
 fn kind_of(a: &Action) -> StepKind {
@@ -475,6 +496,7 @@ async fn build_step(
         .map(|(k, v)| Ok((k.clone(), vars.render(v).map_err(anyhow::Error::msg)?)))
         .collect::<anyhow::Result<_>>()?;
     let request = image::BuildRequest {
+        checkout: ctx.workspace.clone(),
         context: ctx.workspace.join(&spec.context),
         dockerfile: spec.dockerfile.clone(),
         args,
@@ -1119,16 +1141,34 @@ async fn run_step(
             Err(e) => error(e),
         },
         Action::Build(spec) => {
+            // The step's `timeout` cancels the build (and its push) like a cancelled run
+            // does: the engine aborts a build whose connection is dropped.
+            let cancel = ctx.cancel.child_token();
+            let timer = ctx.timeout.map(|after| {
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    cancel.cancel();
+                })
+            });
+            let mut ctx_within = ctx.clone();
+            ctx_within.cancel = cancel.clone();
             let built = match state.builder(q).await {
-                Ok(d) => build_step(q, run, pipeline, step, spec, ctx, &d).await,
+                Ok(d) => build_step(q, run, pipeline, step, spec, &ctx_within, &d).await,
                 Err(e) => Err(e),
             };
+            if let Some(timer) = timer {
+                timer.abort();
+            }
             match built {
                 Ok(release) => {
                     lock(&state.built).insert(step.name.clone(), release);
                     Outcome::Success
                 }
                 Err(_) if ctx.cancel.is_cancelled() => Outcome::Cancelled,
+                Err(_) if cancel.is_cancelled() => Outcome::TimedOut {
+                    after: ctx.timeout.unwrap_or_default(),
+                },
                 Err(e) => error(e),
             }
         }

@@ -62,6 +62,10 @@ const MIN_SECRET_LEN: usize = crate::config::MIN_SECRET_CHARS;
 /// writes block until the log catches up.
 const PIPE_DEPTH: usize = 16;
 
+/// The only variables of the agent's own environment that shell steps and deploy hooks
+/// see: enough to find programs and a home; never the agent's secrets.
+pub const KEPT_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
 /// What replaces a secret value in the log.
 const MASK: &[u8] = b"***";
 
@@ -135,6 +139,7 @@ impl LogSink {
 }
 
 /// Everything a step needs besides its commands.
+#[derive(Clone)]
 pub struct StepContext {
     /// The checkout: mounted at `/workspace` for container steps, the working directory of shell steps.
     pub workspace: PathBuf,
@@ -683,7 +688,7 @@ async fn shell_step(commands: &[String], ctx: &StepContext, out: &mut Output<'_>
         .arg(script(commands))
         .current_dir(&ctx.workspace)
         .env_clear();
-    for name in ["PATH", "HOME", "LANG"] {
+    for name in KEPT_ENV {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }

@@ -43,6 +43,16 @@ fn validate_prints_file_line_col_and_exits_1() {
         let out = hoist(&["validate", path.to_str().unwrap()]);
         assert_eq!(out.code, Some(0), "{}: {}", path.display(), out.stdout);
     }
+    // Shell steps and hooks are valid, and noted: only a trusted repository may run them.
+    let full = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/full.yml");
+    let out = hoist(&["validate", full]);
+    assert!(
+        out.stdout.contains("note: step test-on-agent (shell)")
+            && out.stdout.contains("(hooks.before_host)")
+            && out.stdout.contains("`trusted = true`"),
+        "{}",
+        out.stdout
+    );
     let out = hoist(&["validate", dir.path().join("missing.yml").to_str().unwrap()]);
     assert_eq!(out.code, Some(2));
 }
@@ -94,7 +104,7 @@ async fn runs_logs_follow_manual_run_and_replay() {
     let commit = repo.commit("main", "follow me", &[(".hoist.yml", yml)]);
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\n{}",
+         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\ntrusted = true\n{}",
         dir.path().join("data"),
         lab::builder_url(),
         repo.bare,

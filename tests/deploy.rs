@@ -109,7 +109,7 @@ fn host_url(h: &str, page: &str) -> String {
 fn agent(dir: &Path, repo: &GitRepo, nginx: &Nginx) -> Agent {
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\nsecrets = [\"DATABASE_URL\"]\n\
+         [[repo]]\nname = \"acme/web\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOST_NAMES:?}\nsecrets = [\"DATABASE_URL\"]\ntrusted = true\n\
          [secrets]\nDATABASE_URL = \"file:{}\"\n\
          [[registry]]\nhost = {:?}\ninsecure = true\n{}",
         dir.join("data"),

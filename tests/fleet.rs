@@ -58,7 +58,7 @@ fn config(dir: &Path, repos: &[RepoConf], vars: &dyn Fn(&str) -> String) -> Stri
     );
     for r in repos {
         c.push_str(&format!(
-            "[[repo]]\nname = {:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOSTS:?}\nsecrets = {:?}\n",
+            "[[repo]]\nname = {:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOSTS:?}\nsecrets = {:?}\ntrusted = true\n",
             r.name, r.repo.bare, r.secrets
         ));
     }

@@ -98,6 +98,7 @@ fn write(dir: &Path, files: &[(&str, &str)]) {
 
 fn request(context: &Path, tags: &[&str]) -> BuildRequest {
     BuildRequest {
+        checkout: context.to_path_buf(),
         context: context.to_path_buf(),
         dockerfile: "Dockerfile".to_string(),
         args: BTreeMap::new(),

@@ -119,7 +119,7 @@ impl App {
     fn config(&self, entry: bool) -> String {
         let mut config = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n[runner]\npoll_interval = \"0s\"\n\
-             [[repo]]\nname = {:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOSTS:?}\n{}",
+             [[repo]]\nname = {:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = {HOSTS:?}\ntrusted = true\n{}",
             self.dir.join("data"),
             lab::builder_url(),
             self.repo_name(),

@@ -195,7 +195,7 @@ fn agent(dir: &Path, git: &GitRepo, fake: &Fake, repos: &[&StatusRepo], extra: &
     );
     for r in repos {
         config.push_str(&format!(
-            "[[repo]]\nname = {:?}\nurl = {:?}\nforge = {:?}\nsecret = \"env:E2E_HOOK_SECRET\"\n\
+            "[[repo]]\nname = {:?}\nurl = {:?}\nforge = {:?}\nsecret = \"env:E2E_HOOK_SECRET\"\ntrusted = true\n\
              status_token = \"env:{}\"\napi = \"{}{}\"\n",
             r.name, git.bare, r.forge, r.token_env, fake.url, r.api_path
         ));

@@ -19,7 +19,7 @@ const DB_URL: &str = "postgres://app:s3cr3t-pa55word@db/app";
 fn agent(dir: &Path, repo: &GitRepo, poll: &str) -> Agent {
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[builder]\ndocker = {:?}\n\n[runner]\npoll_interval = {poll:?}\n\n\
-         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nsecrets = [\"DATABASE_URL\"]\n\n\
+         [[repo]]\nname = \"acme/app\"\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nsecrets = [\"DATABASE_URL\"]\ntrusted = true\n\n\
          [secrets]\nDATABASE_URL = \"file:{}\"\n\n{}",
         dir.join("data"),
         lab::builder_url(),
@@ -142,6 +142,44 @@ async fn a_failing_step_fails_the_run_with_its_exit_code_and_stops_there() {
         log.contains("before") && !log.contains("never-printed") && !log.contains("never-run"),
         "{log}"
     );
+}
+
+/// A build step's `timeout` stops the build: the step ends `timed_out`, and the engine's
+/// build container (running the Dockerfile's `RUN sleep`) goes away with it.
+#[tokio::test]
+async fn a_build_step_honours_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::new(dir.path());
+    let yml = format!(
+        "app: app\nsteps:\n  - name: image\n    timeout: 2s\n    build:\n      context: .\n      \
+         repository: {}/hoist-e2e/t13-build-timeout\n",
+        lab::REGISTRY
+    );
+    // A sleep no other test runs, to find its container on the shared builder.
+    let dockerfile = "FROM lab/busybox:1\nRUN sleep 1313\n";
+    let commit = repo.commit(
+        "main",
+        "slow build",
+        &[(".hoist.yml", &yml), ("Dockerfile", dockerfile)],
+    );
+    let agent = agent(dir.path(), &repo, "0s");
+    let t0 = Instant::now();
+    let id = push(&agent, "main", &commit, "slow build").await[0];
+    let run = wait_end(&agent, id).await;
+    assert_eq!(run["status"], "timed_out", "{run:#}");
+    assert_eq!(run["steps"][0]["reason"], "timed out after 2s", "{run:#}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    common::wait_until_blocking("the build's `sleep 1313` container to go", 30, || {
+        let ps = lab::docker(
+            lab::BUILDER,
+            &["ps", "--no-trunc", "--format", "{{.Command}}"],
+        );
+        if ps.contains("sleep 1313") {
+            Err(ps)
+        } else {
+            Ok(())
+        }
+    });
 }
 
 #[tokio::test]

@@ -168,11 +168,9 @@ async fn look_at(
     let c = &spec.container;
     let names = host::replica_names(&c.name, c.replicas);
     for name in &names {
-        let why = match host::status(docker, name).await? {
-            None => Some("missing".to_string()),
-            Some(status) if status == "restarting" => Some("restarting".to_string()),
-            Some(status) if status != "running" => Some("stopped".to_string()),
-            Some(_) => {
+        let why = match not_running(host::status(docker, name).await?) {
+            Some(why) => Some(why),
+            None => {
                 let got = host::read_back(docker, name, &release.repository).await?;
                 match got.digest {
                     Some(d) if d == expected => None,
@@ -184,7 +182,11 @@ async fn look_at(
         };
         let why = match why {
             Some(w) => Some(w),
-            None => unhealthy(docker, name, address, spec).await,
+            None => match unhealthy(docker, name, address, spec).await {
+                // It stopped while it was being checked: say what it is now.
+                Some(u) => Some(not_running(host::status(docker, name).await?).unwrap_or(u)),
+                None => None,
+            },
         };
         if let Some(w) = why {
             return Ok(Some(if names.len() > 1 {
@@ -195,6 +197,17 @@ async fn look_at(
         }
     }
     Ok(None)
+}
+
+/// Why a container whose engine status is `status` (None: no such container) is not
+/// serving; None while it runs.
+fn not_running(status: Option<String>) -> Option<String> {
+    match status.as_deref() {
+        None => Some("missing".to_string()),
+        Some("restarting") => Some("restarting".to_string()),
+        Some("running") => None,
+        Some(_) => Some("stopped".to_string()),
+    }
 }
 
 /// Health checks a container must fail in a row, `health.interval` apart, to be found

@@ -7,22 +7,37 @@
 //! matching pattern wins, so `!pattern` re-includes. That is why the `ignore` crate (gitignore
 //! rules) is not used here.
 //!
-//! Nor is `globset`, although it is a dependency (for pipeline triggers): it gets every case in
-//! the tests below right, but its glob language is not moby's. It reads `{a,b}` as
-//! alternatives and `[!a]` as a negated class, both literal characters to Docker; it treats a
-//! `**` that is not a whole path component as `*` (`a**b` matches `axb`), where moby's `**`
-//! means "any directories" (`ab`, `a/x/b`); and it refuses a trailing `\`, which Docker takes
-//! literally. Escaping patterns into globset's language would take as much code as matching
-//! them, so the matcher below follows moby's own pattern-to-regexp translation (about 100
-//! lines), and the rules around it (anchoring, parent directories, exceptions) are Docker's.
+//! Nor is `globset`, although it is a dependency (for pipeline triggers): its glob language is
+//! not moby's. It reads `{a,b}` as alternatives and `[!a]` as a negated class, both literal
+//! characters to Docker; it treats a `**` that is not a whole path component as `*` (`a**b`
+//! matches `axb`), where moby's `**` means "any directories" (`ab`, `a/x/b`); and it refuses a
+//! trailing `\`, which Docker takes literally.
+//!
+//! Moby itself turns each pattern into a regular expression and lets Go's RE2 match it. The
+//! same is done here with the `regex` crate, which, like RE2, matches in time linear in the
+//! path whatever the pattern (a pattern comes from the repository, so from anyone who can push
+//! a branch: `*a*a*a*a*a*a*a*a*a*a*a*a*b` against a long name must not hold a worker). The
+//! pattern is first parsed into [`Token`]s here (so that a character class is Docker's and not
+//! the regex crate's richer syntax, whose `&&` or nested `[` Docker does not have), then each
+//! token is written as the regular expression moby writes for it, every literal escaped.
+//! Nothing here recurses over the pattern or the path.
 
 use std::io;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use regex::Regex;
+
+/// Largest `.dockerignore` read. Real ones are a few hundred bytes; with
+/// [`PATTERN_SIZE_LIMIT`] this bounds what one can make the agent allocate.
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Largest compiled form of one pattern. A `.dockerignore` line is a few dozen characters;
+/// this bounds what a hostile one can make the matcher allocate, with a clear error instead.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
 
 /// The patterns of one build context's `.dockerignore`, and the paths always sent.
-pub(super) struct Ignore {
+pub struct Ignore {
     /// In file order; the last one that matches a path decides.
     patterns: Vec<Pattern>,
 }
@@ -31,10 +46,13 @@ pub(super) struct Ignore {
 struct Pattern {
     /// `!pattern`: a match re-includes.
     exception: bool,
-    /// The cleaned pattern text, without `!`.
-    text: String,
-    /// The text compiled for [`glob_match`].
-    tokens: Vec<Token>,
+    /// The whole pattern as an anchored regular expression.
+    regex: Regex,
+    /// For exceptions, the pattern component by component, for [`Ignore::may_include_under`]:
+    /// `None` for a component with `**` (it may match any number of directories), an error for
+    /// one that does not compile alone (a class holding a `/`), which then never matches.
+    /// Empty for exclusions.
+    parts: Vec<Option<Result<Regex, ()>>>,
     /// How many path components the pattern has: a path whose first that-many components
     /// match is below a matching directory.
     depth: usize,
@@ -67,9 +85,16 @@ impl Ignore {
     /// file), then exceptions for the Dockerfile and `.dockerignore` themselves. Both are
     /// always sent, as the docker CLI does: the engine needs the Dockerfile, and removes both
     /// itself afterwards if `.dockerignore` names them.
-    pub(super) fn load(context: &Path, dockerfile: &str) -> anyhow::Result<Ignore> {
+    pub fn load(context: &Path, dockerfile: &str) -> anyhow::Result<Ignore> {
         let ignore_file = context.join(".dockerignore");
         let ignore_text = match std::fs::read_to_string(&ignore_file) {
+            Ok(text) if text.len() > MAX_FILE_BYTES => bail!(
+                "{} is {} KiB, over the {} KiB hoist reads: it lists patterns, not files; use \
+                 `**` and directories to say the same in fewer lines",
+                ignore_file.display(),
+                text.len() / 1024,
+                MAX_FILE_BYTES / 1024
+            ),
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => {
@@ -86,7 +111,7 @@ impl Ignore {
     /// Parses `.dockerignore` text: `#` comments (only at the very start of a line), blank
     /// lines skipped, surrounding whitespace trimmed, each pattern cleaned like a path and
     /// made relative (a leading `/` means the context root).
-    pub(super) fn parse(text: &str) -> anyhow::Result<Ignore> {
+    pub fn parse(text: &str) -> anyhow::Result<Ignore> {
         let mut patterns = Vec::new();
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (n, line) in text.lines().enumerate() {
@@ -108,42 +133,35 @@ impl Ignore {
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
-            let tokens = compile(&cleaned).with_context(|| format!("line {}: {line:?}", n + 1))?;
-            patterns.push(Pattern {
-                exception,
-                depth: cleaned.split('/').count(),
-                text: cleaned,
-                tokens,
-            });
+            let pattern = Pattern::new(exception, &cleaned)
+                .with_context(|| format!("line {}: {:?}", n + 1, shortened(line)))?;
+            patterns.push(pattern);
         }
         Ok(Ignore { patterns })
     }
 
     /// Adds a final exception for `rel`, so that it is sent whatever the patterns say.
     fn always_send(&mut self, rel: &str) {
-        let text = rel.to_string();
-        let tokens = text.chars().map(Token::Literal).collect();
-        self.patterns.push(Pattern {
-            exception: true,
-            depth: text.split('/').count(),
-            text,
-            tokens,
-        });
+        let tokens: Vec<Token> = rel.chars().map(Token::Literal).collect();
+        // Literal characters always compile: this cannot fail for a path the walk found.
+        if let Ok(pattern) = Pattern::from_tokens(true, rel, tokens) {
+            self.patterns.push(pattern);
+        }
     }
 
     /// Whether `rel` (a `/`-separated path relative to the context) is left out: the last
     /// pattern matching it, or one of its parent directories, decides.
-    pub(super) fn excludes(&self, rel: &str) -> bool {
+    pub fn excludes(&self, rel: &str) -> bool {
         let parents: Vec<&str> = match rel.rfind('/') {
             Some(i) => rel[..i].split('/').collect(),
             None => Vec::new(),
         };
         let mut excluded = false;
         for p in &self.patterns {
-            let mut matched = glob_match(&p.tokens, &rel.chars().collect::<Vec<_>>());
+            let mut matched = p.regex.is_match(rel);
             if !matched && !parents.is_empty() && p.depth <= parents.len() {
                 let prefix = parents[..p.depth].join("/");
-                matched = glob_match(&p.tokens, &prefix.chars().collect::<Vec<_>>());
+                matched = p.regex.is_match(&prefix);
             }
             if matched {
                 excluded = !p.exception;
@@ -154,26 +172,63 @@ impl Ignore {
 
     /// Whether some exception could match a path below the excluded directory `dir`, so the
     /// walk must look inside it. Compared component by component; a `**` could match anything.
-    pub(super) fn may_include_under(&self, dir: &str) -> bool {
+    pub fn may_include_under(&self, dir: &str) -> bool {
         let dir_parts: Vec<&str> = dir.split('/').collect();
         self.patterns.iter().filter(|p| p.exception).any(|p| {
-            let parts: Vec<&str> = p.text.split('/').collect();
             for (i, d) in dir_parts.iter().enumerate() {
-                let Some(part) = parts.get(i) else {
-                    return false;
-                };
-                if part.contains("**") {
-                    return true;
-                }
-                let Ok(tokens) = compile(part) else {
-                    return false;
-                };
-                if !glob_match(&tokens, &d.chars().collect::<Vec<_>>()) {
-                    return false;
+                match p.parts.get(i) {
+                    None => return false,
+                    Some(None) => return true,
+                    Some(Some(Ok(part))) if part.is_match(d) => {}
+                    Some(Some(_)) => return false,
                 }
             }
-            parts.len() > dir_parts.len()
+            p.parts.len() > dir_parts.len()
         })
+    }
+}
+
+impl Pattern {
+    /// Compiles a cleaned pattern (no `!`).
+    fn new(exception: bool, cleaned: &str) -> anyhow::Result<Pattern> {
+        Pattern::from_tokens(exception, cleaned, tokenize(cleaned)?)
+    }
+
+    fn from_tokens(exception: bool, text: &str, tokens: Vec<Token>) -> anyhow::Result<Pattern> {
+        let regex = to_regex(&tokens)?;
+        let parts = if exception {
+            text.split('/')
+                .map(|part| {
+                    if part.contains("**") {
+                        None
+                    } else {
+                        Some(
+                            tokenize(part)
+                                .ok()
+                                .and_then(|t| to_regex(&t).ok())
+                                .ok_or(()),
+                        )
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Pattern {
+            exception,
+            regex,
+            parts,
+            depth: text.split('/').count(),
+        })
+    }
+}
+
+/// A line as an error quotes it: at most 60 characters, so that a hostile line does not end
+/// up whole in a run's reason.
+fn shortened(line: &str) -> String {
+    match line.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
     }
 }
 
@@ -203,8 +258,8 @@ fn clean_path(p: &str) -> String {
     }
 }
 
-/// Compiles a cleaned pattern the way moby turns it into a regular expression.
-fn compile(pattern: &str) -> anyhow::Result<Vec<Token>> {
+/// Reads a cleaned pattern into tokens, each one piece of moby's regular expression.
+fn tokenize(pattern: &str) -> anyhow::Result<Vec<Token>> {
     let chars: Vec<char> = pattern.chars().collect();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -217,11 +272,18 @@ fn compile(pattern: &str) -> anyhow::Result<Vec<Token>> {
                 if chars.get(i) == Some(&'/') {
                     i += 1;
                 }
-                tokens.push(if i >= chars.len() {
+                let token = if i >= chars.len() {
                     Token::Rest
                 } else {
                     Token::AnyDirs
-                });
+                };
+                // `**/**/x` means what `**/x` does; a line of ten thousand `**/` compiles
+                // to one group, not ten thousand.
+                if tokens.last() != Some(&Token::AnyDirs) {
+                    tokens.push(token);
+                } else if token == Token::Rest {
+                    *tokens.last_mut().expect("checked above") = Token::Rest;
+                }
             }
             '*' => tokens.push(Token::Star),
             '?' => tokens.push(Token::One),
@@ -279,32 +341,44 @@ fn compile(pattern: &str) -> anyhow::Result<Vec<Token>> {
     Ok(tokens)
 }
 
-/// Whether the whole of `s` matches `tokens` (backtracking; patterns and paths are short).
-fn glob_match(tokens: &[Token], s: &[char]) -> bool {
-    let Some((first, rest)) = tokens.split_first() else {
-        return s.is_empty();
-    };
-    match first {
-        Token::Literal(c) => s.first() == Some(c) && glob_match(rest, &s[1..]),
-        Token::One => s.first().is_some_and(|c| *c != '/') && glob_match(rest, &s[1..]),
-        Token::Class { negated, ranges } => {
-            s.first()
-                .is_some_and(|c| ranges.iter().any(|(lo, hi)| (lo..=hi).contains(&c)) != *negated)
-                && glob_match(rest, &s[1..])
+/// The anchored regular expression moby writes for `tokens`, compiled.
+fn to_regex(tokens: &[Token]) -> anyhow::Result<Regex> {
+    let mut re = String::from("^");
+    for t in tokens {
+        match t {
+            Token::Literal(c) => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+            Token::One => re.push_str("[^/]"),
+            Token::Star => re.push_str("[^/]*"),
+            Token::AnyDirs => re.push_str("(?:.*/)?"),
+            Token::Rest => re.push_str(".*"),
+            Token::Class { negated, ranges } => {
+                re.push('[');
+                if *negated {
+                    re.push('^');
+                }
+                for (lo, hi) in ranges {
+                    re.push_str(&regex::escape(lo.encode_utf8(&mut [0; 4])));
+                    if lo != hi {
+                        re.push('-');
+                        re.push_str(&regex::escape(hi.encode_utf8(&mut [0; 4])));
+                    }
+                }
+                re.push(']');
+            }
         }
-        Token::Star => {
-            let run = s.iter().take_while(|c| **c != '/').count();
-            (0..=run).any(|k| glob_match(rest, &s[k..]))
-        }
-        Token::AnyDirs => {
-            glob_match(rest, s)
-                || s.iter()
-                    .enumerate()
-                    .filter(|(_, c)| **c == '/')
-                    .any(|(i, _)| glob_match(rest, &s[i + 1..]))
-        }
-        Token::Rest => (0..=s.len()).any(|k| glob_match(rest, &s[k..])),
     }
+    re.push('$');
+    regex::RegexBuilder::new(&re)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => anyhow::anyhow!(
+                "the pattern is too complex to match (over {} KiB compiled); split it or \
+                 use `**`",
+                PATTERN_SIZE_LIMIT / 1024
+            ),
+            other => anyhow::anyhow!("not a valid pattern: {other}"),
+        })
 }
 
 #[cfg(test)]
@@ -432,5 +506,81 @@ mod tests {
         check("[!a]\n", &[("!", false), ("a", false), ("b", true)]);
         check("a**b\n", &[("ab", false), ("a/x/b", false), ("axb", true)]);
         check("x\\\n", &[("x\\", false)]);
+    }
+
+    /// Runs `f` on a thread and fails the test if it has not returned within 5 s (a matcher
+    /// that backtracks would take years; the thread is left behind then, the test fails).
+    fn within_5s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            // Small on purpose: a matcher that recurses per pattern token overflows it.
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _ = tx.send(f());
+            })
+            .unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what} did not finish within 5 s: {e}"))
+    }
+
+    #[test]
+    fn matching_takes_linear_time_whatever_the_pattern() {
+        let name = "a".repeat(200);
+        let started = std::time::Instant::now();
+        let excluded = within_5s("*a*a*…*b against 200 a", move || {
+            let ig =
+                Ignore::parse("*a*a*a*a*a*a*a*a*a*a*a*a*b\n**a**a**a**a**a**a**a**b\n").unwrap();
+            (ig.excludes(&name), ig.excludes(&format!("{name}/{name}/x")))
+        });
+        assert_eq!(excluded, (false, false));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn ten_thousand_double_stars_neither_overflow_nor_crawl() {
+        let sent = within_5s("a line of 10 000 `**/`", || {
+            let line = format!("{}secret\n", "**/".repeat(10_000));
+            let ig = Ignore::parse(&line).unwrap();
+            let deep = format!("{}secret", "d/".repeat(500));
+            [
+                ig.excludes("secret"),
+                ig.excludes(&deep),
+                ig.excludes("public"),
+            ]
+        });
+        assert_eq!(sent, [true, true, false]);
+        // `*?` is not collapsed: five hundred of them compile and match, ten thousand are
+        // refused with a clear error (quoting the start of the line only), never a hang.
+        let stars = within_5s("500 `*?`", || {
+            let ig = Ignore::parse(&format!("{}x\n", "*?".repeat(500))).unwrap();
+            (
+                ig.excludes(&"y".repeat(300)),
+                ig.excludes(&format!("{}x", "y".repeat(600))),
+            )
+        });
+        assert_eq!(stars, (false, true));
+        let refused = within_5s("10 000 `*?`", || {
+            let e = Ignore::parse(&format!("{}x\n", "*?".repeat(10_000))).err();
+            e.map(|e| format!("{e:#}")).unwrap_or_default()
+        });
+        assert!(refused.contains("line 1: \"*?*?"), "{refused}");
+        assert!(
+            refused.contains("…\": the pattern is too complex"),
+            "{refused}"
+        );
+        assert!(refused.len() < 300, "{refused}");
+    }
+
+    #[test]
+    fn classes_are_dockers_not_the_regex_crates() {
+        // `&&`, `--`, `~~` and a nested `[` are set operations to the regex crate, literal
+        // characters in a Docker (Go RE2) class.
+        check("[a&&b]\n", &[("&", false), ("a", false), ("c", true)]);
+        check("[a-c--b]\n", &[("b", false), ("-", false), ("d", true)]);
+        check("[[:x]\n", &[("[", false), (":", false), ("y", true)]);
+        check(
+            "a.c\n(x)|y\n",
+            &[("a.c", false), ("abc", true), ("(x)|y", false), ("y", true)],
+        );
     }
 }

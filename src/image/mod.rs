@@ -37,7 +37,7 @@
 //! This file holds the public types and the parsing of image references.
 
 mod build;
-mod dockerignore;
+pub mod dockerignore;
 mod push;
 mod retry;
 mod verify;
@@ -60,6 +60,8 @@ pub use verify::verify;
 
 /// What to build, already resolved and rendered by the caller.
 pub struct BuildRequest {
+    /// The checkout the context must stay inside, symlinks followed.
+    pub checkout: PathBuf,
     /// The directory sent as the build context (inside the checkout).
     pub context: PathBuf,
     /// The Dockerfile, relative to the context; always sent, even if `.dockerignore` names it.

@@ -103,6 +103,31 @@ impl Pipeline {
             .collect()
     }
 
+    /// What in the pipeline runs on the agent's own machine, so that only a repository with
+    /// `trusted = true` may run it: each shell step ("step NAME (shell)") and each deploy
+    /// hook ("step NAME (hooks.after_deploy)"), in file order.
+    pub fn runs_on_agent(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for s in &self.steps {
+            match &s.action {
+                Action::Shell { .. } => found.push(format!("step {} (shell)", s.name)),
+                Action::Deploy(d) => {
+                    for (which, argv) in [
+                        ("before_host", &d.hooks.before_host),
+                        ("after_host", &d.hooks.after_host),
+                        ("after_deploy", &d.hooks.after_deploy),
+                    ] {
+                        if argv.is_some() {
+                            found.push(format!("step {} (hooks.{which})", s.name));
+                        }
+                    }
+                }
+                Action::Container { .. } | Action::Build(_) => {}
+            }
+        }
+        found
+    }
+
     /// The app a deploy step deploys: the app of its `image` build step.
     pub fn app_of(&self, deploy: &DeploySpec) -> &str {
         self.steps

@@ -1,5 +1,11 @@
 //! The deployment's hooks (`before_host`, `after_host`, `after_deploy`): argv lists from the
 //! pipeline, run on the agent in a checkout of the release's commit, never through a shell.
+//!
+//! **Invariant:** a hook runs only for a repository with `trusted = true` (a run checks it
+//! before its first step; a rollback to a release built while the repository was trusted is
+//! checked here), and with a clean environment: the `HOIST_*` values and `PATH`, `HOME`,
+//! `LANG`, never the agent's own variables (webhook secrets, registry passwords, `[secrets]`
+//! read with `env:`). Its output reaches the log through the deployment's masker.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +33,14 @@ impl Deployer {
             say(format!("  {which}: skipped (no checkout to run it in)"));
             return Ok(());
         };
+        let repo = &s.plan.to.repo;
+        if !self.config.repo(repo).is_some_and(|r| r.trusted) {
+            bail!(
+                "{which} hook {argv:?} refused: repository {repo} is not trusted, and hooks run \
+                 on the agent's own machine; set `trusted = true` in its [[repo]] entry in \
+                 hoist.toml, or deploy a release whose pipeline has no hooks"
+            );
+        }
         let argv: Vec<String> = argv
             .iter()
             .map(|a| vars.render(a))
@@ -43,10 +57,13 @@ impl Deployer {
             } else {
                 PathBuf::from(prog)
             });
-        cmd.args(args)
-            .current_dir(dir)
-            .envs(vars.env())
-            .kill_on_drop(true);
+        cmd.args(args).current_dir(dir).env_clear();
+        for name in crate::runner::KEPT_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.envs(vars.env()).kill_on_drop(true);
         if let Some(conf) = vars.host.as_ref().and_then(|h| self.config.hosts.get(h)) {
             cmd.env("HOIST_HOST_ADDRESS", &conf.address);
         }

@@ -1,0 +1,9 @@
+//! `hoist::forge::receive` for Bitbucket's route (see `forge_common.rs`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "forge_common.rs"]
+mod forge_common;
+
+fuzz_target!(|data: &[u8]| forge_common::run(hoist::forge::Forge::Bitbucket, data));
