@@ -23,7 +23,7 @@ fn agent(dir: &Path, repo: &GitRepo) -> Agent {
     let config = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[builder]\ndocker = {:?}\n\
          [runner]\npoll_interval = \"0s\"\n\
-         [[repo]]\nname = {REPO:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = [\"h3\"]\n\
+         [[repo]]\nname = {REPO:?}\nurl = {:?}\nforge = \"github\"\nsecret = \"env:E2E_HOOK_SECRET\"\nhosts = [\"h3\"]\ntrusted = true\n\
          [[registry]]\nhost = {:?}\ninsecure = true\n{}{}",
         dir.join("data"),
         lab::builder_url(),
