@@ -411,7 +411,7 @@ async fn the_page_follows_runs_and_deployments_and_rolls_back() {
         "the page saw it live: {run_now:#}"
     );
     // The lines are coloured (ANSI green rendered as a class, the escapes gone), in the slow
-    // step's own log, each stamped with the time it arrived; the step shows how long so far.
+    // step's own log, each stamped with the time it was stored; the step shows how long so far.
     let seen = wait_until("the slow step's coloured, stamped lines and its duration so far", 30, || async {
         let seen = c
             .execute(

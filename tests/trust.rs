@@ -147,7 +147,9 @@ async fn only_a_trusted_repository_runs_shell_steps_and_hooks_and_never_with_the
     );
 
     // Trusted: both run, each with a clean environment, the secret masked.
-    let commit = trusted.commit("main", "shell and hooks", &files(&yml));
+    // A message of its own: the same files and message at the same second would be the very
+    // commit pushed to acme/trust-no, and the test helper names deliveries by commit.
+    let commit = trusted.commit("main", "shell and hooks, trusted", &files(&yml));
     let run = push_and_end(&agent, "acme/trust-yes", &commit).await;
     let log = run_log(&agent, run["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "success", "{run:#}\n{log}");

@@ -315,6 +315,8 @@ const MIGRATIONS: &[&str] = &[
         since         INTEGER NOT NULL,
         PRIMARY KEY (app, host)
     );",
+    // 10: when each log chunk was stored, for the page's per-line times (0: stored before).
+    "ALTER TABLE logs ADD COLUMN at INTEGER NOT NULL DEFAULT 0;",
 ];
 
 type JobResult = anyhow::Result<Box<dyn Any + Send>>;

@@ -147,6 +147,9 @@ pub struct LogChunk {
     pub step: i64,
     #[serde(serialize_with = "lossy_utf8")]
     pub data: Vec<u8>,
+    /// When it was stored (RFC 3339), shown beside its lines; None for chunks stored before
+    /// hoist kept the time.
+    pub at: Option<String>,
 }
 
 fn lossy_utf8<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -705,6 +708,7 @@ impl Store {
         &self,
         chunks: Vec<(i64, i64, Vec<u8>)>,
     ) -> anyhow::Result<Vec<(i64, LogChunk)>> {
+        let now = now_millis();
         self.write(move |c| {
             let mut out = Vec::with_capacity(chunks.len());
             for (run, step, data) in chunks {
@@ -712,10 +716,18 @@ impl Store {
                     .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM logs WHERE run = ?1")?
                     .query_row([run], |r| r.get(0))?;
                 c.prepare_cached(
-                    "INSERT INTO logs (run, seq, step, data) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO logs (run, seq, step, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![run, seq, step, data])?;
-                out.push((run, LogChunk { seq, step, data }));
+                .execute(params![run, seq, step, data, now])?;
+                out.push((
+                    run,
+                    LogChunk {
+                        seq,
+                        step,
+                        data,
+                        at: Some(rfc3339(now)),
+                    },
+                ));
             }
             Ok(out)
         })
@@ -732,13 +744,15 @@ impl Store {
     ) -> anyhow::Result<Vec<LogChunk>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, step, data FROM logs WHERE run = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, step, data, at FROM logs WHERE run = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![run, after_seq, limit], |r| {
+                let at: i64 = r.get(3)?;
                 Ok(LogChunk {
                     seq: r.get(0)?,
                     step: r.get(1)?,
                     data: r.get(2)?,
+                    at: (at > 0).then(|| rfc3339(at)),
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
