@@ -659,26 +659,6 @@ fn accept_one(
             superseded_running: Vec::new(),
         });
     }
-    // The poller found this push before its webhook came: that run is the push's run (one
-    // run per repo, ref and commit), and now it has the webhook's delivery, message and author.
-    let polled: Option<i64> = c
-        .prepare_cached(
-            "SELECT MIN(id) FROM runs WHERE repo = ?1 AND git_ref = ?2 AND commit_sha = ?3 AND trigger = ?4",
-        )?
-        .query_row(params![e.repo, e.git_ref, e.after, Trigger::Poll], |r| r.get(0))?;
-    if let Some(run) = polled {
-        c.prepare_cached(
-            "UPDATE runs SET delivery = COALESCE(delivery, ?2), message = COALESCE(message, ?3),
-                             author = COALESCE(author, ?4) WHERE id = ?1",
-        )?
-        .execute(params![run, id, e.message, e.author])?;
-        return Ok(Accepted {
-            id,
-            duplicate: false,
-            runs: vec![run],
-            superseded_running: Vec::new(),
-        });
-    }
     let created = runs::create_run(
         c,
         &NewRun {
@@ -1027,30 +1007,23 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_found_by_the_poller_and_by_its_webhook_runs_once() {
+    async fn the_poller_makes_no_second_run_of_a_push_its_webhook_brought() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        // The poller first, then the webhook: the webhook's delivery joins the poller's run.
-        let run = store.create_missed_run(polled('a')).await.unwrap().unwrap();
-        let a = store.accept(vec![event("d1", 'a')]).await.unwrap();
-        assert_eq!(a[0].runs, vec![run.id]);
-        let (r, _) = store.run(run.id).await.unwrap().unwrap();
-        assert_eq!(
-            r.status,
-            Status::Queued,
-            "not superseded by its own webhook"
-        );
-        assert_eq!(
-            (r.delivery, r.message.as_deref()),
-            (Some(a[0].id), Some("fix"))
-        );
-        // The webhook first, then the poller: no second run.
         let b = store.accept(vec![event("d2", 'b')]).await.unwrap();
         assert_eq!(store.create_missed_run(polled('b')).await.unwrap(), None);
         assert_eq!(
             store.runs(None, None, 50, None).await.unwrap().len(),
-            2,
+            1,
             "{b:?}"
+        );
+        // A commit nothing was heard of gets its run.
+        assert!(
+            store
+                .create_missed_run(polled('c'))
+                .await
+                .unwrap()
+                .is_some()
         );
     }
 
